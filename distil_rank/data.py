@@ -1,0 +1,275 @@
+"""Load, validate and split embeddings; generate the synthetic stand-in.
+
+Accepted files:
+  .pt/.pth  a dict {"embeddings": [N, D] tensor, optional "fitness": [N], "position": [N],
+            "provenance": {...}} (the format shipped here and written by the embedding tool),
+            or a bare 2-D tensor saved with torch.save. Always loaded with weights_only=True,
+            so a file cannot run code.
+  .npy      a 2-D array (loaded with allow_pickle=False).
+  .npz      arrays "embeddings" (or "emb"), optional "fitness", "position" (or "pos").
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distil_rank.errors import InputError
+
+EMBEDDING_KEYS = ("embeddings", "emb")
+POSITION_KEYS = ("position", "pos")
+
+
+@dataclass
+class EmbeddingSet:
+    embeddings: torch.Tensor  # [N, D] float32
+    fitness: torch.Tensor | None = None  # [N] float32, a measured property to probe downstream
+    position: torch.Tensor | None = None  # [N] int64, e.g. the mutated residue
+    ids: list[str] | None = None  # one identifier per row, when the source has them
+    provenance: dict = field(default_factory=dict)
+    source: str = ""  # the file it came from, or "synthetic"
+
+    @property
+    def num_rows(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_pt(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only=True refuses any object that would need code to rebuild; say so briefly.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: refused to unpickle (not plain tensors): {first}") from None
+    except Exception as err:  # a corrupt file can fail anywhere inside the unpickler
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable torch file ({first})") from None
+
+
+def _read_numpy(path: Path):
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:  # ValueError for pickled objects, OSError/BadZipFile for corruption
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a readable numpy file ({first})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {name: loaded[name] for name in loaded.files}
+
+
+def _as_tensor(path: Path, name: str, value) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected numbers")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{path}: '{name}' is a {type(value).__name__}, expected a tensor")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected real numbers")
+    return value
+
+
+def _pick(path: Path, obj: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if key in obj:
+            return obj[key]
+    return None
+
+
+def load_embeddings(path: str | Path) -> EmbeddingSet:
+    """Read one embedding file and check it: 2-D, at least 2 rows and 2 columns, finite."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an embedding file")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        obj = _read_pt(path)
+    elif suffix in (".npy", ".npz"):
+        obj = _read_numpy(path)
+    else:
+        raise InputError(f"{path}: unknown file type '{suffix}', expected .pt, .pth, .npy or .npz")
+
+    fitness = position = ids = None
+    provenance: dict = {}
+    if isinstance(obj, dict):
+        raw = _pick(path, obj, EMBEDDING_KEYS)
+        if raw is None:
+            keys = ", ".join(repr(k) for k in obj) or "none"
+            raise InputError(f"{path}: dict has no 'embeddings' entry (keys: {keys})")
+        fitness = obj.get("fitness")
+        position = _pick(path, obj, POSITION_KEYS)
+        ids = obj.get("ids")
+        provenance = obj.get("provenance") or {}
+        if not isinstance(provenance, dict):
+            raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, expected a dict")
+    else:
+        raw = obj
+        if isinstance(raw, torch.Tensor) or isinstance(raw, np.ndarray):
+            pass
+        else:
+            raise InputError(
+                f"{path}: holds a {type(raw).__name__}, expected a 2-D tensor or a dict with 'embeddings'"
+            )
+
+    embeddings = _as_tensor(path, "embeddings", raw)
+    if embeddings.dim() != 2:
+        raise InputError(
+            f"{path}: embeddings have shape {tuple(embeddings.shape)}, expected 2-D [N, D]"
+        )
+    n, d = embeddings.shape
+    if n < 2:
+        raise InputError(f"{path}: {n} row(s), need at least 2 embeddings")
+    if d < 2:
+        raise InputError(f"{path}: dimension {d}, need at least 2 columns")
+    embeddings = embeddings.to(torch.float32).contiguous()
+    finite = torch.isfinite(embeddings).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise InputError(
+            f"{path}: {bad.numel()} row(s) hold NaN or Inf (first: row {int(bad[0])})"
+        )
+
+    if fitness is not None:
+        fitness = _as_tensor(path, "fitness", fitness).to(torch.float32).flatten()
+        if fitness.numel() != n:
+            raise InputError(f"{path}: 'fitness' has {fitness.numel()} values for {n} embeddings")
+        if not bool(torch.isfinite(fitness).all()):
+            raise InputError(f"{path}: 'fitness' holds NaN or Inf")
+    if position is not None:
+        position = _as_tensor(path, "position", position).to(torch.int64).flatten()
+        if position.numel() != n:
+            raise InputError(f"{path}: 'position' has {position.numel()} values for {n} embeddings")
+    if ids is not None:
+        if not isinstance(ids, (list, tuple)) or len(ids) != n:
+            raise InputError(f"{path}: 'ids' must be a list of {n} strings")
+        ids = [str(i) for i in ids]
+    return EmbeddingSet(
+        embeddings=embeddings,
+        fitness=fitness,
+        position=position,
+        ids=ids,
+        provenance=dict(provenance),
+        source=str(path),
+    )
+
+
+def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
+    """Write the dict format that load_embeddings reads (plain tensors, lists and strings only)."""
+    payload: dict = {"embeddings": data.embeddings.to(torch.float32).contiguous()}
+    if data.fitness is not None:
+        payload["fitness"] = data.fitness
+    if data.position is not None:
+        payload["position"] = data.position
+    if data.ids is not None:
+        payload["ids"] = list(data.ids)
+    payload["provenance"] = dict(data.provenance)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- choosing the data
+
+
+@dataclass
+class Dataset:
+    train: EmbeddingSet
+    val: EmbeddingSet
+    real_data: bool
+    note: str  # one line for the console and the JSON: where the data came from
+
+
+def resolve_data(
+    train_path: str,
+    val_path: str,
+    mode: str,
+    default_paths: tuple[str, str],
+    synthetic: dict,
+    seed: int,
+) -> Dataset:
+    """The embeddings a run uses. Synthetic only when asked, or when both default files are absent;
+    any other missing file is an error, never a quiet switch to other data."""
+    if mode not in ("auto", "real", "synthetic"):
+        raise InputError(f"--data {mode!r}: expected auto, real or synthetic")
+    using_defaults = (train_path, val_path) == tuple(default_paths)
+    if mode == "synthetic" or (
+        mode == "auto"
+        and using_defaults
+        and not Path(train_path).exists()
+        and not Path(val_path).exists()
+    ):
+        train, val = synthetic_embeddings(seed=seed, **synthetic)
+        why = "as asked (--data synthetic)" if mode == "synthetic" else (
+            f"because neither {train_path} nor {val_path} exists"
+        )
+        return Dataset(train, val, real_data=False, note=f"SYNTHETIC embeddings {why}")
+    missing = [p for p in (train_path, val_path) if not Path(p).exists()]
+    if len(missing) == 1 and using_defaults:
+        raise InputError(
+            f"{missing[0]}: no such file, but its partner exists; "
+            "restore it, or pass --train and --val, or --data synthetic"
+        )
+    train = load_embeddings(train_path)
+    val = load_embeddings(val_path)
+    if train.dim != val.dim:
+        raise InputError(
+            f"{val_path}: dimension {val.dim} differs from {train_path}'s dimension {train.dim}"
+        )
+    return Dataset(train, val, real_data=True, note=f"real embeddings from {train_path} and {val_path}")
+
+
+# ----------------------------------------------------------------------------- synthetic stand-in
+
+
+def synthetic_embeddings(
+    *, n_train: int, n_val: int, dim: int, latent_dim: int, seed: int
+) -> tuple[EmbeddingSet, EmbeddingSet]:
+    """Structured synthetic embeddings with what real mean-pooled PLM embeddings have:
+    a large common mean (norm 8 against a spread of norm about 1 per vector), a power-law spectrum
+    on a low-dimensional subspace (intrinsic dimension `latent_dim`), and a small isotropic floor.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_val
+    mean = torch.randn(dim, generator=g, dtype=torch.float64)
+    mean = 8.0 * mean / mean.norm()
+    basis, _ = torch.linalg.qr(torch.randn(dim, latent_dim, generator=g, dtype=torch.float64))
+    variances = torch.arange(1, latent_dim + 1, dtype=torch.float64) ** -1.2
+    floor = 0.01 * variances.sum() / dim  # isotropic floor: 1% of the latent variance, spread out
+    scale = 1.0 / math.sqrt(variances.sum() + floor * dim)  # expected centred norm: 1
+    latent = torch.randn(n, latent_dim, generator=g, dtype=torch.float64) * variances.sqrt()
+    noise = torch.randn(n, dim, generator=g, dtype=torch.float64) * floor.sqrt()
+    x = (mean + scale * (latent @ basis.T + noise)).to(torch.float32)
+    provenance = {
+        "source": "synthetic",
+        "generator": "distil_rank.data.synthetic_embeddings",
+        "seed": seed,
+        "mean_norm": 8.0,
+        "latent_dim": latent_dim,
+        "spectrum": "power law k^-1.2 on a random latent subspace, plus a 1% isotropic floor",
+    }
+    make = lambda rows: EmbeddingSet(embeddings=rows, provenance=provenance, source="synthetic")  # noqa: E731
+    return make(x[:n_train].clone()), make(x[n_train:].clone())
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of range(n) into (kept, held out), the held-out part about `fraction`."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    held = max(1, min(n - 1, round(fraction * n)))
+    return order[held:].sort().values, order[:held].sort().values
