@@ -1,0 +1,79 @@
+"""Every setting of a benchmark run, in one frozen dataclass that is printed at start and saved
+beside the results."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass
+
+DEFAULT_TRAIN = "embeddings_train.pt"
+DEFAULT_VAL = "embeddings_val.pt"
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data ---
+    train_path: str = DEFAULT_TRAIN  # training embeddings (.pt dict or tensor, .npy, .npz)
+    val_path: str = DEFAULT_VAL  # held-out embeddings: every fidelity metric is measured here
+    data: str = "auto"  # auto: the files if present, synthetic if both defaults are absent
+    synthetic_dim: int = 1280  # width of the synthetic stand-in (ESM-2 650M's hidden size)
+    synthetic_train: int = 4000  # synthetic training rows
+    synthetic_val: int = 1000  # synthetic validation rows
+    synthetic_latent_dim: int = 48  # intrinsic dimension of the synthetic embeddings
+
+    # --- compression ---
+    rank: int | None = None  # target rank; None means input_dim // rank_divisor
+    rank_divisor: int = 20  # r = D / 20 gives about 10x fewer parameters for a square layer
+
+    # --- teachers ---
+    teacher_steps: int = 500  # Adam steps of the denoising proxy task (Task-Trained)
+    teacher_lr: float = 1e-3  # Adam learning rate of the denoising task
+    teacher_batch_size: int = 256  # rows per denoising step
+    denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
+    spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
+
+    # --- distillation (the published Distil-Rank recipe) ---
+    steps: int = 1000  # optimiser steps
+    lr: float = 3e-3  # AdamW learning rate
+    batch_size: int = 64  # rows per step
+    alpha: float = 0.1  # loss = MSE + alpha * (1 - cosine)
+    weight_decay: float = 0.01  # AdamW's default decoupled weight decay
+    selection_fraction: float = 0.15  # part of train held out to pick distil_da's checkpoint
+    eval_every: int = 50  # steps between checkpoint evaluations on that held-out part
+
+    # --- downstream probe ---
+    ridge_alpha: float = 1e-2  # ridge penalty, relative to the mean eigenvalue of the features
+
+    # --- latency ---
+    latency_batch: int = 32  # rows per forward pass
+    latency_warmup: int = 20  # untimed calls before measuring
+    latency_repeats: int = 200  # timed calls; the median is reported
+
+    # --- run ---
+    device: str = "auto"  # auto: CUDA when available, else CPU
+    seed: int = 0  # seeds teachers, synthetic data, splits and distillation
+    out: str = "results"  # where the JSON summary and the figure go
+    quick: bool = False  # a smoke run of a few seconds (fewer steps and timing repeats)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def quick_overrides() -> dict:
+    """What --quick changes: enough to exercise every stage, not enough to mean anything."""
+    return dict(
+        teacher_steps=50,
+        steps=60,
+        eval_every=20,
+        latency_warmup=3,
+        latency_repeats=10,
+        synthetic_dim=256,
+        synthetic_train=600,
+        synthetic_val=200,
+    )
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A seed per stage, so that changing one stage's draws does not shift another's."""
+    return (seed * 1_000_003 + zlib.crc32(stage.encode())) % (2**31)

@@ -1,0 +1,170 @@
+"""LowRankLinear and the closed-form compressors.
+
+A rank-r replacement of y = W x + b (W: [out, in]) is y' = U (V x) + b' with U: [out, r] and
+V: [r, in], so r * (in + out) + out parameters instead of in * out + out.
+
+Two closed forms:
+  svd         Eckart-Young: the best rank-r W' in Frobenius norm, blind to the data.
+  data_aware  the rank-r W' and bias b' that minimise the mean squared output error over the
+              calibration inputs x with mean mu and covariance S:
+                  E||W x + b - W' x - b'||^2 = ||(W - W') S^(1/2)||_F^2 + ||(W - W') mu + b - b'||^2.
+              The second term vanishes with b' = b + (W - W') mu. The first is minimised by
+              W' = P W, where P projects onto the top-r eigenvectors of the teacher's output
+              covariance C = W S W^T; the error left is the sum of C's discarded eigenvalues
+              (the reduced-rank regression result, Izenman 1975; equivalently the SVD of W S^(1/2)).
+              No inverse of S is needed, so a singular S (N < D) is fine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LowRankLinear(nn.Module):
+    """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        if not 1 <= rank <= min(in_features, out_features):
+            raise ValueError(f"rank {rank} outside 1..{min(in_features, out_features)}")
+        kw = dict(device=device, dtype=dtype)
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Parameter(torch.empty(rank, in_features, **kw))
+        self.up = nn.Parameter(torch.empty(out_features, rank, **kw))
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        nn.init.kaiming_uniform_(self.down, a=5**0.5)
+        nn.init.kaiming_uniform_(self.up, a=5**0.5)
+
+    @classmethod
+    def from_factors(cls, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None,
+                     dtype: torch.dtype = torch.float32) -> "LowRankLinear":
+        out_features, rank = up.shape
+        module = cls(down.shape[1], out_features, rank, bias=bias is not None,
+                     device=up.device, dtype=dtype)
+        with torch.no_grad():
+            module.up.copy_(up)
+            module.down.copy_(down)
+            if bias is not None:
+                module.bias.copy_(bias)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.down), self.up, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.up @ self.down
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, bias={self.bias is not None}")
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def lowrank_parameters(in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+    return rank * (in_features + out_features) + (out_features if bias else 0)
+
+
+def flop_ratio(in_features: int, out_features: int, rank: int) -> float:
+    """Multiply-adds of the dense layer over those of the factorised one (bias ignored)."""
+    return in_features * out_features / (rank * (in_features + out_features))
+
+
+def _balanced(left: torch.Tensor, singular: torch.Tensor, right_t: torch.Tensor):
+    """Split U diag(s) V^T into up = U sqrt(s), down = sqrt(s) V^T: equal scales help the
+    optimiser when distillation starts from these factors."""
+    root = singular.clamp_min(0).sqrt()
+    return left * root, root[:, None] * right_t
+
+
+def _check_rank(weight: torch.Tensor, rank: int) -> None:
+    limit = min(weight.shape)
+    if not 1 <= rank <= limit:
+        raise ValueError(f"rank {rank} outside 1..{limit} for a weight of shape {tuple(weight.shape)}")
+
+
+# ----------------------------------------------------------------------------- data-free
+
+
+def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eckart-Young truncation of `weight`, as balanced factors (up, down), in float64."""
+    _check_rank(weight, rank)
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    return _balanced(u[:, :rank], s[:rank], vh[:rank])
+
+
+def compress_svd(linear: nn.Linear, rank: int) -> LowRankLinear:
+    up, down = svd_factors(linear.weight, rank)
+    bias = None if linear.bias is None else linear.bias.detach()
+    return LowRankLinear.from_factors(up, down, bias, dtype=linear.weight.dtype)
+
+
+# ----------------------------------------------------------------------------- data-aware
+
+
+@dataclass
+class InputMoments:
+    """First and second moments of the calibration inputs, all the closed form needs."""
+
+    count: int
+    mean: torch.Tensor  # [D] float64
+    covariance: torch.Tensor  # [D, D] float64, normalised by count (population covariance)
+
+
+def input_moments(x: torch.Tensor) -> InputMoments:
+    x = x.detach().double()
+    mean = x.mean(dim=0)
+    centred = x - mean  # centre before the product: the common mean would swamp float rounding
+    return InputMoments(x.shape[0], mean, centred.T @ centred / x.shape[0])
+
+
+def output_spectrum(weight: torch.Tensor, moments: InputMoments):
+    """Eigen-decomposition of the teacher's output covariance W S W^T, largest first."""
+    w = weight.detach().double().to(moments.covariance.device)
+    out_cov = w @ moments.covariance @ w.T
+    out_cov = (out_cov + out_cov.T) / 2  # exact symmetry for eigh
+    eigenvalues, eigenvectors = torch.linalg.eigh(out_cov)
+    return eigenvalues.flip(0).clamp_min(0), eigenvectors.flip(1)
+
+
+def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments) -> torch.Tensor:
+    """The exact minimum mean squared output error (summed over outputs, per row) of every rank
+    0..out at once: entry r is the sum of the discarded eigenvalues beyond r."""
+    eigenvalues, _ = output_spectrum(weight, moments)
+    tail = eigenvalues.flip(0).cumsum(0).flip(0)
+    return torch.cat([tail, tail.new_zeros(1)])
+
+
+def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments: InputMoments,
+                       rank: int):
+    """The closed-form rank-r optimum: (up, down, new_bias), float64."""
+    _check_rank(weight, rank)
+    w = weight.detach().double().to(moments.covariance.device)
+    _, eigenvectors = output_spectrum(w, moments)
+    basis = eigenvectors[:, :rank]  # top-r output directions, orthonormal
+    core = basis.T @ w  # [r, in]; W' = basis @ core
+    # Re-balance basis @ core into sqrt(s)-scaled factors (an exact refactorisation).
+    p, s, qh = torch.linalg.svd(core, full_matrices=False)
+    up, down = _balanced(basis @ p, s, qh)
+    b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if bias is None \
+        else bias.detach().double().to(w.device)
+    new_bias = b + (w - up @ down) @ moments.mean
+    return up, down, new_bias
+
+
+def compress_data_aware(linear: nn.Linear, calibration: torch.Tensor | InputMoments,
+                        rank: int) -> LowRankLinear:
+    """The rank-r LowRankLinear with the least mean squared output error on `calibration`.
+    The result always has a bias (the refit needs one), even if `linear` has none."""
+    moments = calibration if isinstance(calibration, InputMoments) else input_moments(calibration)
+    up, down, bias = data_aware_factors(linear.weight, linear.bias, moments, rank)
+    device = linear.weight.device
+    return LowRankLinear.from_factors(up.to(device), down.to(device), bias.to(device),
+                                      dtype=linear.weight.dtype)
