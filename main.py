@@ -1,0 +1,225 @@
+"""Distil-Rank benchmark: how far can a dense projection on protein-language-model embeddings be
+shrunk to rank r while keeping its function, and how much faster does it run?
+
+    python main.py                      # shipped ESM-2 embeddings, default rank D/20
+    python main.py --quick              # a smoke run of a few seconds
+    python main.py --train a.pt --val b.pt --rank 32 --device cuda
+
+Pipeline: config -> data -> teachers -> compress -> measure -> report.
+Writes results/distil_rank_summary.json and results/distil_rank_final_report.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from distil_rank.benchmark import (
+    METHODS,
+    DistillSettings,
+    Inputs,
+    LatencySettings,
+    compress_teacher,
+    measure_teacher,
+)
+from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config, quick_overrides, stage_seed
+from distil_rank.data import resolve_data, split_indices
+from distil_rank.errors import InputError
+from distil_rank.lowrank import input_moments
+from distil_rank.report import FIGURE_NAME, SUMMARY_NAME, format_table, write_figure, write_json
+from distil_rank.teachers import TEACHER_NAMES, build_teachers
+from distil_rank.timing import environment
+
+
+def create_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    p = argparse.ArgumentParser(
+        description="Compress dense layers on protein embeddings to rank r and measure what is kept.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train", default=defaults.train_path,
+                   help="training embeddings: .pt (dict with 'embeddings', or a 2-D tensor), .npy, .npz")
+    p.add_argument("--val", default=defaults.val_path,
+                   help="validation embeddings (same formats, same dimension D); all fidelity "
+                        "figures are measured on these")
+    p.add_argument("--data", choices=("auto", "real", "synthetic"), default=defaults.data,
+                   help="auto: the files if present, synthetic 1280-d data if both default files "
+                        "are absent; real: the files or an error; synthetic: always synthetic")
+    p.add_argument("--rank", type=int, default=None,
+                   help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
+                        "parameters)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"distillation steps (default {defaults.steps}; {quick_overrides()['steps']}"
+                        " with --quick)")
+    p.add_argument("--device", default=defaults.device,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seeds teachers, synthetic data, splits and distillation")
+    p.add_argument("--out", default=defaults.out, help="folder for the JSON summary and the figure")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
+                        "not meant to be cited")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = quick_overrides() if args.quick else {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    return Config(train_path=args.train, val_path=args.val, data=args.data, rank=args.rank,
+                  device=args.device, seed=args.seed, out=args.out, quick=args.quick, **overrides)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: unknown device, expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
+    if rank is None:
+        return max(1, dim // divisor)
+    if not 1 <= rank < dim:
+        raise InputError(f"--rank {rank}: must be between 1 and {dim - 1} for {dim}-d embeddings "
+                         "(a rank of D or more saves nothing)")
+    return rank
+
+
+def check_settings(config: Config) -> None:
+    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats"):
+        if getattr(config, name) < 1:
+            raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {config.out}: exists and is not a folder")
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def run(config: Config) -> dict:
+    check_settings(config)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    print("config:", json.dumps(config.as_dict()), flush=True)
+
+    # data
+    dataset = resolve_data(
+        config.train_path, config.val_path, config.data, (DEFAULT_TRAIN, DEFAULT_VAL),
+        synthetic=dict(n_train=config.synthetic_train, n_val=config.synthetic_val,
+                       dim=config.synthetic_dim, latent_dim=config.synthetic_latent_dim),
+        seed=stage_seed(config.seed, "synthetic"),
+    )
+    train, val = dataset.train, dataset.val
+    dim = train.dim
+    rank = resolve_rank(config.rank, dim, config.rank_divisor)
+    print(f"data: {dataset.note}: train {tuple(train.embeddings.shape)}, "
+          f"val {tuple(val.embeddings.shape)}; rank {rank}; device {device}", flush=True)
+    if not dataset.real_data:
+        print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
+              flush=True)
+    fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
+                                             stage_seed(config.seed, "selection"))
+    has_fitness = train.fitness is not None and val.fitness is not None
+    inputs = Inputs(
+        train=train.embeddings, fit=train.embeddings[fit_rows],
+        selection=train.embeddings[selection_rows], val=val.embeddings,
+        train_fitness=train.fitness if has_fitness else None,
+        val_fitness=val.fitness if has_fitness else None,
+    )
+
+    # teachers
+    teachers, teacher_curves = build_teachers(
+        train.embeddings, seed=stage_seed(config.seed, "teachers"),
+        teacher_steps=config.teacher_steps, teacher_lr=config.teacher_lr,
+        teacher_batch_size=config.teacher_batch_size, denoise_noise=config.denoise_noise,
+        spectral_tau=config.spectral_tau,
+    )
+
+    # compress and measure
+    distill_cfg = DistillSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+                                  alpha=config.alpha, weight_decay=config.weight_decay,
+                                  eval_every=config.eval_every)
+    latency = LatencySettings(config.latency_batch, config.latency_warmup, config.latency_repeats)
+    results, curves = {}, {"distillation": {}, "teacher_singular_values": {}}
+    for name in TEACHER_NAMES:
+        teacher = teachers[name]
+        students, runs = compress_teacher(teacher, inputs, rank, distill_cfg, device,
+                                          seed=stage_seed(config.seed, f"distil/{name}"), name=name)
+        results[name] = measure_teacher(teacher, students, inputs, rank, latency, device,
+                                        config.ridge_alpha)
+        results[name]["distillation"] = {
+            m: {"final_loss": r.losses[-1], "chosen_step": r.chosen_step,
+                "selection_checkpoints": r.checkpoints} for m, r in runs.items()
+        }
+        curves["distillation"][name] = {m: r.losses for m, r in runs.items()}
+        curves["teacher_singular_values"][name] = torch.linalg.svdvals(
+            teacher.weight.detach().double().cpu())
+        print(format_table(name, results[name]), flush=True)
+    embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
+    curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
+
+    # report
+    summary = {
+        "real_data": dataset.real_data,
+        "data_note": dataset.note,
+        "target_rank": rank,
+        "input_dim": dim,
+        "teachers": list(TEACHER_NAMES),
+        "methods": list(METHODS),
+        "student_method": "distil_da",
+        **results,
+        "task_trained_denoising_loss": {"first": teacher_curves["Task-Trained"][0],
+                                        "last": teacher_curves["Task-Trained"][-1]},
+        "data": {
+            "train": {"source": train.source, "rows": train.num_rows,
+                      "fit_rows": len(fit_rows), "selection_rows": len(selection_rows)},
+            "val": {"source": val.source, "rows": val.num_rows},
+            "has_fitness": has_fitness,
+            "provenance": train.provenance,
+            "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
+            "embedding_spread_rms_norm": (train.embeddings.double()
+                                          - train.embeddings.double().mean(0)).norm(dim=1)
+            .pow(2).mean().sqrt().item(),
+        },
+        "config": config.as_dict(),
+        "environment": environment(device),
+    }
+    out = Path(config.out)
+    write_json(out / SUMMARY_NAME, summary)
+    write_figure(out / FIGURE_NAME, summary, curves)
+    print(f"wrote {out / SUMMARY_NAME} and {out / FIGURE_NAME}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    try:
+        run(config_from_args(args))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

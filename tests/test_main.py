@@ -1,0 +1,130 @@
+"""main.py end to end: a --quick run writes valid JSON and a PNG, is reproducible, and every
+user mistake ends with one line on stderr, exit code 2 and nothing in --out touched."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import main
+from distil_rank.report import FIGURE_NAME, SUMMARY_NAME
+
+PUBLISHED_KEYS = ("svd_cosine", "svd_rel_mse", "student_cosine", "student_rel_mse",
+                  "cosine_improvement", "mse_reduction", "latency_teacher_ms",
+                  "latency_student_ms", "speedup", "params_teacher", "params_student",
+                  "compression")
+TIMING_KEYS = {"fit_seconds", "latency_teacher_ms", "latency_student_ms", "speedup", "latency",
+               "environment"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, root):
+    out = tmp_path_factory.mktemp("quick")
+    code = main.main(["--quick", "--out", str(out), "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")])
+    assert code == 0
+    return out
+
+
+def test_quick_run_writes_json_and_png(quick_run):
+    summary = json.loads((quick_run / SUMMARY_NAME).read_text())
+    assert summary["real_data"] is True
+    assert summary["input_dim"] == 320 and summary["target_rank"] == 16
+    assert summary["config"]["quick"] is True
+    assert summary["environment"]["torch"] == torch.__version__
+    for teacher in ("Random", "Task-Trained", "Spectral"):
+        entry = summary[teacher]
+        for key in PUBLISHED_KEYS:
+            assert math.isfinite(entry[key]), (teacher, key)
+        assert set(entry["methods"]) == {"svd", "data_aware", "distil", "distil_da"}
+        assert entry["params_teacher"] == 320 * 320 + 320
+        assert entry["params_student"] == 16 * 640 + 320
+        for method in entry["methods"].values():
+            assert -math.inf < method["explained_variance"] <= 1
+            assert "spearman" in method
+        # the project's student is never worse than its warm start on the selection rows
+        da = entry["methods"]["distil_da"]
+        assert da["selection_mse_chosen"] <= da["selection_mse_warm_start"]
+        # closed form beats the data-free SVD on held-out data
+        assert entry["methods"]["data_aware"]["explained_variance"] > \
+            entry["methods"]["svd"]["explained_variance"]
+    assert (quick_run / FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if k not in TIMING_KEYS and k != "config"}
+    return value
+
+
+def test_same_seed_same_metrics(quick_run, tmp_path, root):
+    out = tmp_path / "again"
+    assert main.main(["--quick", "--out", str(out), "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    first = json.loads((quick_run / SUMMARY_NAME).read_text())
+    second = json.loads((out / SUMMARY_NAME).read_text())
+    assert _without_timings(first) == _without_timings(second)
+
+
+def test_synthetic_mode_says_so(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    assert main.main(["--quick", "--data", "synthetic", "--out", str(out)]) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["real_data"] is False
+    assert summary["input_dim"] == 256 and summary["target_rank"] == 256 // 20
+    assert "teacher_spearman" not in summary["Random"]  # no labels, no downstream probe
+    assert "SYNTHETIC" in capsys.readouterr().out
+
+
+def bad_cases(tmp, root):
+    train, val = str(root / "embeddings_train.pt"), str(root / "embeddings_val.pt")
+    torch.save(torch.randn(10, 7), tmp / "d7.pt")
+    torch.save(torch.randn(1, 320), tmp / "one_row.pt")
+    torch.save(torch.randn(320), tmp / "flat.pt")
+    nan = torch.randn(10, 320)
+    nan[3, 3] = float("nan")
+    torch.save(nan, tmp / "nan.pt")
+    torch.save("not a tensor", tmp / "text.pt")
+    cases = {
+        "missing": ["--train", str(tmp / "nope.pt"), "--val", val],
+        "dims": ["--train", train, "--val", str(tmp / "d7.pt")],
+        "one_row": ["--train", train, "--val", str(tmp / "one_row.pt")],
+        "flat": ["--train", str(tmp / "flat.pt"), "--val", val],
+        "nan": ["--train", train, "--val", str(tmp / "nan.pt")],
+        "text": ["--train", str(tmp / "text.pt"), "--val", val],
+        "rank0": ["--train", train, "--val", val, "--rank", "0"],
+        "rank_d": ["--train", train, "--val", val, "--rank", "320"],
+        "device": ["--train", train, "--val", val, "--device", "tpu"],
+        "device_word": ["--train", train, "--val", val, "--device", "banana"],
+    }
+    if not torch.cuda.is_available():
+        cases["no_cuda"] = ["--train", train, "--val", val, "--device", "cuda"]
+    return cases
+
+
+def test_bad_input_is_one_line_exit_2_and_out_untouched(tmp_path, root, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / SUMMARY_NAME).write_text("previous results")
+    for name, argv in bad_cases(tmp_path, root).items():
+        capsys.readouterr()
+        code = main.main(["--quick", "--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert "Traceback" not in err
+    assert (out / SUMMARY_NAME).read_text() == "previous results"
+    assert sorted(p.name for p in out.iterdir()) == [SUMMARY_NAME]
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--train", "--val", "--data", "--rank", "--steps", "--device", "--seed",
+                   "--out", "--quick"):
+        assert option in text
