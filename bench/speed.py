@@ -1,0 +1,91 @@
+"""Speed goals of the default benchmark, measured (not asserted in tests: machines are noisy).
+
+    python bench/speed.py            # writes bench/results/speed_<device>.json
+
+1. Wall time of the default `python main.py` (goal: under 2 minutes on a 2-core CPU).
+2. The closed-form `data_aware` fit on the shipped embeddings against 1000 distillation steps,
+   timed in the same process (goal: well under a second, and at least 20x faster).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distil_rank.config import Config  # noqa: E402
+from distil_rank.data import load_embeddings  # noqa: E402
+from distil_rank.distill import distill  # noqa: E402
+from distil_rank.lowrank import compress_data_aware, compress_svd, input_moments  # noqa: E402
+from distil_rank.teachers import random_teacher  # noqa: E402
+from distil_rank.timing import environment  # noqa: E402
+
+
+def time_default_run() -> float:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "main.py", "--out", out], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def time_fits(repeats: int = 7) -> dict:
+    cfg = Config()
+    x = load_embeddings(ROOT / cfg.train_path).embeddings
+    dim = x.shape[1]
+    rank = dim // cfg.rank_divisor
+    teacher = random_teacher(dim, seed=0)
+    closed_form, given_moments = [], []
+    moments = input_moments(x)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        compress_data_aware(teacher, input_moments(x), rank)  # moments included: the whole fit
+        closed_form.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        compress_data_aware(teacher, moments, rank)  # moments shared across teachers and ranks
+        given_moments.append(time.perf_counter() - start)
+    common = dict(lr=cfg.lr, batch_size=cfg.batch_size, alpha=cfg.alpha,
+                  weight_decay=cfg.weight_decay, seed=0, device=torch.device("cpu"))
+    distill(teacher, compress_svd(teacher, rank), x, steps=10, **common)  # one-time costs out
+    result = distill(teacher, compress_svd(teacher, rank), x, steps=cfg.steps, **common)
+    data_aware_s = statistics.median(closed_form)
+    return {
+        "rows": x.shape[0], "dim": dim, "rank": rank,
+        "data_aware_seconds_median": data_aware_s,
+        "data_aware_seconds_all": closed_form,
+        "data_aware_given_moments_seconds_median": statistics.median(given_moments),
+        "distill_steps": cfg.steps,
+        "distill_seconds": result.fit_seconds,
+        "ratio_distill_over_data_aware": result.fit_seconds / data_aware_s,
+        "ratio_distill_over_data_aware_given_moments":
+            result.fit_seconds / statistics.median(given_moments),
+    }
+
+
+def main() -> None:
+    report = {"environment": environment(torch.device("cpu")), "fits": time_fits(),
+              "default_run_seconds": time_default_run()}
+    slug = re.sub(r"[^a-z0-9]+", "-", report["environment"]["cpu"].lower()).strip("-")[:40]
+    path = ROOT / "bench" / "results" / f"speed_cpu_{slug}_{torch.get_num_threads()}t.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    fits = report["fits"]
+    print(f"default python main.py: {report['default_run_seconds']:.1f} s")
+    print(f"data_aware fit: {fits['data_aware_seconds_median'] * 1e3:.1f} ms (median of "
+          f"{len(fits['data_aware_seconds_all'])}); {fits['distill_steps']} distillation steps: "
+          f"{fits['distill_seconds']:.2f} s; ratio {fits['ratio_distill_over_data_aware']:.0f}x "
+          f"({fits['ratio_distill_over_data_aware_given_moments']:.0f}x given the moments)")
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
