@@ -1,0 +1,50 @@
+import math
+import statistics
+
+import pytest
+import torch
+
+from distil_rank.stats import aggregate, effective_rank, mean_and_std, smallest_rank_reaching
+
+
+def test_mean_and_std_match_the_statistics_module():
+    values = [0.81, 0.79, 0.84, 0.80]
+    mean, std = mean_and_std(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert std == pytest.approx(statistics.stdev(values))
+    assert mean_and_std([3.0]) == (3.0, 0.0)
+
+
+def test_aggregate_walks_dicts_and_lists():
+    seeds = [
+        {"ev": 0.8, "params": 100, "name": "a", "curve": [1.0, 2.0], "inner": {"x": 1.0}},
+        {"ev": 0.9, "params": 100, "name": "a", "curve": [3.0, 6.0], "inner": {"x": 3.0}},
+    ]
+    mean, std = aggregate(seeds)
+    assert mean["ev"] == pytest.approx(0.85)
+    assert std["ev"] == pytest.approx(statistics.stdev([0.8, 0.9]))
+    assert mean["params"] == 100 and isinstance(mean["params"], int) and std["params"] == 0
+    assert mean["name"] == "a" and "name" not in std
+    assert mean["curve"] == [2.0, 4.0]
+    assert std["curve"] == pytest.approx([math.sqrt(2), math.sqrt(8)])
+    assert mean["inner"]["x"] == 2.0
+
+
+def test_effective_rank_of_known_spectra():
+    flat = effective_rank(torch.ones(10))
+    assert flat["participation_ratio"] == pytest.approx(10)
+    assert flat["components_for_90pct"] == 9
+    assert flat["components_for_99pct"] == 10
+    one = effective_rank(torch.tensor([1.0, 0, 0, 0]))
+    assert one["participation_ratio"] == pytest.approx(1)
+    assert one["components_for_99pct"] == 1
+    # 0.5, 0.3, 0.2: cumulative 0.5, 0.8, 1.0 -> 90% needs 3 components; PR = 1 / 0.38
+    mixed = effective_rank(torch.tensor([0.2, 0.5, 0.3]))
+    assert mixed["components_for_90pct"] == 3
+    assert mixed["participation_ratio"] == pytest.approx(1 / 0.38)
+
+
+def test_smallest_rank_reaching():
+    explained = [0.0, 0.5, 0.95, 0.99, 0.9995, 1.0]
+    assert smallest_rank_reaching(explained) == {"0.95": 2, "0.99": 3, "0.999": 4}
+    assert smallest_rank_reaching([0.0, 0.2]) == {"0.95": None, "0.99": None, "0.999": None}
