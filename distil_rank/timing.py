@@ -1,9 +1,14 @@
-"""Latency of a module's forward pass.
+"""Latency of a module's forward pass, and the dense-versus-factorised latency matrix.
 
-Warm-up calls are excluded; on CUDA each call is timed with CUDA events (the GPU's own clock, so
-launch overhead and kernel time are both counted and nothing is lost to asynchrony); on the CPU
-with perf_counter around the call, with the thread count recorded. The median of many calls is
-the figure; the quartiles say how noisy it was.
+Warm-up calls are excluded. On CUDA each call is timed with CUDA events (the GPU's own clock:
+launch overhead and kernel time both count, nothing is lost to asynchrony); on the CPU with
+perf_counter around the call, with the thread count recorded. The median of many calls is the
+figure, the quartiles say how noisy it was.
+
+CUDA-graph replay (mode "cuda_graph") captures one forward pass and replays it, which removes the
+per-kernel launch cost: it is what a serving stack that uses graphs would see. A factorised layer
+is two kernels instead of one, so at small batches on a GPU it can be slower than the dense layer
+in eager mode; the matrix shows where that flips (the break-even batch size).
 """
 
 from __future__ import annotations
@@ -17,42 +22,141 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distil_rank.lowrank import LowRankLinear, flop_ratio
 
-@torch.inference_mode()
-def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device, *,
-                    warmup: int, repeats: int, dtype: torch.dtype = torch.float32,
-                    seed: int = 0) -> dict:
-    """Milliseconds per forward pass of `module` on a [batch, in_features] input."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
-    module = module.to(device=device, dtype=dtype).eval()
-    for _ in range(warmup):
-        module(x)
+
+def _summary(times_ms: list[float]) -> dict:
+    quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else times_ms * 3
+    return {"median_ms": statistics.median(times_ms), "p25_ms": quartiles[0],
+            "p75_ms": quartiles[2], "repeats": len(times_ms)}
+
+
+def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls of fn() (warm-up is the caller's)."""
     times_ms = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            module(x)
+            fn()
             end.record()
             end.synchronize()
             times_ms.append(start.elapsed_time(end))
     else:
         for _ in range(repeats):
             t0 = time.perf_counter()
-            module(x)
+            fn()
             times_ms.append((time.perf_counter() - t0) * 1e3)
-    quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else times_ms * 3
+    return times_ms
+
+
+def _graph_replay(module: nn.Module, x: torch.Tensor):
+    """Capture module(x) in a CUDA graph; return a function that replays it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as graph capture requires
+        for _ in range(3):
+            module(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        module(x)
+    return graph.replay
+
+
+@torch.inference_mode()
+def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device, *,
+                    warmup: int, repeats: int, dtype: torch.dtype = torch.float32,
+                    mode: str = "eager", seed: int = 0, budget_s: float | None = None) -> dict:
+    """Milliseconds per forward pass of `module` on a [batch, in_features] input.
+
+    With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
+    that `repeats` of them would take longer than the budget (at least 5 are always made).
+    """
+    if mode not in ("eager", "cuda_graph"):
+        raise ValueError(f"unknown timing mode {mode!r}")
+    if mode == "cuda_graph" and device.type != "cuda":
+        raise ValueError("CUDA-graph replay needs a CUDA device")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
+    module = module.to(device=device, dtype=dtype).eval()
+    fn = (lambda: module(x)) if mode == "eager" else _graph_replay(module, x)
+    for _ in range(warmup):
+        fn()
+    if budget_s is not None:
+        one_call_s = statistics.median(time_calls(fn, device, 3)) / 1e3
+        repeats = max(5, min(repeats, int(budget_s / max(one_call_s, 1e-9))))
+    result = _summary(time_calls(fn, device, repeats))
+    result.update(batch=batch, dtype=str(dtype).replace("torch.", ""), mode=mode,
+                  device=device_name(device),
+                  threads=torch.get_num_threads() if device.type == "cpu" else None)
+    return result
+
+
+def _fits_in_memory(batch: int, dim_in: int, dim_out: int, rank: int, dtype: torch.dtype,
+                    device: torch.device) -> bool:
+    """Input, output and the rank-r intermediate, with room to spare: at most a quarter of the
+    free memory on CUDA, and of the physical memory on the CPU."""
+    need = batch * (dim_in + dim_out + rank) * torch.finfo(dtype).bits // 8
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need * 4 < free
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 * 2**30
+    return need * 4 < physical
+
+
+def break_even_batch(rows: list[dict]) -> int | None:
+    """The smallest batch from which the factorised layer is faster at every larger batch
+    measured; None when it is not faster even at the largest."""
+    rows = sorted(rows, key=lambda r: r["batch"])
+    answer = None
+    for row in reversed(rows):
+        if row["speedup"] >= 1.0:
+            answer = row["batch"]
+        else:
+            break
+    return answer
+
+
+def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *,
+                   batches=(1, 32, 256, 4096, 65536), dtypes=(torch.float32,),
+                   modes=("eager",), warmup: int = 10, repeats: int = 100,
+                   budget_s: float = 1.0, seed: int = 0) -> dict:
+    """Dense nn.Linear against LowRankLinear of the same shape, for every batch, dtype and mode.
+    Weights are random: the time of a matmul does not depend on the values."""
+    torch.manual_seed(seed)
+    dense = nn.Linear(dim_in, dim_out)
+    factorised = LowRankLinear(dim_in, dim_out, rank)
+    rows, skipped = [], []
+    for dtype in dtypes:
+        for mode in modes:
+            for batch in batches:
+                if not _fits_in_memory(batch, dim_in, dim_out, rank, dtype, device):
+                    skipped.append({"batch": batch, "dtype": str(dtype), "mode": mode,
+                                    "why": "would not fit in memory"})
+                    continue
+                common = dict(warmup=warmup, repeats=repeats, dtype=dtype, mode=mode, seed=seed,
+                              budget_s=budget_s)
+                d = measure_latency(dense, batch, dim_in, device, **common)
+                f = measure_latency(factorised, batch, dim_in, device, **common)
+                rows.append({"batch": batch, "dtype": d["dtype"], "mode": mode, "dense": d,
+                             "factorised": f, "speedup": d["median_ms"] / f["median_ms"],
+                             "flop_ratio": flop_ratio(dim_in, dim_out, rank)})
+    groups = {}
+    for row in rows:
+        groups.setdefault(f"{row['dtype']}/{row['mode']}", []).append(row)
     return {
-        "median_ms": statistics.median(times_ms),
-        "p25_ms": quartiles[0],
-        "p75_ms": quartiles[2],
-        "repeats": repeats,
-        "batch": batch,
-        "dtype": str(dtype).replace("torch.", ""),
         "device": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "dim_in": dim_in, "dim_out": dim_out, "rank": rank,
+        "flop_ratio": flop_ratio(dim_in, dim_out, rank),
+        "rows": rows,
+        "skipped": skipped,
+        "break_even_batch": {key: break_even_batch(group) for key, group in groups.items()},
     }
 
 
