@@ -25,14 +25,24 @@ from distil_rank.benchmark import (
     LatencySettings,
     compress_teacher,
     measure_teacher,
+    sweep_ranks,
+    sweep_teacher,
 )
 from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config, quick_overrides, stage_seed
 from distil_rank.data import resolve_data, split_indices
 from distil_rank.errors import InputError
 from distil_rank.lowrank import input_moments
-from distil_rank.report import FIGURE_NAME, SUMMARY_NAME, format_table, write_figure, write_json
+from distil_rank.report import (
+    FIGURE_NAME,
+    SUMMARY_NAME,
+    format_matrices,
+    format_table,
+    write_figure,
+    write_json,
+)
+from distil_rank.stats import aggregate, effective_rank
 from distil_rank.teachers import TEACHER_NAMES, build_teachers
-from distil_rank.timing import environment
+from distil_rank.timing import environment, latency_matrix
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -60,6 +70,12 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seeds teachers, synthetic data, splits and distillation")
     p.add_argument("--out", default=defaults.out, help="folder for the JSON summary and the figure")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"repetitions with seeds seed, seed+1, ... (default {defaults.seeds}; "
+                        f"{quick_overrides()['seeds']} with --quick); teachers, the selection split "
+                        "and distillation are reseeded, the JSON gives mean and std")
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=defaults.sweep,
+                   help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da")
     p.add_argument("--quick", action="store_true",
                    help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
                         "not meant to be cited")
@@ -70,8 +86,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = quick_overrides() if args.quick else {}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
     return Config(train_path=args.train, val_path=args.val, data=args.data, rank=args.rank,
-                  device=args.device, seed=args.seed, out=args.out, quick=args.quick, **overrides)
+                  device=args.device, seed=args.seed, out=args.out, quick=args.quick,
+                  sweep=args.sweep, **overrides)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -105,7 +124,7 @@ def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
 
 
 def check_settings(config: Config) -> None:
-    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats"):
+    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "seeds"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
     out = Path(config.out)
@@ -114,6 +133,45 @@ def check_settings(config: Config) -> None:
 
 
 # ----------------------------------------------------------------------------- the pipeline
+
+
+def run_seed(seed: int, train, inputs: Inputs, rank: int, config: Config, device: torch.device):
+    """Teachers, compressors and measurements for one seed: (results, curves)."""
+    teachers, teacher_curves = build_teachers(
+        train.embeddings, seed=stage_seed(seed, "teachers"),
+        teacher_steps=config.teacher_steps, teacher_lr=config.teacher_lr,
+        teacher_batch_size=config.teacher_batch_size, denoise_noise=config.denoise_noise,
+        spectral_tau=config.spectral_tau,
+    )
+    distill_cfg = DistillSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+                                  alpha=config.alpha, weight_decay=config.weight_decay,
+                                  eval_every=config.eval_every)
+    latency = LatencySettings(config.latency_batch, config.latency_warmup, config.latency_repeats)
+    ranks = sweep_ranks(train.dim, config.sweep_divisors)
+    results, sweeps = {}, {}
+    curves = {"distillation": {}, "teacher_singular_values": {}}
+    for name in TEACHER_NAMES:
+        teacher = teachers[name]
+        students, runs = compress_teacher(teacher, inputs, rank, distill_cfg, device,
+                                          seed=stage_seed(seed, f"distil/{name}"), name=name)
+        result = measure_teacher(teacher, students, inputs, rank, latency, device,
+                                 config.ridge_alpha)
+        result["distillation"] = {
+            m: {"final_loss": r.losses[-1], "chosen_step": r.chosen_step,
+                "selection_checkpoints": r.checkpoints} for m, r in runs.items()
+        }
+        result["task_trained_denoising_loss"] = (
+            {"first": teacher_curves["Task-Trained"][0], "last": teacher_curves["Task-Trained"][-1]}
+            if name == "Task-Trained" else None)
+        results[name] = result
+        if config.sweep:
+            sweeps[name] = sweep_teacher(teacher, inputs, ranks, distill_cfg, device,
+                                         seed=stage_seed(seed, f"sweep/{name}"), name=name,
+                                         known={rank: students})
+        curves["distillation"][name] = {m: r.losses for m, r in runs.items()}
+        curves["teacher_singular_values"][name] = torch.linalg.svdvals(
+            teacher.weight.detach().double().cpu())
+    return results, sweeps, curves
 
 
 def run(config: Config) -> dict:
@@ -137,46 +195,51 @@ def run(config: Config) -> dict:
     if not dataset.real_data:
         print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
               flush=True)
-    fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
-                                             stage_seed(config.seed, "selection"))
     has_fitness = train.fitness is not None and val.fitness is not None
-    inputs = Inputs(
-        train=train.embeddings, fit=train.embeddings[fit_rows],
-        selection=train.embeddings[selection_rows], val=val.embeddings,
-        train_fitness=train.fitness if has_fitness else None,
-        val_fitness=val.fitness if has_fitness else None,
-    )
-
-    # teachers
-    teachers, teacher_curves = build_teachers(
-        train.embeddings, seed=stage_seed(config.seed, "teachers"),
-        teacher_steps=config.teacher_steps, teacher_lr=config.teacher_lr,
-        teacher_batch_size=config.teacher_batch_size, denoise_noise=config.denoise_noise,
-        spectral_tau=config.spectral_tau,
-    )
-
-    # compress and measure
-    distill_cfg = DistillSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
-                                  alpha=config.alpha, weight_decay=config.weight_decay,
-                                  eval_every=config.eval_every)
-    latency = LatencySettings(config.latency_batch, config.latency_warmup, config.latency_repeats)
-    results, curves = {}, {"distillation": {}, "teacher_singular_values": {}}
-    for name in TEACHER_NAMES:
-        teacher = teachers[name]
-        students, runs = compress_teacher(teacher, inputs, rank, distill_cfg, device,
-                                          seed=stage_seed(config.seed, f"distil/{name}"), name=name)
-        results[name] = measure_teacher(teacher, students, inputs, rank, latency, device,
-                                        config.ridge_alpha)
-        results[name]["distillation"] = {
-            m: {"final_loss": r.losses[-1], "chosen_step": r.chosen_step,
-                "selection_checkpoints": r.checkpoints} for m, r in runs.items()
-        }
-        curves["distillation"][name] = {m: r.losses for m, r in runs.items()}
-        curves["teacher_singular_values"][name] = torch.linalg.svdvals(
-            teacher.weight.detach().double().cpu())
-        print(format_table(name, results[name]), flush=True)
     embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
-    curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
+
+    # teachers, compressors and measurements, once per seed
+    seeds = [config.seed + i for i in range(config.seeds)]
+    per_seed, sweeps, first_curves = [], [], None
+    for seed in seeds:
+        fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
+                                                 stage_seed(seed, "selection"))
+        inputs = Inputs(
+            train=train.embeddings, fit=train.embeddings[fit_rows],
+            selection=train.embeddings[selection_rows], val=val.embeddings,
+            train_fitness=train.fitness if has_fitness else None,
+            val_fitness=val.fitness if has_fitness else None,
+        )
+        results, sweep, curves = run_seed(seed, train, inputs, rank, config, device)
+        per_seed.append(results)
+        sweeps.append(sweep)
+        first_curves = first_curves or curves
+        print(f"seed {seed}:", flush=True)
+        for name in TEACHER_NAMES:
+            print(format_table(name, results[name]), flush=True)
+
+    teachers = {}
+    for name in TEACHER_NAMES:
+        mean, std = aggregate([r[name] for r in per_seed])
+        mean["std"] = std
+        if config.sweep:
+            sweep_mean, sweep_std = aggregate([s[name] for s in sweeps])
+            sweep_mean["std"] = sweep_std
+            mean["sweep"] = sweep_mean
+        mean["per_seed"] = [r[name] for r in per_seed]
+        teachers[name] = mean
+
+    # the latency matrix: dense against factorised at several batch sizes
+    matrix_devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
+    latency_matrices = {}
+    for matrix_device in matrix_devices:
+        cuda = matrix_device.type == "cuda"
+        latency_matrices[matrix_device.type] = latency_matrix(
+            dim, dim, rank, matrix_device, batches=config.latency_batches,
+            dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
+            modes=("eager", "cuda_graph") if cuda else ("eager",),
+            warmup=config.latency_warmup, repeats=config.latency_repeats,
+            budget_s=config.latency_budget_s, seed=config.seed)
 
     # report
     summary = {
@@ -187,12 +250,12 @@ def run(config: Config) -> dict:
         "teachers": list(TEACHER_NAMES),
         "methods": list(METHODS),
         "student_method": "distil_da",
-        **results,
-        "task_trained_denoising_loss": {"first": teacher_curves["Task-Trained"][0],
-                                        "last": teacher_curves["Task-Trained"][-1]},
+        "seeds": seeds,
+        **teachers,
+        "latency_matrix": latency_matrices,
         "data": {
             "train": {"source": train.source, "rows": train.num_rows,
-                      "fit_rows": len(fit_rows), "selection_rows": len(selection_rows)},
+                      "selection_fraction": config.selection_fraction},
             "val": {"source": val.source, "rows": val.num_rows},
             "has_fitness": has_fitness,
             "provenance": train.provenance,
@@ -200,13 +263,20 @@ def run(config: Config) -> dict:
             "embedding_spread_rms_norm": (train.embeddings.double()
                                           - train.embeddings.double().mean(0)).norm(dim=1)
             .pow(2).mean().sqrt().item(),
+            "effective_rank": effective_rank(embedding_spectrum),
         },
         "config": config.as_dict(),
         "environment": environment(device),
     }
+    first_curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
     out = Path(config.out)
     write_json(out / SUMMARY_NAME, summary)
-    write_figure(out / FIGURE_NAME, summary, curves)
+    write_figure(out / FIGURE_NAME, summary, first_curves)
+    if len(seeds) > 1:
+        print(f"mean over seeds {seeds}:", flush=True)
+        for name in TEACHER_NAMES:
+            print(format_table(name, teachers[name]), flush=True)
+    print(format_matrices(latency_matrices), flush=True)
     print(f"wrote {out / SUMMARY_NAME} and {out / FIGURE_NAME}", flush=True)
     return summary
 

@@ -12,14 +12,17 @@ from distil_rank.distill import DistillResult, distill
 from distil_rank.lowrank import (
     compress_data_aware,
     compress_svd,
+    data_aware_error_curve,
     flop_ratio,
     input_moments,
     num_parameters,
 )
 from distil_rank.metrics import fidelity, fit_ridge, spearman
+from distil_rank.stats import smallest_rank_reaching
 from distil_rank.timing import measure_latency
 
 METHODS = ("svd", "data_aware", "distil", "distil_da")
+SWEEP_METHODS = ("svd", "data_aware", "distil_da")
 STUDENT = "distil_da"  # the project's student: its numbers fill the published keys
 
 
@@ -58,6 +61,24 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
+def distil_da(teacher: nn.Linear, inputs: Inputs, rank: int, distill_cfg: DistillSettings,
+              device: torch.device, seed: int, name: str = ""):
+    """The project's student: the closed form fitted on the fit rows, distilled on them, and the
+    checkpoint (step 0 included) with the least MSE on the held-out selection rows."""
+    warm, warm_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(inputs.fit), rank))
+    run = distill(teacher, warm, inputs.fit, steps=distill_cfg.steps, lr=distill_cfg.lr,
+                  batch_size=distill_cfg.batch_size, alpha=distill_cfg.alpha,
+                  weight_decay=distill_cfg.weight_decay, device=device, seed=seed,
+                  holdout_x=inputs.selection, eval_every=distill_cfg.eval_every,
+                  desc=f"{name} distil_da r={rank}")
+    return run, (run.student, warm_seconds + run.fit_seconds, {
+        "chosen_step": run.chosen_step,
+        "selection_mse_warm_start": run.checkpoints[0][1],
+        "selection_mse_chosen": min(m for _, m in run.checkpoints),
+        "warm_start": warm,
+    })
+
+
 def compress_teacher(teacher: nn.Linear, inputs: Inputs, rank: int, distill_cfg: DistillSettings,
                      device: torch.device, seed: int, name: str = ""):
     """Every compressor applied to `teacher`: {method: (module, fit_seconds, extra)} and the
@@ -68,26 +89,15 @@ def compress_teacher(teacher: nn.Linear, inputs: Inputs, rank: int, distill_cfg:
     da_student, seconds = _timed(lambda: compress_data_aware(teacher, input_moments(inputs.train), rank))
     students["data_aware"] = (da_student, seconds, {})
 
-    common = dict(steps=distill_cfg.steps, lr=distill_cfg.lr, batch_size=distill_cfg.batch_size,
-                  alpha=distill_cfg.alpha, weight_decay=distill_cfg.weight_decay, device=device)
     # The published recipe, kept as the reference row: SVD warm start, all training rows,
     # the weights after the last step.
-    runs["distil"] = distill(teacher, svd_student, inputs.train, seed=seed, desc=f"{name} distil",
-                             **common)
+    runs["distil"] = distill(teacher, svd_student, inputs.train, steps=distill_cfg.steps,
+                             lr=distill_cfg.lr, batch_size=distill_cfg.batch_size,
+                             alpha=distill_cfg.alpha, weight_decay=distill_cfg.weight_decay,
+                             device=device, seed=seed, desc=f"{name} distil")
     students["distil"] = (runs["distil"].student, runs["distil"].fit_seconds, {})
-    # The project's student: the closed form fitted on the fit rows, distilled on them, and the
-    # checkpoint (step 0 included) chosen on the held-out selection rows.
-    warm, warm_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(inputs.fit), rank))
-    runs["distil_da"] = distill(teacher, warm, inputs.fit, seed=seed + 1,
-                                holdout_x=inputs.selection, eval_every=distill_cfg.eval_every,
-                                desc=f"{name} distil_da", **common)
-    run = runs["distil_da"]
-    students["distil_da"] = (run.student, warm_seconds + run.fit_seconds, {
-        "chosen_step": run.chosen_step,
-        "selection_mse_warm_start": run.checkpoints[0][1],
-        "selection_mse_chosen": min(m for _, m in run.checkpoints),
-        "warm_start": warm,
-    })
+    runs["distil_da"], students["distil_da"] = distil_da(teacher, inputs, rank, distill_cfg, device,
+                                                         seed=seed + 1, name=name)
     return students, runs
 
 
@@ -155,3 +165,61 @@ def measure_teacher(teacher: nn.Linear, students: dict, inputs: Inputs, rank: in
     if probe is not None:
         result["teacher_spearman"] = spearman(probe(y_val), inputs.val_fitness)
     return result
+
+
+# ----------------------------------------------------------------------------- rank sweep
+
+
+def sweep_ranks(dim: int, divisors=(80, 40, 20, 10, 5, 4)) -> list[int]:
+    """Ranks from heavy to light compression: D/80 .. D/4, D/20 included."""
+    return sorted({max(1, dim // d) for d in divisors if max(1, dim // d) < dim})
+
+
+@torch.no_grad()
+def sweep_teacher(teacher: nn.Linear, inputs: Inputs, ranks: list[int],
+                  distill_cfg: DistillSettings, device: torch.device, seed: int, name: str = "",
+                  known: dict[int, dict] | None = None) -> dict:
+    """svd, data_aware and distil_da at every rank, on validation; and the exact closed-form
+    curve for every rank 0..D from one eigendecomposition.
+
+    The curve is the explained variance on the training rows, where the closed form is exactly
+    optimal: `data_aware_train_explained_variance` measures the fitted students on those rows,
+    and the two must agree to rounding (`closed_form_max_abs_gap`).
+    `known` maps a rank to already-built students (the main run's), to avoid refitting them.
+    """
+    cpu = torch.device("cpu")
+    teacher = teacher.to(cpu)
+    moments = input_moments(inputs.train)
+    errors = data_aware_error_curve(teacher.weight, moments)
+    curve = (1 - errors / errors[0]).tolist()
+    y_val, y_train = teacher(inputs.val), teacher(inputs.train)
+    dim_in, dim_out = teacher.in_features, teacher.out_features
+    methods = {m: {"explained_variance": [], "cosine": [], "rel_mse": []} for m in SWEEP_METHODS}
+    train_measured = []
+    for rank in ranks:
+        if known and rank in known:
+            built = {m: known[rank][m][0] for m in SWEEP_METHODS}
+        else:
+            built = {"svd": compress_svd(teacher, rank),
+                     "data_aware": compress_data_aware(teacher, moments, rank)}
+            with torch.enable_grad():
+                _, (student, _, _) = distil_da(teacher, inputs, rank, distill_cfg, device,
+                                               seed=seed + rank, name=name)
+            built["distil_da"] = student
+        for method, module in built.items():
+            scores = fidelity(y_val, module.to(cpu)(inputs.val))
+            for key in methods[method]:
+                methods[method][key].append(scores[key])
+        train_measured.append(fidelity(y_train, built["data_aware"].to(cpu)(inputs.train))
+                              ["explained_variance"])
+    teacher.to(cpu)
+    gap = max(abs(train_measured[i] - curve[r]) for i, r in enumerate(ranks))
+    return {
+        "ranks": list(ranks),
+        "compression": [dim_in * dim_out / (r * (dim_in + dim_out)) for r in ranks],
+        "methods": methods,
+        "closed_form_train_explained_variance": curve,
+        "data_aware_train_explained_variance": train_measured,
+        "closed_form_max_abs_gap": gap,
+        "smallest_rank_for_train_explained_variance": smallest_rank_reaching(curve),
+    }

@@ -42,6 +42,11 @@ class Config:
     selection_fraction: float = 0.15  # part of train held out to pick distil_da's checkpoint
     eval_every: int = 50  # steps between checkpoint evaluations on that held-out part
 
+    # --- rank sweep and repetitions ---
+    sweep: bool = True  # also sweep the rank for svd, data_aware and distil_da
+    sweep_divisors: tuple[int, ...] = (80, 40, 20, 10, 5, 4)  # ranks D/80 .. D/4
+    seeds: int = 3  # repetitions with seeds seed, seed+1, ...; the JSON gives mean and std
+
     # --- downstream probe ---
     ridge_alpha: float = 1e-2  # ridge penalty, relative to the mean eigenvalue of the features
 
@@ -49,6 +54,8 @@ class Config:
     latency_batch: int = 32  # rows per forward pass
     latency_warmup: int = 20  # untimed calls before measuring
     latency_repeats: int = 200  # timed calls; the median is reported
+    latency_batches: tuple[int, ...] = (1, 32, 256, 4096)  # the run's small latency matrix
+    latency_budget_s: float = 0.5  # seconds per matrix cell at most (at least 5 calls)
 
     # --- run ---
     device: str = "auto"  # auto: CUDA when available, else CPU
@@ -68,6 +75,10 @@ def quick_overrides() -> dict:
         eval_every=20,
         latency_warmup=3,
         latency_repeats=10,
+        latency_batches=(1, 32, 256),
+        latency_budget_s=0.05,
+        sweep_divisors=(40, 20, 10),
+        seeds=2,
         synthetic_dim=256,
         synthetic_train=600,
         synthetic_val=200,

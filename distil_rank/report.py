@@ -54,6 +54,22 @@ def write_json(path: Path, payload: dict) -> None:
 # ----------------------------------------------------------------------------- console
 
 
+def format_matrices(matrices: dict) -> str:
+    lines = []
+    for matrix in matrices.values():
+        lines.append(f"latency matrix on {matrix['device']} (threads {matrix['threads']}), "
+                     f"D={matrix['dim_in']}, r={matrix['rank']}, FLOP ratio "
+                     f"{matrix['flop_ratio']:.1f}x:")
+        for row in matrix["rows"]:
+            lines.append(f"  {row['dtype']}/{row['mode']:<10} batch {row['batch']:>6}: dense "
+                         f"{row['dense']['median_ms']:.4f} ms, rank-r "
+                         f"{row['factorised']['median_ms']:.4f} ms, speedup {row['speedup']:.2f}x")
+        for key, batch in matrix["break_even_batch"].items():
+            lines.append(f"  break-even batch ({key}): "
+                         f"{batch if batch is not None else 'not reached in the grid'}")
+    return "\n".join(lines)
+
+
 def format_table(name: str, result: dict) -> str:
     methods = result["methods"]
     has_rho = "teacher_spearman" in result
@@ -82,10 +98,161 @@ def format_table(name: str, result: dict) -> str:
 
 # ----------------------------------------------------------------------------- figure
 
+TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green")
+METHOD_COLOURS = {"svd": "tab:gray", "data_aware": "tab:purple", "distil": "tab:orange",
+                  "distil_da": "tab:cyan"}
+FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
+
+
+def _unexplained(explained):
+    return [max(1 - v, FLOOR) for v in explained]
+
+
+def _panel_losses(ax, summary, curves, colours):
+    for teacher in summary["teachers"]:
+        for method, style in (("distil", ":"), ("distil_da", "-")):
+            losses = torch.as_tensor(curves["distillation"][teacher][method])
+            window = max(1, len(losses) // 50)
+            smooth = losses.unfold(0, window, window).mean(1) if len(losses) >= window else losses
+            steps = torch.arange(len(smooth)) * window + window
+            ax.plot(steps, smooth, style, color=colours[teacher], label=f"{teacher} {method}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss, MSE + alpha(1 - cos) (log)")
+    ax.set_title(f"Distillation loss, seed {summary['seeds'][0]}\n"
+                 "dotted: SVD start (published); solid: closed-form start")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _panel_fidelity(ax, summary):
+    teachers, methods = summary["teachers"], list(METHOD_LABELS)
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        means = [summary[t]["methods"][method]["explained_variance"] for t in teachers]
+        stds = [((summary[t].get("std") or {}).get("methods", {}).get(method, {})
+                 .get("explained_variance", 0.0)) for t in teachers]
+        values = _unexplained(means)
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(teachers))]
+        bars = ax.bar(xs, values, width, yerr=stds, capsize=2, label=METHOD_LABELS[method],
+                      color=METHOD_COLOURS[method])
+        for bar, ev in zip(bars, means):
+            ax.annotate(f"{ev:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=6.5, xytext=(0, 2),
+                        textcoords="offset points")
+    ax.set_xticks(range(len(teachers)), teachers)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.text(len(teachers) - 0.55, 1.1, "= predicting the mean", fontsize=7, ha="right")
+    top = max(max(_unexplained([summary[t]["methods"][m]["explained_variance"]]))
+              for t in teachers for m in methods)
+    ax.set_ylim(top=max(top, 1.0) * 60)
+    ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
+    n = len(summary["seeds"])
+    ax.set_title(f"Fidelity at rank {summary['target_rank']} (labels: explained variance EV;\n"
+                 f"mean of {n} seed{'s' * (n > 1)}, bars: std). Plain cosine is near 1 for most bars")
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+
+
+def _panel_latency(ax, summary):
+    matrices = summary.get("latency_matrix", {})
+    styles = iter(("o-", "s--", "^-.", "v:", "D-", "x--"))
+    for matrix in matrices.values():
+        groups = {}
+        for row in matrix["rows"]:
+            groups.setdefault(f"{row['dtype']} {row['mode']}", []).append(row)
+        for key, rows in groups.items():
+            ax.plot([r["batch"] for r in rows], [r["speedup"] for r in rows], next(styles),
+                    label=f"{matrix['device'][:28]} {key}")
+        flop = matrix["flop_ratio"]
+    if matrices:
+        ax.axhline(flop, color="gray", ls=":", lw=1, label=f"FLOP ratio {flop:.1f}x")
+    ax.axhline(1.0, color="black", lw=0.8, label="break-even (1x)")
+    ax.set_ylim(bottom=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (rows per forward pass, log)")
+    ax.set_ylabel("speedup of the rank-r layer (dense time / rank-r time)")
+    ax.set_title("Is the rank-r layer faster? Speedup against batch size\n"
+                 "(GPU figures: bench/latency.py, README table)")
+    ax.legend(fontsize=7)
+
+
+def _panel_pareto(ax, summary, teacher, colour):
+    sweep = summary[teacher].get("sweep")
+    if not sweep:
+        ax.text(0.5, 0.5, "no rank sweep in this run (--no-sweep)", ha="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    dim = summary["input_dim"]
+    curve = sweep["closed_form_train_explained_variance"]
+    ranks = list(range(1, dim // 2 + 1))  # up to the rank where the factors stop saving
+    ax.plot([dim * dim / (r * 2 * dim) for r in ranks], _unexplained([curve[r] for r in ranks]),
+            color="black", lw=1, label="closed form, exact (train rows)")
+    std = sweep.get("std") or {}
+    markers = {"svd": dict(fmt="o-", ms=4), "data_aware": dict(fmt="s", ms=9, mfc="none"),
+               "distil_da": dict(fmt="o-", ms=4)}
+    for method in ("svd", "data_aware", "distil_da"):
+        values = sweep["methods"][method]["explained_variance"]
+        errs = std.get("methods", {}).get(method, {}).get("explained_variance", [0] * len(values))
+        ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
+                    color=METHOD_COLOURS[method], label=f"{method} (validation)",
+                    **markers[method])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    measured = [v for m in ("data_aware", "distil_da") for v in
+                _unexplained(sweep["methods"][m]["explained_variance"])]
+    ax.set_ylim(bottom=max(min(measured) / 30, FLOOR))
+    ax.axhline(1.0, color="black", lw=0.6, ls="--")
+    ax.set_xlabel("compression (teacher params / student params, log)")
+    ax.set_ylabel("unexplained variance 1 - EV (log)")
+    targets = sweep["smallest_rank_for_train_explained_variance"]
+    text = ", ".join(f"EV {t}: r={'n/a' if r is None else round(r)}" for t, r in targets.items())
+    ax.set_title(f"{teacher}: fidelity against compression\nsmallest rank for {text}",
+                 color=colour, fontsize=9.5)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _panel_teacher_spectra(ax, summary, curves, colours):
+    rank = summary["target_rank"]
+    for teacher in summary["teachers"]:
+        s = torch.as_tensor(curves["teacher_singular_values"][teacher])
+        ax.plot(torch.arange(1, len(s) + 1), s / s[0], color=colours[teacher], label=teacher)
+    ax.axvline(rank, color="black", ls="--", lw=1, label=f"rank cut r = {rank}")
+    ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel("singular value s_i / s_1 (log)")
+    ax.set_title(f"Teacher weight spectra, seed {summary['seeds'][0]} (what SVD sees)")
+    ax.legend(fontsize=7)
+
+
+def _panel_embedding_spectrum(ax, summary, curves):
+    rank = summary["target_rank"]
+    ev = torch.as_tensor(curves["embedding_eigenvalues"]).clamp_min(1e-30)
+    share = ev / ev.sum()
+    k = torch.arange(1, len(ev) + 1)
+    ax.plot(k, share, color="black", label="share of variance")
+    ax.axvline(rank, color="black", ls="--", lw=1, label=f"rank cut r = {rank}")
+    ax.set_yscale("log")
+    ax.set_xlabel("principal component k (centred training embeddings)")
+    ax.set_ylabel("eigenvalue / total (log)")
+    twin = ax.twinx()
+    twin.plot(k, share.cumsum(0), color="tab:blue", label="cumulative share")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("cumulative share of variance", color="tab:blue")
+    eff = summary["data"]["effective_rank"]
+    ax.set_title(f"The embeddings' own spectrum: participation ratio "
+                 f"{eff['participation_ratio']:.1f};\n{eff['components_for_90pct']} / "
+                 f"{eff['components_for_95pct']} / {eff['components_for_99pct']} components hold "
+                 f"90 / 95 / 99% of the variance", fontsize=9.5)
+    handles = [a.get_legend_handles_labels() for a in (ax, twin)]
+    ax.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], fontsize=7,
+              loc="center right")
+
 
 def write_figure(path: Path, summary: dict, curves: dict) -> None:
-    """Four panels: distillation losses; explained variance per teacher and compressor; each
-    teacher's singular values with the rank cut; the embeddings' own spectrum.
+    """Nine panels, one message each: distillation losses; fidelity per teacher and compressor;
+    speedup against batch size; fidelity against compression per teacher (the rank sweep, with
+    the exact closed-form curve); teacher spectra; the embeddings' own spectrum.
 
     curves: {"distillation": {teacher: {method: [loss per step]}},
              "teacher_singular_values": {teacher: [...]}, "embedding_eigenvalues": [...]}
@@ -96,89 +263,51 @@ def write_figure(path: Path, summary: dict, curves: dict) -> None:
     import matplotlib.pyplot as plt
 
     teachers = summary["teachers"]
-    rank = summary["target_rank"]
-    colours = dict(zip(teachers, ("tab:red", "tab:blue", "tab:green")))
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10.5))
+    colours = dict(zip(teachers, TEACHER_COLOURS))
+    fig, axes = plt.subplots(3, 3, figsize=(19, 16))
     data_word = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
     fig.suptitle(
-        f"Distil-Rank: {summary['input_dim']}x{summary['input_dim']} layers at rank {rank} "
-        f"({summary[teachers[0]]['compression']:.1f}x fewer parameters), {data_word} embeddings "
-        f"({summary['data']['train']['rows']} train / {summary['data']['val']['rows']} val)",
-        fontsize=12,
+        f"Distil-Rank: {summary['input_dim']}x{summary['input_dim']} layers at rank "
+        f"{summary['target_rank']} ({summary[teachers[0]]['compression']:.1f}x fewer parameters), "
+        f"{data_word} embeddings ({summary['data']['train']['rows']} train / "
+        f"{summary['data']['val']['rows']} validation rows), {len(summary['seeds'])} seed(s)",
+        fontsize=13,
     )
-
-    ax = axes[0, 0]
-    for teacher in teachers:
-        for method, style in (("distil", ":"), ("distil_da", "-")):
-            losses = torch.as_tensor(curves["distillation"][teacher][method])
-            window = max(1, len(losses) // 50)
-            smooth = losses.unfold(0, window, window).mean(1) if len(losses) >= window else losses
-            steps = torch.arange(len(smooth)) * window + window
-            ax.plot(steps, smooth, style, color=colours[teacher], label=f"{teacher} {method}")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss: MSE + alpha(1 - cos)  (log)")
-    ax.set_title("Distillation loss (dotted: SVD start; solid: closed-form start)")
-    ax.legend(fontsize=8, ncol=2)
-
-    ax = axes[0, 1]
-    methods = list(METHOD_LABELS)
-    width = 0.8 / len(methods)
-    method_colours = ("tab:gray", "tab:purple", "tab:orange", "tab:cyan")
-    for i, method in enumerate(methods):
-        # 1 - explained variance: the share of the teacher's output variation the student misses.
-        values = [max(1 - summary[t]["methods"][method]["explained_variance"], 1e-12)
-                  for t in teachers]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(teachers))]
-        bars = ax.bar(xs, values, width, label=METHOD_LABELS[method], color=method_colours[i])
-        for bar, value in zip(bars, values):
-            ax.annotate(f"{1 - value:.3g}", (bar.get_x() + bar.get_width() / 2, value),
-                        ha="center", va="bottom", fontsize=7, xytext=(0, 2),
-                        textcoords="offset points")
-    ax.set_xticks(range(len(teachers)), teachers)
-    ax.set_yscale("log")
-    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-    ax.annotate("= predicting the teacher's mean output", (len(teachers) - 0.6, 1.0),
-                fontsize=7, va="bottom", ha="right")
-    top = max(max(1 - summary[t]["methods"][m]["explained_variance"], 1e-12)
-              for t in teachers for m in methods)
-    ax.set_ylim(top=max(top, 1.0) * 30)
-    ax.set_ylabel("unexplained variance, 1 - EV, on validation (log; lower is better)")
-    ax.set_title("Fidelity per teacher and compressor (labels: explained variance EV)\n"
-                 "plain cosine flatters: it is near 1 for most of these bars")
-    ax.legend(fontsize=8, loc="upper right", ncol=2)
-
-    ax = axes[1, 0]
-    for teacher in teachers:
-        s = torch.as_tensor(curves["teacher_singular_values"][teacher])
-        ax.plot(torch.arange(1, len(s) + 1), s / s[0], color=colours[teacher], label=teacher)
-    ax.axvline(rank, color="black", ls="--", lw=1, label=f"rank cut r = {rank}")
-    ax.set_yscale("log")
-    ax.set_xlabel("index i")
-    ax.set_ylabel("singular value s_i / s_1  (log)")
-    ax.set_title("Teacher weight spectra (what SVD sees)")
-    ax.legend(fontsize=8)
-
-    ax = axes[1, 1]
-    ev = torch.as_tensor(curves["embedding_eigenvalues"]).clamp_min(1e-30)
-    share = ev / ev.sum()
-    ax.plot(torch.arange(1, len(ev) + 1), share, color="black", label="share of variance")
-    ax.axvline(rank, color="black", ls="--", lw=1, label=f"rank cut r = {rank}")
-    ax.set_yscale("log")
-    ax.set_xlabel("principal component k (centred training embeddings)")
-    ax.set_ylabel("eigenvalue / total  (log)")
-    twin = ax.twinx()
-    twin.plot(torch.arange(1, len(ev) + 1), share.cumsum(0), color="tab:blue",
-              label="cumulative share")
-    twin.set_ylim(0, 1.02)
-    twin.set_ylabel("cumulative share of variance", color="tab:blue")
-    captured = share[:rank].sum().item()
-    ax.set_title(f"The embeddings' own spectrum: the top {rank} components hold "
-                 f"{100 * captured:.1f}% of the variance")
-    lines = ax.get_legend_handles_labels()
-    more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
-
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _panel_losses(axes[0, 0], summary, curves, colours)
+    _panel_fidelity(axes[0, 1], summary)
+    _panel_latency(axes[0, 2], summary)
+    for ax, teacher in zip(axes[1], teachers):
+        _panel_pareto(ax, summary, teacher, colours[teacher])
+    _panel_teacher_spectra(axes[2, 0], summary, curves, colours)
+    _panel_embedding_spectrum(axes[2, 1], summary, curves)
+    axes[2, 2].set_axis_off()
+    _text_panel(axes[2, 2], summary)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def _text_panel(ax, summary):
+    """What a reader should take away, in numbers from this run."""
+    rank = summary["target_rank"]
+    lines = [f"At rank {rank}, explained variance on validation (mean over seeds):"]
+    for teacher in summary["teachers"]:
+        m = summary[teacher]["methods"]
+        lines.append(f"  {teacher:<13} svd {m['svd']['explained_variance']:>9.3g}   "
+                     f"data_aware {m['data_aware']['explained_variance']:.3f}   "
+                     f"distil_da {m['distil_da']['explained_variance']:.3f}")
+    if summary["data"]["has_fitness"]:
+        lines.append("")
+        lines.append("Downstream: Spearman rho of a fitness probe fitted on the teacher:")
+        for teacher in summary["teachers"]:
+            e = summary[teacher]
+            lines.append(f"  {teacher:<13} teacher {e['teacher_spearman']:.3f}   "
+                         f"student {e['methods']['distil_da']['spearman']:.3f}")
+    for matrix in summary.get("latency_matrix", {}).values():
+        lines.append("")
+        lines.append(f"Latency, {matrix['device'][:40]}:")
+        for row in matrix["rows"]:
+            lines.append(f"  {row['dtype']} {row['mode']} batch {row['batch']:>6}: "
+                         f"{row['speedup']:.2f}x (FLOP ratio {row['flop_ratio']:.1f}x)")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5,
+            transform=ax.transAxes)

@@ -3,7 +3,8 @@
     python scripts/readme_results.py            # rewrites README.md between the markers
     python scripts/readme_results.py --check    # exit 1 if README.md is out of date
 
-Reads results/distil_rank_summary.json and bench/results/speed_*.json.
+Reads results/distil_rank_summary.json, bench/results/speed_*.json and
+bench/results/latency_*.json.
 """
 
 from __future__ import annotations
@@ -27,19 +28,95 @@ def fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
-def results_section(summary: dict, speeds: list[dict]) -> str:
+def pm(mean, std, spec):
+    """mean +- std, the std left out when it is zero (a single seed, or no spread)."""
+    if not std:
+        return format(mean, spec)
+    return f"{format(mean, spec)} ± {format(std, '.1g')}"
+
+
+def latency_table(matrix: dict, source: str) -> list[str]:
+    lines = [
+        f"{source}: {matrix['device']}"
+        + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
+        + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, FLOP ratio {matrix['flop_ratio']:.1f}x.",
+        "",
+        "| dtype | mode | batch | dense ms (IQR) | rank-r ms (IQR) | speedup |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in matrix["rows"]:
+        d, f = row["dense"], row["factorised"]
+        lines.append(
+            f"| {row['dtype']} | {row['mode']} | {row['batch']} | {d['median_ms']:.4g} "
+            f"({d['p25_ms']:.3g}-{d['p75_ms']:.3g}) | {f['median_ms']:.4g} "
+            f"({f['p25_ms']:.3g}-{f['p75_ms']:.3g}) | {row['speedup']:.2f}x |")
+    for key, batch in matrix["break_even_batch"].items():
+        word = "not reached in the grid" if batch is None else (
+            f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
+            else str(batch))
+        lines.append(f"\nBreak-even batch ({key}): {word}.")
+    for skip in matrix.get("skipped", []):
+        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
+                     f"{skip['why']}.")
+    return lines
+
+
+def sweep_tables(summary: dict) -> list[str]:
+    first = summary[summary["teachers"][0]].get("sweep")
+    if not first:
+        return ["(This run had no rank sweep: `python main.py --sweep`.)"]
+    ranks = first["ranks"]
+    lines = [
+        "Explained variance on validation against rank (mean ± std over seeds); the closed-form "
+        "column is the exact optimum on the training rows from one eigendecomposition, which the "
+        "fitted `data_aware` students match to "
+        f"{max(summary[t]['sweep']['closed_form_max_abs_gap'] for t in summary['teachers']):.1e}:",
+        "",
+        "| teacher | method | " + " | ".join(f"r={r} ({c:.1f}x)" for r, c in
+                                           zip(ranks, first["compression"])) + " |",
+        "|---|---|" + "---:|" * len(ranks),
+    ]
+    for teacher in summary["teachers"]:
+        sweep = summary[teacher]["sweep"]
+        std = sweep.get("std") or {}
+        curve = sweep["closed_form_train_explained_variance"]
+        lines.append(f"| {teacher} | closed form (train, exact) | "
+                     + " | ".join(f"{curve[r]:.4f}" for r in ranks) + " |")
+        for method in ("svd", "data_aware", "distil_da"):
+            values = sweep["methods"][method]["explained_variance"]
+            errs = std.get("methods", {}).get(method, {}).get("explained_variance", [0] * len(values))
+            lines.append(f"| {teacher} | {method} | "
+                         + " | ".join(pm(v, e, ".4g") for v, e in zip(values, errs)) + " |")
+    lines += ["", "Smallest rank whose closed form reaches a target explained variance on the "
+              "training rows (mean over seeds):", "",
+              "| teacher | EV 0.95 | EV 0.99 | EV 0.999 |", "|---|---:|---:|---:|"]
+    for teacher in summary["teachers"]:
+        targets = summary[teacher]["sweep"]["smallest_rank_for_train_explained_variance"]
+        lines.append(f"| {teacher} | " + " | ".join(fmt(targets[t], ".0f") for t in
+                                                      ("0.95", "0.99", "0.999")) + " |")
+    eff = summary["data"]["effective_rank"]
+    lines += ["", f"The training embeddings' own effective rank: participation ratio "
+              f"{eff['participation_ratio']:.1f}; {eff['components_for_90pct']}, "
+              f"{eff['components_for_95pct']} and {eff['components_for_99pct']} principal "
+              f"components hold 90, 95 and 99% of their variance (D = {summary['input_dim']})."]
+    return lines
+
+
+def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]]) -> str:
     env = summary["environment"]
     cfg = summary["config"]
     data = summary["data"]
     kind = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
     first = summary[summary["teachers"][0]]
     lines = [
-        f"Produced by `python main.py` (seed {cfg['seed']}, {cfg['steps']} distillation steps) on "
+        f"Produced by `python main.py` (seeds {', '.join(map(str, summary['seeds']))}; "
+        f"{cfg['steps']} distillation steps) on "
         f"{env['device_name']} with {env['torch_threads']} threads, torch {env['torch']}; "
         f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} validation rows, "
         f"D = {summary['input_dim']}, rank r = {summary['target_rank']} "
         f"({first['params_teacher']:,} -> {first['params_student']:,} parameters, "
-        f"{first['compression']:.1f}x fewer). All fidelity figures are on the validation rows. "
+        f"{first['compression']:.1f}x fewer). All fidelity figures are on the validation rows, "
+        f"mean ± standard deviation over the {len(summary['seeds'])} seeds. "
         f"The training embeddings' common mean has norm {data['embedding_mean_norm']:.3g}; their "
         f"root-mean-square distance from it is {data['embedding_spread_rms_norm']:.3g}.",
         "",
@@ -51,20 +128,30 @@ def results_section(summary: dict, speeds: list[dict]) -> str:
         entry = summary[teacher]
         rho = entry.get("teacher_spearman")
         lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {fmt(rho, '.3f')} | |")
+        std = entry.get("std") or {}
         for method, label in LABELS.items():
             m = entry["methods"][method]
+            ev_std = std.get("methods", {}).get(method, {}).get("explained_variance", 0)
             lines.append(
-                f"| {teacher} | {label} | {m['explained_variance']:.4g} | "
+                f"| {teacher} | {label} | {pm(m['explained_variance'], ev_std, '.4g')} | "
                 f"{m['cosine']:.5f} / {m['cosine_min']:.4f} | {m['rel_mse']:.2e} | "
                 f"{fmt(m.get('spearman'), '.3f')} | {m['fit_seconds']:.3f} |"
             )
-    lines += ["", "Latency of one forward pass at batch "
+    lines += ["", "### Rank sweep", ""] + sweep_tables(summary)
+    lines += ["", "### Latency", "", "Latency of one forward pass at batch "
               f"{first['latency']['teacher']['batch']} (median of {cfg['latency_repeats']}):", "",
               "| teacher | dense ms | rank-r ms | speedup | FLOP ratio |", "|---|---:|---:|---:|---:|"]
     for teacher in summary["teachers"]:
         e = summary[teacher]
         lines.append(f"| {teacher} | {e['latency_teacher_ms']:.4f} | {e['latency_student_ms']:.4f} "
                      f"| {e['speedup']:.2f}x | {e['flop_ratio']:.2f}x |")
+    for key, matrix in summary.get("latency_matrix", {}).items():
+        lines += [""] + latency_table(matrix, "The run's own latency matrix (`python main.py`)")
+    for source, matrix in latencies:
+        lines += [""] + latency_table(matrix, f"`{source}`")
+    if not any("cpu" not in m["device"].lower() for _, m in latencies):
+        lines += ["", "No GPU figure is recorded yet: `python bench/latency.py` on a CUDA machine "
+                  "writes one (fp32 and bf16, eager and CUDA-graph replay)."]
     for speed in speeds:
         fits = speed["fits"]
         lines += [
@@ -89,11 +176,14 @@ def main() -> int:
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     summary = json.loads((ROOT / "results" / "distil_rank_summary.json").read_text())
-    speeds = [json.loads(f.read_text()) for f in sorted((ROOT / "bench" / "results").glob("speed_*.json"))]
+    bench = ROOT / "bench" / "results"
+    speeds = [json.loads(f.read_text()) for f in sorted(bench.glob("speed_*.json"))]
+    latencies = [(f"bench/results/{f.name}", json.loads(f.read_text())["matrix"])
+                 for f in sorted(bench.glob("latency_*.json"))]
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n{results_section(summary, speeds)}\n{END}{tail}"
+    updated = f"{head}{START}\n{results_section(summary, speeds, latencies)}\n{END}{tail}"
     if args.check:
         if updated != readme:
             print("README.md results section is out of date: run python scripts/readme_results.py")

@@ -15,7 +15,7 @@ PUBLISHED_KEYS = ("svd_cosine", "svd_rel_mse", "student_cosine", "student_rel_ms
                   "latency_student_ms", "speedup", "params_teacher", "params_student",
                   "compression")
 TIMING_KEYS = {"fit_seconds", "latency_teacher_ms", "latency_student_ms", "speedup", "latency",
-               "environment"}
+               "latency_matrix", "environment"}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,35 @@ def test_quick_run_writes_json_and_png(quick_run):
     assert (quick_run / FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_quick_run_has_seed_statistics_sweep_and_latency_matrix(quick_run):
+    summary = json.loads((quick_run / SUMMARY_NAME).read_text())
+    assert summary["seeds"] == [0, 1]
+    for teacher in summary["teachers"]:
+        entry = summary[teacher]
+        assert len(entry["per_seed"]) == 2
+        per_seed = [s["methods"]["data_aware"]["explained_variance"] for s in entry["per_seed"]]
+        assert entry["methods"]["data_aware"]["explained_variance"] == pytest.approx(
+            sum(per_seed) / 2)
+        assert entry["std"]["methods"]["data_aware"]["explained_variance"] == pytest.approx(
+            abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+        sweep = entry["sweep"]
+        assert sweep["ranks"] == [8, 16, 32]
+        assert sweep["closed_form_max_abs_gap"] < 1e-4  # float32 students against the exact curve
+        assert len(sweep["closed_form_train_explained_variance"]) == 321
+    effective = summary["data"]["effective_rank"]
+    assert 1 < effective["participation_ratio"] < 320
+    assert effective["components_for_90pct"] <= effective["components_for_99pct"]
+    matrix = summary["latency_matrix"]["cpu"]
+    assert [r["batch"] for r in matrix["rows"]] == [1, 32, 256]
+    assert matrix["threads"] == torch.get_num_threads()
+
+
 def _without_timings(value):
     if isinstance(value, dict):
         return {k: _without_timings(v) for k, v in value.items()
                 if k not in TIMING_KEYS and k != "config"}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
     return value
 
 
