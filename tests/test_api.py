@@ -1,0 +1,123 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import correlated_inputs
+from distil_rank.api import (
+    compress_linear,
+    compress_model,
+    format_report,
+    load_compressed,
+    save_compressed,
+)
+from distil_rank.lowrank import LowRankLinear, compress_data_aware, data_aware_error_curve, input_moments
+
+
+class Head(nn.Module):
+    """A small model: projection -> GELU -> classifier, applied per residue [B, L, D]."""
+
+    def __init__(self, dim=48, hidden=40, classes=5):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.out(self.act(self.proj(x)))
+
+
+def embeddings(n, dim, seed):
+    return correlated_inputs(n, dim, seed, mean_scale=2.0).float()
+
+
+def test_compress_linear_equals_the_closed_form_from_a_tensor_or_batches():
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 24)
+    x = embeddings(500, 32, seed=0)
+    reference = compress_data_aware(layer, x, 6)
+    for calibration in (x, x.split(64), iter(x.split(100))):
+        student = compress_linear(layer, calibration, rank=6)
+        assert isinstance(student, LowRankLinear) and student.rank == 6
+        torch.testing.assert_close(student(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_target_explained_variance_picks_the_smallest_sufficient_rank():
+    torch.manual_seed(1)
+    layer = nn.Linear(32, 32)
+    x = embeddings(800, 32, seed=1)
+    student = compress_linear(layer, x, target_explained_variance=0.95)
+    errors = data_aware_error_curve(layer.weight, input_moments(x))
+    ev = 1 - errors / errors[0]
+    assert ev[student.rank] >= 0.95 > ev[student.rank - 1]
+    with torch.no_grad():
+        y = layer(x)
+        measured = 1 - (y - student(x)).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+    assert measured.item() == pytest.approx(ev[student.rank].item(), abs=1e-4)
+    with pytest.raises(ValueError, match="exactly one"):
+        compress_linear(layer, x)
+    with pytest.raises(ValueError, match="outside"):
+        compress_linear(layer, x, rank=33)
+
+
+def test_refinement_never_worsens_the_held_out_error():
+    torch.manual_seed(2)
+    layer = nn.Linear(24, 24)
+    x = embeddings(600, 24, seed=2)
+    refined = compress_linear(layer, x, rank=4, refine_steps=100, seed=0)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(600, generator=g)
+    fit, held = x[order[90:]], x[order[:90]]
+    start = compress_data_aware(layer, fit, 4)
+    with torch.no_grad():
+        assert F.mse_loss(refined(held), layer(held)) <= F.mse_loss(start(held), layer(held)) + 1e-9
+
+
+def test_compress_model_replaces_layers_and_reports_holdout_fidelity():
+    torch.manual_seed(3)
+    model = Head()
+    original = Head()
+    original.load_state_dict(model.state_dict())
+    calib = [embeddings(64, 48, seed=s).reshape(8, 8, 48) for s in range(6)]  # [B, L, D]
+    hold = [embeddings(64, 48, seed=s).reshape(8, 8, 48) for s in range(10, 13)]
+    reports = compress_model(model, calib, layers=["proj"], rank=8, holdout=hold)
+    assert isinstance(model.proj, LowRankLinear) and isinstance(model.out, nn.Linear)
+    (report,) = reports
+    assert report.name == "proj" and report.rank == 8 and report.calibration_rows == 6 * 64
+    assert report.params_saved == (48 * 40 + 40) - (8 * (48 + 40) + 40)
+    # the holdout explained variance, recomputed here from the two layers directly
+    x = torch.cat([h.reshape(-1, 48) for h in hold])
+    with torch.no_grad():
+        y, y_hat = original.proj(x).double(), model.proj(x).double()
+    expected = 1 - (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+    assert report.explained_variance_holdout == pytest.approx(expected.item(), rel=1e-6)
+    assert "proj" in format_report(reports)
+
+
+def test_compress_model_with_a_target_and_a_predicate_skips_layers_that_save_nothing():
+    torch.manual_seed(4)
+    model = Head()
+    calib = [embeddings(256, 48, seed=s) for s in range(3)]
+    reports = compress_model(model, calib, layers=lambda name, m: True,
+                             target_explained_variance=0.999)
+    # the 40 -> 5 classifier cannot save parameters at any rank, so it stays dense
+    assert isinstance(model.out, nn.Linear)
+    assert [r.name for r in reports] == (["proj"] if isinstance(model.proj, LowRankLinear) else [])
+    with pytest.raises(ValueError, match="not nn.Linear layers"):
+        compress_model(Head(), calib, layers=["nope"], rank=2)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(5)
+    model = Head()
+    compress_model(model, [embeddings(300, 48, seed=0)], layers=["proj"], rank=6)
+    path = tmp_path / "head.safetensors"
+    save_compressed(model, path)
+    fresh = load_compressed(Head(), path)
+    assert isinstance(fresh.proj, LowRankLinear) and fresh.proj.rank == 6
+    x = embeddings(20, 48, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    torch.save(Head().state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(Exception):
+        load_compressed(Head(), tmp_path / "plain.pt")
