@@ -1,0 +1,283 @@
+"""Embed protein sequences with ESM-2 and write the file format main.py reads.
+
+    pip install -r requirements-embed.txt
+    python -m distil_rank.embed --fasta proteins.fasta --model esm2_t33_650M_UR50D --out emb.pt
+    python -m distil_rank.embed --fasta proteins.fasta --model esm2_t33_650M_UR50D \\
+        --out data/ --split 0.8 --seed 0          # writes data/embeddings_{train,val}.pt
+    python -m distil_rank.embed --fasta x.fasta --model path/to/local_model --out emb.pt
+
+ESM-2 runs through Hugging Face transformers (EsmModel). --model takes an ESM-2 release name
+(mapped to its hub id, which needs the weights reachable or cached) or a local directory in the
+transformers format (save_pretrained), which is how an offline user and the tests pass it.
+
+Each protein's embedding is the mean of the chosen layer's hidden states over its residues only:
+the BOS (<cls>) and EOS tokens and the padding are left out. The final layer (the default) is the
+one after ESM-2's closing layer norm, as in the ESM repository's extract script.
+Sequences are sorted by length and batched under a token budget (padding wastes little), then
+put back in input order. Longer than the model's limit (max_position_embeddings - 2 residues):
+truncated to the limit (the default, reported with the count) or, with --on-long reject, an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distil_rank.data import EmbeddingSet, save_embeddings
+from distil_rank.errors import InputError
+
+# The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
+ESM2_MODELS = {
+    "esm2_t6_8M_UR50D": ("facebook/esm2_t6_8M_UR50D", 320, 6),
+    "esm2_t12_35M_UR50D": ("facebook/esm2_t12_35M_UR50D", 480, 12),
+    "esm2_t30_150M_UR50D": ("facebook/esm2_t30_150M_UR50D", 640, 30),
+    "esm2_t33_650M_UR50D": ("facebook/esm2_t33_650M_UR50D", 1280, 33),
+    "esm2_t36_3B_UR50D": ("facebook/esm2_t36_3B_UR50D", 2560, 36),
+    "esm2_t48_15B_UR50D": ("facebook/esm2_t48_15B_UR50D", 5120, 48),
+}
+# 20 standard amino acids, X (unknown), and the ambiguity / rare codes ESM-2's vocabulary has.
+AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
+
+
+@dataclass
+class Record:
+    id: str
+    sequence: str
+    line: int  # line number of the record's header
+
+
+def read_fasta(path: str | Path) -> list[Record]:
+    """Parse a FASTA file strictly: every problem names the record and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    current: Record | None = None
+    chunks: list[str] = []
+
+    def close():
+        if current is None:
+            return
+        current.sequence = "".join(chunks)
+        if not current.sequence:
+            raise InputError(f"{path}:{current.line}: record '{current.id}' has an empty sequence")
+        records.append(current)
+
+    with path.open() as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith(">"):
+                close()
+                fields = line[1:].split()
+                if not fields:
+                    raise InputError(f"{path}:{number}: header with no identifier")
+                record_id = fields[0]
+                if record_id in seen:
+                    raise InputError(f"{path}:{number}: duplicate id '{record_id}' "
+                                     f"(first at line {seen[record_id]})")
+                seen[record_id] = number
+                current, chunks = Record(record_id, "", number), []
+                continue
+            if current is None:
+                raise InputError(f"{path}:{number}: sequence text before the first '>' header")
+            residues = line.upper()
+            if residues.endswith("*"):  # a trailing stop codon mark is common and harmless
+                residues = residues[:-1]
+            bad = sorted(set(residues) - AMINO_ACIDS)
+            if bad:
+                raise InputError(f"{path}:{number}: record '{current.id}' has characters outside "
+                                 f"the amino-acid alphabet: {''.join(bad)!r}")
+            chunks.append(residues)
+    close()
+    if not records:
+        raise InputError(f"{path}: no FASTA records (no line starts with '>')")
+    return records
+
+
+def resolve_model_name(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory)."""
+    if Path(name).is_dir():
+        return name, True
+    if name in ESM2_MODELS:
+        return ESM2_MODELS[name][0], False
+    if name.startswith("facebook/esm2_"):
+        return name, False
+    raise InputError(f"--model {name!r}: not a local directory nor an ESM-2 name "
+                     f"({', '.join(ESM2_MODELS)})")
+
+
+def load_esm(name: str, device: torch.device, dtype: torch.dtype):
+    try:
+        from transformers import AutoTokenizer, EsmModel
+    except ImportError:
+        raise InputError("the embedding tool needs transformers: "
+                         "pip install -r requirements-embed.txt") from None
+    source, local = resolve_model_name(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        model = EsmModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"--model {name}: could not load ({first})") from None
+    return tokenizer, model.to(device=device, dtype=dtype).eval(), source
+
+
+def length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first so that each padded batch, (rows) x (longest + 2 special
+    tokens), stays within max_tokens; a sequence longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, current, longest = [], [], 0
+    for i in order:
+        width = lengths[i] + 2
+        if current and max(longest, width) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, width)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.inference_mode()
+def embed_sequences(model, tokenizer, sequences: list[str], *, layer: int | None = None,
+                    max_tokens: int = 4096, progress: bool = True) -> torch.Tensor:
+    """Mean-pooled residue embeddings [N, hidden] (float32), in the order of `sequences`."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    n_layers = model.config.num_hidden_layers
+    if layer is not None and not 0 <= layer <= n_layers:
+        raise InputError(f"--layer {layer}: the model has layers 0..{n_layers}")
+    out = torch.empty(len(sequences), model.config.hidden_size)
+    batches = length_batches([len(s) for s in sequences], max_tokens)
+    for batch in tqdm(batches, desc="embedding", unit="batch", disable=None if progress else True):
+        tokens = tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt")
+        tokens = {k: v.to(device) for k, v in tokens.items()}
+        result = model(**tokens, output_hidden_states=layer is not None)
+        hidden = result.last_hidden_state if layer is None else result.hidden_states[layer]
+        # residues sit at positions 1..len: not <cls> (0), not <eos> (len + 1), not padding
+        lengths = torch.tensor([len(sequences[i]) for i in batch], device=device)
+        positions = torch.arange(hidden.shape[1], device=device)
+        residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
+        pooled = (hidden.float() * residue[..., None]).sum(1) / lengths[:, None].float()
+        out[torch.tensor(batch)] = pooled.cpu()
+    return out
+
+
+def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def create_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Mean-pooled ESM-2 embeddings of a FASTA file, in the format main.py reads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--fasta", required=True, help="input FASTA file")
+    p.add_argument("--model", required=True,
+                   help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers directory")
+    p.add_argument("--out", required=True,
+                   help="output .pt file; with --split, a folder for embeddings_{train,val}.pt")
+    p.add_argument("--layer", type=int, default=None,
+                   help="hidden layer to pool (0 = token embeddings); default: the final layer")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch, padding included")
+    p.add_argument("--on-long", choices=("truncate", "reject"), default="truncate",
+                   help="sequences longer than the model's limit: keep the first residues, or stop")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="auto: bf16 (or fp16) on CUDA, float32 on the CPU")
+    p.add_argument("--split", type=float, default=None,
+                   help="fraction for training: write a seeded train/validation pair")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --split shuffle")
+    return p
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    if args.split is not None and not 0 < args.split < 1:
+        raise InputError(f"--split {args.split}: must be between 0 and 1")
+    if args.max_tokens < 3:
+        raise InputError(f"--max-tokens {args.max_tokens}: too small for one residue")
+    records = read_fasta(args.fasta)
+    if args.split is not None and len(records) < 4:
+        raise InputError(f"{args.fasta}: {len(records)} records, need at least 4 to split")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    dtype = _pick_dtype(args.dtype, device)
+    tokenizer, model, source = load_esm(args.model, device, dtype)
+
+    limit = model.config.max_position_embeddings - 2  # room for <cls> and <eos>
+    long = [r for r in records if len(r.sequence) > limit]
+    if long and args.on_long == "reject":
+        raise InputError(f"{args.fasta}: {len(long)} sequence(s) longer than the model's limit of "
+                         f"{limit} residues (first: '{long[0].id}', {len(long[0].sequence)}, "
+                         f"line {long[0].line}); use --on-long truncate to keep their first "
+                         f"{limit}")
+    if long:
+        print(f"note: truncated {len(long)} sequence(s) longer than {limit} residues to their "
+              f"first {limit}", file=sys.stderr)
+    sequences = [r.sequence[:limit] for r in records]
+    embeddings = embed_sequences(model, tokenizer, sequences, layer=args.layer,
+                                 max_tokens=args.max_tokens)
+
+    fasta_bytes = Path(args.fasta).read_bytes()
+    provenance = {
+        "model": args.model, "model_source": source,
+        "layer": "final" if args.layer is None else args.layer,
+        "pooling": "mean over residues (no BOS, EOS or padding)",
+        "fasta": str(args.fasta), "fasta_sha256": hashlib.sha256(fasta_bytes).hexdigest(),
+        "dtype": str(dtype).replace("torch.", ""), "device": str(device),
+        "truncated": len(long), "max_residues": limit,
+        "tool": "python -m distil_rank.embed",
+    }
+    ids = [r.id for r in records]
+    if args.split is None:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_embeddings(out, EmbeddingSet(embeddings, ids=ids, provenance=provenance))
+        return [out]
+    g = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(records), generator=g)
+    n_train = min(len(records) - 2, max(2, round(args.split * len(records))))
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rows in (("train", order[:n_train].sort().values),
+                       ("val", order[n_train:].sort().values)):
+        path = folder / f"embeddings_{name}.pt"
+        save_embeddings(path, EmbeddingSet(
+            embeddings[rows], ids=[ids[i] for i in rows],
+            provenance=dict(provenance, split=name, split_fraction=args.split, split_seed=args.seed)))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    try:
+        written = run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The embedding tool, offline, on a tiny randomly initialised ESM-2 built here from a config."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from distil_rank.data import load_embeddings  # noqa: E402
+from distil_rank.embed import length_batches, main, read_fasta  # noqa: E402
+from distil_rank.errors import InputError  # noqa: E402
+
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
+             "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".",
+             "-", "<null_1>", "<mask>"]
+SEQUENCES = {"p1": "MKTAYIAKQR", "p2": "GAVLI", "p3": "MSTNPKPQRKTKRNTNRRPQDVKFPGG",
+             "p4": "AC", "p5": "WWYHHE", "p6": "MKVLAAGIV"}
+
+
+@pytest.fixture(scope="module")
+def tiny_esm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_esm")
+    (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB))
+    tokenizer = transformers.EsmTokenizer(str(folder / "vocab.txt"))
+    config = transformers.EsmConfig(
+        vocab_size=len(ESM_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=22, position_embedding_type="rotary",
+        pad_token_id=1, mask_token_id=32, token_dropout=True, emb_layer_norm_before=False)
+    torch.manual_seed(0)
+    model = transformers.EsmModel(config, add_pooling_layer=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def fasta(tmp_path):
+    path = tmp_path / "proteins.fasta"
+    path.write_text("".join(f">{k} some description\n{v[:4]}\n{v[4:]}\n" if len(v) > 4
+                            else f">{k}\n{v}\n" for k, v in SEQUENCES.items()))
+    return path
+
+
+def hand_pooled(folder, sequence, layer=None):
+    """One sequence alone (no padding, no sorting): mean over its residue positions 1..L."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.EsmModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    tokens = tokenizer([sequence], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**tokens, output_hidden_states=True)
+    hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
+    assert hidden.shape[1] == len(sequence) + 2
+    return hidden[0, 1:len(sequence) + 1].mean(0)
+
+
+def test_pooling_and_order_match_a_hand_computation(tiny_esm, fasta, tmp_path):
+    out = tmp_path / "emb.pt"
+    # a tiny token budget forces several length-sorted batches with padding
+    assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(out),
+                 "--max-tokens", "40"]) == 0
+    data = load_embeddings(out)  # main.py's loader reads it
+    assert data.ids == list(SEQUENCES)
+    assert data.embeddings.shape == (len(SEQUENCES), 16)
+    limit = 22 - 2
+    for row, (name, seq) in enumerate(SEQUENCES.items()):
+        expected = hand_pooled(tiny_esm, seq[:limit])
+        torch.testing.assert_close(data.embeddings[row], expected, atol=1e-5, rtol=1e-5)
+    assert data.provenance["truncated"] == 1  # p3 is longer than 20 residues
+    assert data.provenance["pooling"].startswith("mean over residues")
+
+
+def test_layer_option(tiny_esm, fasta, tmp_path):
+    out = tmp_path / "layer1.pt"
+    assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(out),
+                 "--layer", "1"]) == 0
+    data = load_embeddings(out)
+    torch.testing.assert_close(data.embeddings[0], hand_pooled(tiny_esm, SEQUENCES["p1"], 1),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_reject_long_sequences(tiny_esm, fasta, tmp_path, capsys):
+    out = tmp_path / "x.pt"
+    assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(out),
+                 "--on-long", "reject"]) == 2
+    err = capsys.readouterr().err
+    assert "1 sequence(s) longer" in err and "'p3'" in err
+    assert not out.exists()
+
+
+def test_split_writes_a_pair_that_main_runs_on(tiny_esm, fasta, tmp_path):
+    import main as benchmark
+
+    folder = tmp_path / "pair"
+    assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(folder),
+                 "--split", "0.5", "--seed", "3"]) == 0
+    train = load_embeddings(folder / "embeddings_train.pt")
+    val = load_embeddings(folder / "embeddings_val.pt")
+    assert sorted(train.ids + val.ids) == sorted(SEQUENCES)
+    assert train.provenance["split"] == "train" and val.provenance["split_seed"] == 3
+    code = benchmark.main(["--quick", "--no-sweep", "--seeds", "1", "--out", str(tmp_path / "res"),
+                           "--train", str(folder / "embeddings_train.pt"),
+                           "--val", str(folder / "embeddings_val.pt")])
+    assert code == 0
+
+
+def test_unknown_model_is_a_clear_error(fasta, tmp_path, capsys):
+    assert main(["--fasta", str(fasta), "--model", "esm3_huge", "--out", str(tmp_path / "o.pt")]) == 2
+    assert "not a local directory nor an ESM-2 name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no FASTA records"),
+    ("MKV\n>a\nMKV\n", ":1: sequence text before the first '>'"),
+    (">a\nMKV\n>b\n\n>c\nMK\n", ":3: record 'b' has an empty sequence"),
+    (">a\nMKV\n>b\nMK1V\n", ":4: record 'b' has characters outside the amino-acid alphabet: '1'"),
+    (">a\nMKV\n>a\nMKV\n", ":3: duplicate id 'a' (first at line 1)"),
+    (">\nMKV\n", ":1: header with no identifier"),
+])
+def test_fasta_problems_name_the_record_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.fasta"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        read_fasta(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_fasta_accepts_lowercase_and_a_stop_mark(tmp_path):
+    path = tmp_path / "ok.fasta"
+    path.write_text(">x desc\nmkv\nla*\n")
+    (record,) = read_fasta(path)
+    assert record.id == "x" and record.sequence == "MKVLA" and record.line == 1
+
+
+def test_length_batches_respect_the_budget_and_cover_everything():
+    lengths = [5, 30, 2, 30, 12, 7, 1, 100]
+    batches = length_batches(lengths, max_tokens=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch) + 2
+        assert width * len(batch) <= 64 or len(batch) == 1
