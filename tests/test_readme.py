@@ -12,3 +12,11 @@ def test_readme_results_are_generated_from_the_committed_json(root):
     done = subprocess.run([sys.executable, "scripts/readme_results.py", "--check"], cwd=root,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_readme_api_example_runs(root, monkeypatch, capsys):
+    text = (root / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(root)
+    exec(compile(code, "README example", "exec"), {})
+    assert capsys.readouterr().out.startswith("rank ")
