@@ -89,8 +89,9 @@ def _pick(path: Path, obj: dict, keys: tuple[str, ...]):
     return None
 
 
-def load_embeddings(path: str | Path) -> EmbeddingSet:
-    """Read one embedding file and check it: 2-D, at least 2 rows and 2 columns, finite."""
+def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
+    """Read one embedding file and check it: 2-D, at least `min_rows` rows and 2 columns,
+    finite."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -132,8 +133,9 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
             f"{path}: embeddings have shape {tuple(embeddings.shape)}, expected 2-D [N, D]"
         )
     n, d = embeddings.shape
-    if n < 2:
-        raise InputError(f"{path}: {n} row(s), need at least 2 embeddings")
+    if n < max(min_rows, 1):
+        what = "empty (0 rows)" if n == 0 else f"{n} row(s), need at least {min_rows} embeddings"
+        raise InputError(f"{path}: {what}")
     if d < 2:
         raise InputError(f"{path}: dimension {d}, need at least 2 columns")
     embeddings = embeddings.to(torch.float32).contiguous()
