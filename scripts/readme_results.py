@@ -3,8 +3,7 @@
     python scripts/readme_results.py            # rewrites README.md between the markers
     python scripts/readme_results.py --check    # exit 1 if README.md is out of date
 
-Reads results/distil_rank_summary.json, bench/results/speed_*.json and
-bench/results/latency_*.json.
+Reads results/distil_rank_summary.json and bench/results/{speed,latency,calibrate}_*.json.
 """
 
 from __future__ import annotations
@@ -102,7 +101,8 @@ def sweep_tables(summary: dict) -> list[str]:
     return lines
 
 
-def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]]) -> str:
+def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]],
+                    calibrations: list[dict]) -> str:
     env = summary["environment"]
     cfg = summary["config"]
     data = summary["data"]
@@ -152,6 +152,22 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
     if not any("cpu" not in m["device"].lower() for _, m in latencies):
         lines += ["", "No GPU figure is recorded yet: `python bench/latency.py` on a CUDA machine "
                   "writes one (fp32 and bf16, eager and CUDA-graph replay)."]
+    for cal in calibrations:
+        lines += [
+            "",
+            f"Streaming calibration (`python bench/calibrate_1m.py`, "
+            f"{cal['environment']['device_name']}): {cal['rows']:,} x {cal['dim']} float32 rows in "
+            f"{cal['shards']} `.npy` shards ({cal['bytes_on_disk'] / 1e9:.2f} GB on disk) took "
+            f"{cal['stream_seconds']:.0f} s, {cal['seconds_per_million_rows']:.0f} s per million "
+            f"rows (process start included), with a peak resident memory of "
+            f"{cal['stream_peak_rss_mib']:.0f} MiB."
+            + (f" Against the statistics computed with all rows in memory "
+               f"({cal['reference_bytes_in_memory'] / 1e9:.1f} GB, exact two-pass float64), the "
+               f"largest difference is {cal['max_abs_mean_difference']:.1e} in the mean and "
+               f"{cal['max_abs_covariance_difference']:.1e} in the covariance "
+               f"({cal['max_relative_covariance_difference']:.0e} of its largest entry)."
+               if "max_abs_covariance_difference" in cal else ""),
+        ]
     for speed in speeds:
         fits = speed["fits"]
         lines += [
@@ -180,10 +196,11 @@ def main() -> int:
     speeds = [json.loads(f.read_text()) for f in sorted(bench.glob("speed_*.json"))]
     latencies = [(f"bench/results/{f.name}", json.loads(f.read_text())["matrix"])
                  for f in sorted(bench.glob("latency_*.json"))]
+    calibrations = [json.loads(f.read_text()) for f in sorted(bench.glob("calibrate_*.json"))]
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n{results_section(summary, speeds, latencies)}\n{END}{tail}"
+    updated = f"{head}{START}\n{results_section(summary, speeds, latencies, calibrations)}\n{END}{tail}"
     if args.check:
         if updated != readme:
             print("README.md results section is out of date: run python scripts/readme_results.py")
