@@ -30,7 +30,7 @@ from distil_rank.benchmark import (
 )
 from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config, quick_overrides, stage_seed
 from distil_rank.data import resolve_data, split_indices
-from distil_rank.errors import InputError
+from distil_rank.errors import InputError, cli_exit_code
 from distil_rank.lowrank import input_moments
 from distil_rank.report import (
     FIGURE_NAME,
@@ -283,12 +283,7 @@ def run(config: Config) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = create_parser().parse_args(argv)
-    try:
-        run(config_from_args(args))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit_code(lambda: run(config_from_args(args)))
 
 
 if __name__ == "__main__":

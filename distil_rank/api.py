@@ -79,6 +79,8 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
         chosen = _choose_rank(linear, moments, rank, target_explained_variance)
         return compress_data_aware(linear, moments, chosen)
 
+    if isinstance(calibration, InputMoments):
+        raise ValueError("refinement distils on rows: pass the calibration rows, not moments")
     x = calibration if isinstance(calibration, torch.Tensor) else torch.cat(list(calibration))
     x = x.reshape(-1, linear.in_features).to(linear.weight.device, linear.weight.dtype)
     g = torch.Generator().manual_seed(seed)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from distil_rank.data import load_embeddings
-from distil_rank.errors import InputError
+from distil_rank.errors import InputError, cli_exit_code
 from distil_rank.lowrank import InputMoments
 from distil_rank.moments import MomentAccumulator
 
@@ -240,13 +240,7 @@ def run(args: argparse.Namespace) -> InputMoments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = create_parser().parse_args(argv)
-    try:
-        run(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit_code(run, create_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def _as_tensor(path: Path, name: str, value) -> torch.Tensor:
     return value
 
 
-def _pick(path: Path, obj: dict, keys: tuple[str, ...]):
+def _pick(obj: dict, keys: tuple[str, ...]):
     for key in keys:
         if key in obj:
             return obj[key]
@@ -108,24 +108,22 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
     fitness = position = ids = None
     provenance: dict = {}
     if isinstance(obj, dict):
-        raw = _pick(path, obj, EMBEDDING_KEYS)
+        raw = _pick(obj, EMBEDDING_KEYS)
         if raw is None:
             keys = ", ".join(repr(k) for k in obj) or "none"
             raise InputError(f"{path}: dict has no 'embeddings' entry (keys: {keys})")
         fitness = obj.get("fitness")
-        position = _pick(path, obj, POSITION_KEYS)
+        position = _pick(obj, POSITION_KEYS)
         ids = obj.get("ids")
         provenance = obj.get("provenance") or {}
         if not isinstance(provenance, dict):
             raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, expected a dict")
-    else:
+    elif isinstance(obj, (torch.Tensor, np.ndarray)):
         raw = obj
-        if isinstance(raw, torch.Tensor) or isinstance(raw, np.ndarray):
-            pass
-        else:
-            raise InputError(
-                f"{path}: holds a {type(raw).__name__}, expected a 2-D tensor or a dict with 'embeddings'"
-            )
+    else:
+        raise InputError(
+            f"{path}: holds a {type(obj).__name__}, expected a 2-D tensor or a dict with 'embeddings'"
+        )
 
     embeddings = _as_tensor(path, "embeddings", raw)
     if embeddings.dim() != 2:

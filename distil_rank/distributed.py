@@ -54,4 +54,9 @@ def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch
         loss.backward()  # DDP all-reduces (averages) the gradients here
         optimiser.step()
         losses.append(loss.item())
-    return model.eval().requires_grad_(False), losses
+    # Hand back a clean module: the wrapped one carries DDP's gradient hooks, which tie it to
+    # the process group and abort the process at exit if they outlive it.
+    trained = copy.deepcopy(student).to(device)
+    trained.load_state_dict(model.state_dict())
+    del ddp, model, optimiser
+    return trained.eval().requires_grad_(False), losses

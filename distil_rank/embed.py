@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from distil_rank.data import EmbeddingSet, save_embeddings
-from distil_rank.errors import InputError
+from distil_rank.errors import InputError, cli_exit_code
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
 ESM2_MODELS = {
@@ -269,14 +269,12 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = create_parser().parse_args(argv)
-    try:
-        written = run(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+
+    def body():
+        for path in run(args):
+            print(f"wrote {path}")
+
+    return cli_exit_code(body)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def main(folder: str) -> None:
         batch_size=setup["batch_size"], alpha=setup["alpha"], weight_decay=setup["weight_decay"],
         seed=setup["seed"], device=torch.device("cpu"))
     torch.save(trained.state_dict(), folder / f"student_{rank}.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -26,10 +26,14 @@ def free_port() -> int:
 def torchrun(args, root, nproc=2):
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=str(root))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), *args]
-    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    for attempt in range(3):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), *args]
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        # another process may take the free port between our check and torchrun's bind
+        if done.returncode == 0 or "address already in use" not in done.stderr.lower():
+            break
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
