@@ -136,7 +136,7 @@ def check_settings(config: Config) -> None:
 
 
 def run_seed(seed: int, train, inputs: Inputs, rank: int, config: Config, device: torch.device):
-    """Teachers, compressors and measurements for one seed: (results, curves)."""
+    """Teachers, compressors and measurements for one seed: (results, sweeps, curves)."""
     teachers, teacher_curves = build_teachers(
         train.embeddings, seed=stage_seed(seed, "teachers"),
         teacher_steps=config.teacher_steps, teacher_lr=config.teacher_lr,
