@@ -66,7 +66,8 @@ def sweep_tables(summary: dict) -> list[str]:
         return ["(This run had no rank sweep: `python main.py --sweep`.)"]
     ranks = first["ranks"]
     lines = [
-        "Explained variance on validation against rank (mean ± std over seeds); the closed-form "
+        "Explained variance on validation against rank (mean ± std over seeds; in brackets, the "
+        "dense layer's weights over the factors', biases aside); the closed-form "
         "column is the exact optimum on the training rows from one eigendecomposition, which the "
         "fitted `data_aware` students match to "
         f"{max(summary[t]['sweep']['closed_form_max_abs_gap'] for t in summary['teachers']):.1e}:",
