@@ -14,45 +14,50 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from distil_rank.benchmark import (
-    METHODS,
-    DistillSettings,
-    Inputs,
-    LatencySettings,
+    COMPRESSORS,
+    STUDENT,
+    BenchmarkData,
+    FitContext,
     compress_teacher,
-    measure_teacher,
+    summarise_seeds,
     sweep_ranks,
     sweep_teacher,
+    teacher_entry,
+    warm_up,
 )
 from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config, quick_overrides, stage_seed
 from distil_rank.data import resolve_data, split_indices
+from distil_rank.distill import DistillSettings
 from distil_rank.errors import InputError, cli_exit_code
-from distil_rank.lowrank import input_moments
+from distil_rank.lowrank import check_rank
+from distil_rank.moments import input_moments
 from distil_rank.report import (
-    FIGURE_NAME,
-    SUMMARY_NAME,
-    format_matrices,
-    format_table,
-    write_figure,
-    write_json,
+    latency_table,
+    results_table,
+    teacher_latency_table,
+    write_results,
 )
-from distil_rank.stats import aggregate, effective_rank
-from distil_rank.teachers import TEACHER_NAMES, build_teachers
-from distil_rank.timing import environment, latency_matrix
+from distil_rank.stats import effective_rank
+from distil_rank.teachers import TEACHER_NAMES, TeacherSettings, build_teachers
+from distil_rank.timing import LatencySettings, environment, latency_matrix
 
 
 def create_parser() -> argparse.ArgumentParser:
     defaults = Config()
     p = argparse.ArgumentParser(
-        description="Compress dense layers on protein embeddings to rank r and measure what is kept.",
+        description="Compress dense layers on protein embeddings to rank r and measure what "
+                    "is kept.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--train", default=defaults.train_path,
-                   help="training embeddings: .pt (dict with 'embeddings', or a 2-D tensor), .npy, .npz")
+                   help="training embeddings: .pt (dict with 'embeddings', or a 2-D tensor), "
+                        ".npy, .npz")
     p.add_argument("--val", default=defaults.val_path,
                    help="validation embeddings (same formats, same dimension D); all fidelity "
                         "figures are measured on these")
@@ -63,16 +68,17 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
                         "parameters)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"distillation steps (default {defaults.steps}; {quick_overrides()['steps']}"
-                        " with --quick)")
+                   help=f"distillation steps (default {defaults.steps}; "
+                        f"{quick_overrides()['steps']} with --quick)")
     p.add_argument("--device", default=defaults.device,
                    help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seeds teachers, synthetic data, splits and distillation")
     p.add_argument("--out", default=defaults.out, help="folder for the JSON summary and the figure")
     p.add_argument("--seeds", type=int, default=None,
-                   help=f"repetitions with seeds seed, seed+1, ... (default {defaults.seeds}; "
-                        f"{quick_overrides()['seeds']} with --quick); teachers, the selection split "
+                   help=f"repetitions with seeds seed, seed+1, ... (default {defaults.num_seeds}; "
+                        f"{quick_overrides()['num_seeds']} with --quick); teachers, the selection "
+                        "split "
                         "and distillation are reseeded, the JSON gives mean and std")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=defaults.sweep,
                    help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da")
@@ -87,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.seeds is not None:
-        overrides["seeds"] = args.seeds
+        overrides["num_seeds"] = args.seeds
     return Config(train_path=args.train, val_path=args.val, data=args.data, rank=args.rank,
                   device=args.device, seed=args.seed, out=args.out, quick=args.quick,
                   sweep=args.sweep, **overrides)
@@ -102,7 +108,8 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"--device {name!r}: unknown device, expected auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"--device {name!r}: unknown device, expected auto, cpu, cuda or "
+                         "cuda:N") from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
@@ -117,14 +124,15 @@ def resolve_device(name: str) -> torch.device:
 def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
     if rank is None:
         return max(1, dim // divisor)
-    if not 1 <= rank < dim:
-        raise InputError(f"--rank {rank}: must be between 1 and {dim - 1} for {dim}-d embeddings "
-                         "(a rank of D or more saves nothing)")
-    return rank
+    try:
+        return check_rank(rank, dim - 1, "--rank")
+    except ValueError as err:
+        raise InputError(f"{err} for {dim}-d embeddings (a rank of D or more saves nothing)") \
+            from None
 
 
 def check_settings(config: Config) -> None:
-    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "seeds"):
+    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
     out = Path(config.out)
@@ -135,49 +143,34 @@ def check_settings(config: Config) -> None:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def run_seed(seed: int, train, inputs: Inputs, rank: int, config: Config, device: torch.device):
-    """Teachers, compressors and measurements for one seed: (results, sweeps, curves)."""
-    teachers, teacher_curves = build_teachers(
-        train.embeddings, seed=stage_seed(seed, "teachers"),
-        teacher_steps=config.teacher_steps, teacher_lr=config.teacher_lr,
-        teacher_batch_size=config.teacher_batch_size, denoise_noise=config.denoise_noise,
-        spectral_tau=config.spectral_tau,
-    )
-    distill_cfg = DistillSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
-                                  alpha=config.alpha, weight_decay=config.weight_decay,
-                                  eval_every=config.eval_every)
-    latency = LatencySettings(config.latency_batch, config.latency_warmup, config.latency_repeats)
-    ranks = sweep_ranks(train.dim, config.sweep_divisors)
-    results, sweeps = {}, {}
+def run_seed(seed: int, data: BenchmarkData, rank: int, config: Config,
+             device: torch.device) -> tuple[dict, dict]:
+    """Teachers, compressors and measurements for one seed: ({teacher: entry}, curves)."""
+    teachers, denoising_loss = build_teachers(data.train, config.settings(TeacherSettings),
+                                              stage_seed(seed, "teachers"))
+    ranks = sweep_ranks(data.train.shape[1], config.sweep_divisors)
+    distill_settings, latency = config.settings(DistillSettings), config.settings(LatencySettings)
+    entries = {}
     curves = {"distillation": {}, "teacher_singular_values": {}}
-    for name in TEACHER_NAMES:
-        teacher = teachers[name]
-        students, runs = compress_teacher(teacher, inputs, rank, distill_cfg, device,
-                                          seed=stage_seed(seed, f"distil/{name}"), name=name)
-        result = measure_teacher(teacher, students, inputs, rank, latency, device,
-                                 config.ridge_alpha)
-        result["distillation"] = {
-            m: {"final_loss": r.losses[-1], "chosen_step": r.chosen_step,
-                "selection_checkpoints": r.checkpoints} for m, r in runs.items()
-        }
-        result["task_trained_denoising_loss"] = (
-            {"first": teacher_curves["Task-Trained"][0], "last": teacher_curves["Task-Trained"][-1]}
-            if name == "Task-Trained" else None)
-        results[name] = result
+    for name, teacher in teachers.items():
+        context = FitContext(data, distill_settings, device, stage_seed(seed, f"distil/{name}"),
+                             name)
+        students = compress_teacher(teacher, rank, context)
+        sweep = None
         if config.sweep:
-            sweeps[name] = sweep_teacher(teacher, inputs, ranks, distill_cfg, device,
-                                         seed=stage_seed(seed, f"sweep/{name}"), name=name,
-                                         known={rank: students})
-        curves["distillation"][name] = {m: r.losses for m, r in runs.items()}
-        curves["teacher_singular_values"][name] = torch.linalg.svdvals(
-            teacher.weight.detach().double().cpu())
-    return results, sweeps, curves
+            sweep_context = replace(context, seed=stage_seed(seed, f"sweep/{name}"))
+            sweep = sweep_teacher(teacher, ranks, sweep_context, {rank: students})
+        entries[name] = teacher_entry(
+            teacher, students, data, rank, latency, device, config.ridge_alpha,
+            sweep=sweep, denoising_loss=denoising_loss if name == "Task-Trained" else None)
+        curves["distillation"][name] = {m: s.run.losses for m, s in students.items() if s.run}
+        curves["teacher_singular_values"][name] = torch.linalg.svdvals(teacher.weight.double())
+    return entries, curves
 
 
 def run(config: Config) -> dict:
     check_settings(config)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     print("config:", json.dumps(config.as_dict()), flush=True)
 
     # data
@@ -199,35 +192,23 @@ def run(config: Config) -> dict:
     embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
 
     # teachers, compressors and measurements, once per seed
-    seeds = [config.seed + i for i in range(config.seeds)]
-    per_seed, sweeps, first_curves = [], [], None
-    for seed in seeds:
+    warm_up(dim, device)
+    per_seed, first_curves = [], None
+    for seed in config.seeds():
         fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
                                                  stage_seed(seed, "selection"))
-        inputs = Inputs(
+        data = BenchmarkData(
             train=train.embeddings, fit=train.embeddings[fit_rows],
             selection=train.embeddings[selection_rows], val=val.embeddings,
             train_fitness=train.fitness if has_fitness else None,
             val_fitness=val.fitness if has_fitness else None,
         )
-        results, sweep, curves = run_seed(seed, train, inputs, rank, config, device)
-        per_seed.append(results)
-        sweeps.append(sweep)
+        entries, curves = run_seed(seed, data, rank, config, device)
+        per_seed.append(entries)
         first_curves = first_curves or curves
-        print(f"seed {seed}:", flush=True)
-        for name in TEACHER_NAMES:
-            print(format_table(name, results[name]), flush=True)
-
-    teachers = {}
-    for name in TEACHER_NAMES:
-        mean, std = aggregate([r[name] for r in per_seed])
-        mean["std"] = std
-        if config.sweep:
-            sweep_mean, sweep_std = aggregate([s[name] for s in sweeps])
-            sweep_mean["std"] = sweep_std
-            mean["sweep"] = sweep_mean
-        mean["per_seed"] = [r[name] for r in per_seed]
-        teachers[name] = mean
+        print(f"seed {seed}:", *results_table(entries, list(COMPRESSORS)), sep="\n", flush=True)
+    teachers = {name: summarise_seeds([entries[name] for entries in per_seed])
+                for name in TEACHER_NAMES}
 
     # the latency matrix: dense against factorised at several batch sizes
     matrix_devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
@@ -242,15 +223,16 @@ def run(config: Config) -> dict:
             budget_s=config.latency_budget_s, seed=config.seed)
 
     # report
+    centred = train.embeddings.double() - train.embeddings.double().mean(0)
     summary = {
         "real_data": dataset.real_data,
         "data_note": dataset.note,
         "target_rank": rank,
         "input_dim": dim,
         "teachers": list(TEACHER_NAMES),
-        "methods": list(METHODS),
-        "student_method": "distil_da",
-        "seeds": seeds,
+        "methods": list(COMPRESSORS),
+        "student_method": STUDENT,
+        "seeds": config.seeds(),
         **teachers,
         "latency_matrix": latency_matrices,
         "data": {
@@ -260,24 +242,19 @@ def run(config: Config) -> dict:
             "has_fitness": has_fitness,
             "provenance": train.provenance,
             "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
-            "embedding_spread_rms_norm": (train.embeddings.double()
-                                          - train.embeddings.double().mean(0)).norm(dim=1)
-            .pow(2).mean().sqrt().item(),
+            "embedding_spread_rms_norm": centred.norm(dim=1).pow(2).mean().sqrt().item(),
             "effective_rank": effective_rank(embedding_spectrum),
         },
         "config": config.as_dict(),
         "environment": environment(device),
     }
     first_curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
-    out = Path(config.out)
-    write_json(out / SUMMARY_NAME, summary)
-    write_figure(out / FIGURE_NAME, summary, first_curves)
-    if len(seeds) > 1:
-        print(f"mean over seeds {seeds}:", flush=True)
-        for name in TEACHER_NAMES:
-            print(format_table(name, teachers[name]), flush=True)
-    print(format_matrices(latency_matrices), flush=True)
-    print(f"wrote {out / SUMMARY_NAME} and {out / FIGURE_NAME}", flush=True)
+    json_path, figure_path = write_results(Path(config.out), summary, first_curves)
+    print(f"over seeds {config.seeds()} (mean ± std; timings: median):",
+          *results_table(teachers, list(COMPRESSORS)), "", *teacher_latency_table(teachers),
+          *(line for m in latency_matrices.values() for line in ["", *latency_table(m, "latency")]),
+          sep="\n", flush=True)
+    print(f"wrote {json_path} and {figure_path}", flush=True)
     return summary
 
 

@@ -16,7 +16,6 @@ Writes bench/results/calibrate_<rows>_<dim>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import subprocess
@@ -30,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distil_rank.calibrate import load_moments  # noqa: E402
+from distil_rank.moments import load_moments  # noqa: E402
+from distil_rank.report import write_json  # noqa: E402
 from distil_rank.timing import environment  # noqa: E402
 
 
@@ -132,7 +132,7 @@ def main() -> None:
               f"{report['max_abs_covariance_difference']:.2e} "
               f"({report['max_relative_covariance_difference']:.1e} of the largest entry)")
     path = ROOT / "bench" / "results" / f"calibrate_{args.rows}x{args.dim}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     print(f"wrote {path.relative_to(ROOT)}")
 
 

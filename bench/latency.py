@@ -13,7 +13,6 @@ and listed.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distil_rank.report import latency_table, write_json  # noqa: E402
 from distil_rank.timing import environment, latency_matrix  # noqa: E402
 
 
@@ -30,27 +30,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
-def print_matrix(matrix: dict) -> None:
-    print(f"\n{matrix['device']}  D={matrix['dim_in']} r={matrix['rank']}  "
-          f"FLOP ratio {matrix['flop_ratio']:.1f}x  threads={matrix['threads']}")
-    print(f"{'dtype/mode':<20}{'batch':>7}{'dense ms':>12}{'IQR':>22}{'rank-r ms':>12}{'speedup':>9}")
-    for row in matrix["rows"]:
-        d, f = row["dense"], row["factorised"]
-        print(f"{row['dtype'] + '/' + row['mode']:<20}{row['batch']:>7}{d['median_ms']:>12.4f}"
-              f"{'[' + format(d['p25_ms'], '.3f') + ', ' + format(d['p75_ms'], '.3f') + ']':>22}"
-              f"{f['median_ms']:>12.4f}{row['speedup']:>8.2f}x")
-    for key, batch in matrix["break_even_batch"].items():
-        print(f"break-even batch ({key}): {batch if batch is not None else 'not reached'}")
-    for skip in matrix["skipped"]:
-        print(f"skipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): {skip['why']}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=1280, help="layer width D (ESM-2 650M: 1280)")
     p.add_argument("--rank", type=int, default=64, help="rank r of the factorisation")
     p.add_argument("--batches", default="1,32,256,4096,65536")
-    p.add_argument("--devices", default="auto", help="auto (cpu, plus cuda when present), cpu, cuda")
+    p.add_argument("--devices", default="auto",
+                   help="auto (cpu, plus cuda when present), cpu, cuda")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="CPU threads, fixed for the whole run")
     p.add_argument("--repeats", type=int, default=100, help="timed calls per cell, at most")
@@ -77,9 +63,8 @@ def main() -> None:
         )
         report = {"environment": environment(device), "matrix": matrix}
         out = Path(args.out_dir) / f"latency_{slug(matrix['device'])}_d{args.dim}_r{args.rank}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print_matrix(matrix)
+        write_json(out, report)
+        print("\n".join(latency_table(matrix, "latency matrix")))
         print(f"wrote {out}")
 
 

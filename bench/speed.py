@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from distil_rank.config import Config  # noqa: E402
 from distil_rank.data import load_embeddings  # noqa: E402
-from distil_rank.distill import distill  # noqa: E402
-from distil_rank.lowrank import compress_data_aware, compress_svd, input_moments  # noqa: E402
+from distil_rank.distill import DistillSettings, distill  # noqa: E402
+from distil_rank.lowrank import compress_data_aware, compress_svd  # noqa: E402
+from distil_rank.moments import input_moments  # noqa: E402
+from distil_rank.report import write_json  # noqa: E402
 from distil_rank.teachers import random_teacher  # noqa: E402
 from distil_rank.timing import environment  # noqa: E402
 
@@ -54,10 +56,11 @@ def time_fits(repeats: int = 7) -> dict:
         start = time.perf_counter()
         compress_data_aware(teacher, moments, rank)  # moments shared across teachers and ranks
         given_moments.append(time.perf_counter() - start)
-    common = dict(lr=cfg.lr, batch_size=cfg.batch_size, alpha=cfg.alpha,
-                  weight_decay=cfg.weight_decay, seed=0, device=torch.device("cpu"))
-    distill(teacher, compress_svd(teacher, rank), x, steps=10, **common)  # one-time costs out
-    result = distill(teacher, compress_svd(teacher, rank), x, steps=cfg.steps, **common)
+    settings = cfg.settings(DistillSettings)
+    cpu = torch.device("cpu")
+    distill(teacher, compress_svd(teacher, rank), x, replace(settings, steps=10), seed=0,
+            device=cpu)  # one-time costs out
+    result = distill(teacher, compress_svd(teacher, rank), x, settings, seed=0, device=cpu)
     data_aware_s = statistics.median(closed_form)
     return {
         "rows": x.shape[0], "dim": dim, "rank": rank,
@@ -77,7 +80,7 @@ def main() -> None:
               "default_run_seconds": time_default_run()}
     slug = re.sub(r"[^a-z0-9]+", "-", report["environment"]["cpu"].lower()).strip("-")[:40]
     path = ROOT / "bench" / "results" / f"speed_cpu_{slug}_{torch.get_num_threads()}t.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     fits = report["fits"]
     print(f"default python main.py: {report['default_run_seconds']:.1f} s")
     print(f"data_aware fit: {fits['data_aware_seconds_median'] * 1e3:.1f} ms (median of "

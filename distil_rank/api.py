@@ -18,22 +18,25 @@ float64 in one pass (memory O(in^2) per layer, not O(N)).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distil_rank.distill import distill
+from distil_rank.data import split_indices
+from distil_rank.distill import DistillSettings, distill
+from distil_rank.errors import first_line
 from distil_rank.lowrank import (
-    InputMoments,
     LowRankLinear,
+    check_rank,
     compress_data_aware,
     data_aware_error_curve,
+    explained_variance_curve,
 )
-from distil_rank.moments import MomentAccumulator, moments_of
+from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
 from distil_rank.stats import smallest_rank_reaching
 
 
@@ -42,10 +45,7 @@ def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float) -> 
     the calibration inputs (1 when the output does not vary at all)."""
     if not 0 < target <= 1:
         raise ValueError(f"target explained variance {target} must be in (0, 1]")
-    errors = data_aware_error_curve(linear.weight, moments)
-    if errors[0] <= 0:
-        return 1
-    curve = (1 - errors / errors[0]).tolist()
+    curve = explained_variance_curve(data_aware_error_curve(linear.weight, moments))
     rank = smallest_rank_reaching(curve, (target,))[str(target)]
     full = min(linear.in_features, linear.out_features)
     return max(1, min(full, rank if rank is not None else full))
@@ -55,10 +55,7 @@ def _choose_rank(linear, moments, rank, target):
     if (rank is None) == (target is None):
         raise ValueError("give exactly one of rank and target_explained_variance")
     if rank is not None:
-        limit = min(linear.in_features, linear.out_features)
-        if not 1 <= rank <= limit:
-            raise ValueError(f"rank {rank} outside 1..{limit} for {linear}")
-        return rank
+        return check_rank(rank, min(linear.in_features, linear.out_features), f"{linear}: rank")
     return rank_for_target(linear, moments, target)
 
 
@@ -83,17 +80,15 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
         raise ValueError("refinement distils on rows: pass the calibration rows, not moments")
     x = calibration if isinstance(calibration, torch.Tensor) else torch.cat(list(calibration))
     x = x.reshape(-1, linear.in_features).to(linear.weight.device, linear.weight.dtype)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=g).to(x.device)
-    held = max(1, round(holdout_fraction * x.shape[0]))
-    fit, holdout = x[order[held:]], x[order[:held]]
+    fit_rows, held_rows = split_indices(x.shape[0], holdout_fraction, seed)
+    fit, holdout = x[fit_rows.to(x.device)], x[held_rows.to(x.device)]
     moments = moments_of(fit)
     chosen = _choose_rank(linear, moments, rank, target_explained_variance)
     start = compress_data_aware(linear, moments, chosen)
-    result = distill(linear, start, fit, steps=refine_steps, lr=refine_lr,
-                     batch_size=refine_batch_size, alpha=alpha, weight_decay=0.0, seed=seed,
-                     device=linear.weight.device, holdout_x=holdout,
-                     eval_every=max(1, refine_steps // 20), desc="refine")
+    settings = DistillSettings(steps=refine_steps, lr=refine_lr, batch_size=refine_batch_size,
+                               alpha=alpha, weight_decay=0.0, eval_every=max(1, refine_steps // 20))
+    result = distill(linear, start, fit, settings, seed=seed, device=linear.weight.device,
+                     holdout_x=holdout, desc="refine")
     return result.student
 
 
@@ -182,7 +177,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     targets = _select(model, layers)
     if not targets:
         raise ValueError("no nn.Linear layer selected")
-    accumulators = {n: MomentAccumulator(m.in_features, m.weight.device) for n, m in targets.items()}
+    accumulators = {n: MomentAccumulator(m.in_features, m.weight.device)
+                    for n, m in targets.items()}
     _layer_inputs(model, targets, calibration, call, lambda n, x: accumulators[n].update(x))
 
     replaced = {}
@@ -196,8 +192,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         after = sum(p.numel() for p in student.parameters())
         if before - after < min_params_saved:
             continue
-        errors = data_aware_error_curve(linear.weight, moments)
-        calibration_ev = 1.0 if errors[0] <= 0 else float(1 - errors[chosen] / errors[0])
+        calibration_ev = explained_variance_curve(
+            data_aware_error_curve(linear.weight, moments))[chosen]
         replaced[name] = (linear, student, LayerReport(
             name, linear.in_features, linear.out_features, chosen, before, after,
             moments.count, calibration_ev, None))
@@ -218,7 +214,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
 
         _layer_inputs(model, {n: targets[n] for n in replaced}, holdout, call, on_input)
         for name, (_, _, report) in replaced.items():
-            spread = output_moments[name].m2.trace().item()  # sum ||y - mean(y)||^2
+            outputs = output_moments[name].moments()
+            spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2
             report.explained_variance_holdout = (1 - squared_error[name] / spread
                                                  if spread > 0 else None)
 
@@ -261,8 +258,13 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except OSError:
+        raise
+    except Exception as err:  # the storage library's own error type says nothing to a user
+        raise ValueError(f"{path}: not a safetensors file ({first_line(err)})") from None
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: no {METADATA_KEY} metadata; not written by save_compressed")
     device = next(model.parameters()).device
@@ -275,6 +277,3 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
     return model
 
-
-def report_dicts(reports: list[LayerReport]) -> list[dict]:
-    return [dict(asdict(r), params_saved=r.params_saved) for r in reports]

@@ -1,58 +1,66 @@
-"""One teacher through every compressor, measured: the unit of work of a benchmark run."""
+"""One teacher through every compressor, measured: the unit of work of a benchmark run.
+
+A compressor is one function `fit(teacher, rank, context) -> Student` and one entry in
+`COMPRESSORS`; the benchmark runs, measures and reports every entry.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from distil_rank.distill import DistillResult, distill
+from distil_rank.config import stage_seed
+from distil_rank.distill import DistillResult, DistillSettings, distill
 from distil_rank.lowrank import (
     compress_data_aware,
     compress_svd,
     data_aware_error_curve,
+    explained_variance_curve,
     flop_ratio,
-    input_moments,
     num_parameters,
+    seeded_linear,
 )
 from distil_rank.metrics import fidelity, fit_ridge, spearman
-from distil_rank.stats import smallest_rank_reaching
-from distil_rank.timing import measure_latency
-
-METHODS = ("svd", "data_aware", "distil", "distil_da")
-SWEEP_METHODS = ("svd", "data_aware", "distil_da")
-STUDENT = "distil_da"  # the project's student: its numbers fill the published keys
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    steps: int
-    lr: float
-    batch_size: int
-    alpha: float
-    weight_decay: float
-    eval_every: int
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    batch: int
-    warmup: int
-    repeats: int
+from distil_rank.moments import input_moments
+from distil_rank.stats import aggregate, smallest_rank_reaching
+from distil_rank.timing import LatencySettings, measure_latency
 
 
 @dataclass
-class Inputs:
-    """The tensors a teacher is compressed and judged on (all on the CPU)."""
+class BenchmarkData:
+    """The rows a teacher is compressed and judged on (all on the CPU)."""
 
     train: torch.Tensor  # all training embeddings
     fit: torch.Tensor  # training rows distil_da learns from
     selection: torch.Tensor  # training rows held out to pick distil_da's checkpoint
     val: torch.Tensor  # validation embeddings: every reported fidelity figure
-    train_fitness: torch.Tensor | None
-    val_fitness: torch.Tensor | None
+    train_fitness: torch.Tensor | None = None  # measured labels, when both splits have them
+    val_fitness: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a compressor may use besides the teacher and the rank."""
+
+    data: BenchmarkData
+    distill: DistillSettings
+    device: torch.device  # where distillation runs
+    seed: int  # from stage_seed; a compressor derives its own draws from it
+    name: str = ""  # the teacher's, for progress bars
+
+
+@dataclass
+class Student:
+    """A fitted compressor's output."""
+
+    module: nn.Module  # on the CPU
+    fit_seconds: float  # wall time of the whole fit, warm start included
+    details: dict = field(default_factory=dict)  # JSON-ready facts about the fit
+    warm_start: nn.Module | None = None  # the closed form a distillation started from
+    run: DistillResult | None = None  # the distillation, when there was one
 
 
 def _timed(fn):
@@ -61,83 +69,101 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
-def distil_da(teacher: nn.Linear, inputs: Inputs, rank: int, distill_cfg: DistillSettings,
-              device: torch.device, seed: int, name: str = ""):
+def fit_svd(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """Truncated SVD of W (Eckart-Young), bias unchanged. Data-free."""
+    return Student(*_timed(lambda: compress_svd(teacher, rank)))
+
+
+def fit_data_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """The closed-form minimiser of the mean squared output error over the training rows."""
+    return Student(*_timed(lambda: compress_data_aware(
+        teacher, input_moments(context.data.train), rank)))
+
+
+def fit_distil(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """The published recipe, the reference row: SVD warm start, every training row, the weights
+    after the last step."""
+    start, start_seconds = _timed(lambda: compress_svd(teacher, rank))
+    run = distill(teacher, start, context.data.train, context.distill, seed=context.seed,
+                  device=context.device, desc=f"{context.name} distil r={rank}")
+    return Student(run.student.cpu(), start_seconds + run.fit_seconds, run=run)
+
+
+def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The project's student: the closed form fitted on the fit rows, distilled on them, and the
     checkpoint (step 0 included) with the least MSE on the held-out selection rows."""
-    warm, warm_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(inputs.fit), rank))
-    run = distill(teacher, warm, inputs.fit, steps=distill_cfg.steps, lr=distill_cfg.lr,
-                  batch_size=distill_cfg.batch_size, alpha=distill_cfg.alpha,
-                  weight_decay=distill_cfg.weight_decay, device=device, seed=seed,
-                  holdout_x=inputs.selection, eval_every=distill_cfg.eval_every,
-                  desc=f"{name} distil_da r={rank}")
-    return run, (run.student, warm_seconds + run.fit_seconds, {
-        "chosen_step": run.chosen_step,
-        "selection_mse_warm_start": run.checkpoints[0][1],
-        "selection_mse_chosen": min(m for _, m in run.checkpoints),
-        "warm_start": warm,
-    })
+    data = context.data
+    start, start_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(data.fit),
+                                                              rank))
+    run = distill(teacher, start, data.fit, context.distill, device=context.device,
+                  seed=stage_seed(context.seed, "distil_da"), holdout_x=data.selection,
+                  desc=f"{context.name} distil_da r={rank}")
+    details = {"selection_mse_warm_start": run.checkpoints[0][1],
+               "selection_mse_chosen": min(m for _, m in run.checkpoints)}
+    return Student(run.student.cpu(), start_seconds + run.fit_seconds, details, start, run)
 
 
-def compress_teacher(teacher: nn.Linear, inputs: Inputs, rank: int, distill_cfg: DistillSettings,
-                     device: torch.device, seed: int, name: str = ""):
-    """Every compressor applied to `teacher`: {method: (module, fit_seconds, extra)} and the
-    distillation results for the loss curves."""
-    students, runs = {}, {}
-    svd_student, seconds = _timed(lambda: compress_svd(teacher, rank))
-    students["svd"] = (svd_student, seconds, {})
-    da_student, seconds = _timed(lambda: compress_data_aware(teacher, input_moments(inputs.train), rank))
-    students["data_aware"] = (da_student, seconds, {})
+COMPRESSORS = {"svd": fit_svd, "data_aware": fit_data_aware, "distil": fit_distil,
+               "distil_da": fit_distil_da}
+SWEEP_METHODS = ("svd", "data_aware", "distil_da")
+STUDENT = "distil_da"  # the project's student: its numbers fill the published keys
+PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints"})  # listed, never averaged
 
-    # The published recipe, kept as the reference row: SVD warm start, all training rows,
-    # the weights after the last step.
-    runs["distil"] = distill(teacher, svd_student, inputs.train, steps=distill_cfg.steps,
-                             lr=distill_cfg.lr, batch_size=distill_cfg.batch_size,
-                             alpha=distill_cfg.alpha, weight_decay=distill_cfg.weight_decay,
-                             device=device, seed=seed, desc=f"{name} distil")
-    students["distil"] = (runs["distil"].student, runs["distil"].fit_seconds, {})
-    runs["distil_da"], students["distil_da"] = distil_da(teacher, inputs, rank, distill_cfg, device,
-                                                         seed=seed + 1, name=name)
-    return students, runs
+
+def compress_teacher(teacher: nn.Linear, rank: int, context: FitContext,
+                     methods=None) -> dict[str, Student]:
+    """Every registered compressor (or those named) applied to `teacher`."""
+    return {method: COMPRESSORS[method](teacher, rank, context)
+            for method in (COMPRESSORS if methods is None else methods)}
+
+
+def warm_up(dim: int, device: torch.device) -> None:
+    """Pay the linear-algebra and optimiser libraries' one-time start-up before any fit is
+    timed, so the first compressor timed in a process is not charged for it."""
+    g = torch.Generator().manual_seed(0)
+    layer = seeded_linear(dim, dim, g)
+    x = torch.randn(max(2 * dim, 64), dim, generator=g)
+    data = BenchmarkData(train=x, fit=x, selection=x[:8], val=x[:8])
+    settings = DistillSettings(steps=2, lr=1e-3, batch_size=8, alpha=0.1, weight_decay=0.0,
+                               eval_every=1)
+    context = FitContext(data, settings, device, seed=0)
+    compress_teacher(layer, max(1, dim // 20), context)
+
+
+# ----------------------------------------------------------------------------- one seed's entry
 
 
 @torch.no_grad()
-def measure_teacher(teacher: nn.Linear, students: dict, inputs: Inputs, rank: int,
-                    latency: LatencySettings, device: torch.device, ridge_alpha: float) -> dict:
-    """Fidelity on validation, downstream Spearman, sizes and latency, as plain numbers."""
-    cpu = torch.device("cpu")
-    teacher = teacher.to(cpu)
-    y_val = teacher(inputs.val)
-    dim_in, dim_out = teacher.in_features, teacher.out_features
+def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: BenchmarkData,
+                  rank: int, latency: LatencySettings, device: torch.device, ridge_alpha: float,
+                  *, sweep: dict | None = None, denoising_loss: list[float] | None = None) -> dict:
+    """A teacher's results for one seed, in the layout of results/distil_rank_summary.schema.json:
+    fidelity on validation, the downstream probe, sizes, latency, distillation, sweep."""
+    y_val = teacher(data.val)
     probe = None
-    if inputs.train_fitness is not None and inputs.val_fitness is not None:
-        probe = fit_ridge(teacher(inputs.train), inputs.train_fitness, ridge_alpha)
+    if data.train_fitness is not None and data.val_fitness is not None:
+        probe = fit_ridge(teacher(data.train), data.train_fitness, ridge_alpha)
 
-    methods = {}
-    for method, (module, seconds, extra) in students.items():
-        module = module.to(cpu)
-        y_hat = module(inputs.val)
+    methods, distillation = {}, {}
+    for method, student in students.items():
+        y_hat = student.module(data.val)
         entry = fidelity(y_val, y_hat)
-        entry["fit_seconds"] = seconds
-        entry["params"] = num_parameters(module)
-        entry["rank"] = rank
+        entry.update(fit_seconds=student.fit_seconds, params=num_parameters(student.module),
+                     rank=rank)
         if probe is not None:
-            entry["spearman"] = spearman(probe(y_hat), inputs.val_fitness)
-        for key, value in extra.items():
-            if key == "warm_start":
-                entry["warm_start_val"] = fidelity(y_val, value.to(cpu)(inputs.val))
-            else:
-                entry[key] = value
-        methods[method] = entry
+            entry["spearman"] = spearman(probe(y_hat), data.val_fitness)
+        if student.warm_start is not None:
+            entry["warm_start_val"] = fidelity(y_val, student.warm_start(data.val))
+        methods[method] = {**entry, **student.details}
+        if student.run is not None:
+            distillation[method] = {"final_loss": student.run.losses[-1],
+                                    "chosen_step": student.run.chosen_step,
+                                    "selection_checkpoints": student.run.checkpoints}
 
-    student = students[STUDENT][0]
-    lat_teacher = measure_latency(teacher, latency.batch, dim_in, device,
-                                  warmup=latency.warmup, repeats=latency.repeats)
-    lat_student = measure_latency(student, latency.batch, dim_in, device,
-                                  warmup=latency.warmup, repeats=latency.repeats)
-    teacher.to(cpu)
-    student.to(cpu)
-
+    dim_in, dim_out = teacher.in_features, teacher.out_features
+    timed = {who: measure_latency(module, latency.latency_batch, dim_in, device,
+                                  warmup=latency.latency_warmup, repeats=latency.latency_repeats)
+             for who, module in (("teacher", teacher), ("student", students[STUDENT].module))}
     svd, best = methods["svd"], methods[STUDENT]
     params_teacher = num_parameters(teacher)
     result = {
@@ -149,9 +175,9 @@ def measure_teacher(teacher: nn.Linear, students: dict, inputs: Inputs, rank: in
         "cosine_improvement": best["cosine"] - svd["cosine"],
         "mse_reduction": (svd["rel_mse"] - best["rel_mse"]) / svd["rel_mse"]
         if svd["rel_mse"] > 0 else 0.0,
-        "latency_teacher_ms": lat_teacher["median_ms"],
-        "latency_student_ms": lat_student["median_ms"],
-        "speedup": lat_teacher["median_ms"] / lat_student["median_ms"],
+        "latency_teacher_ms": timed["teacher"]["median_ms"],
+        "latency_student_ms": timed["student"]["median_ms"],
+        "speedup": timed["teacher"]["median_ms"] / timed["student"]["median_ms"],
         "params_teacher": params_teacher,
         "params_student": best["params"],
         "compression": params_teacher / best["params"],
@@ -159,12 +185,26 @@ def measure_teacher(teacher: nn.Linear, students: dict, inputs: Inputs, rank: in
         "svd_explained_variance": svd["explained_variance"],
         "student_explained_variance": best["explained_variance"],
         "flop_ratio": flop_ratio(dim_in, dim_out, rank),
-        "latency": {"teacher": lat_teacher, "student": lat_student},
+        "latency": timed,
         "methods": methods,
+        "distillation": distillation,
+        "task_trained_denoising_loss": None if denoising_loss is None else
+        {"first": denoising_loss[0], "last": denoising_loss[-1]},
     }
     if probe is not None:
-        result["teacher_spearman"] = spearman(probe(y_val), inputs.val_fitness)
+        result["teacher_spearman"] = spearman(probe(y_val), data.val_fitness)
+    if sweep is not None:
+        result["sweep"] = sweep
     return result
+
+
+def summarise_seeds(entries: list[dict]) -> dict:
+    """A teacher's entry over seeds: the mean (timings: the median) in the published places,
+    `std` of the same shape, and each seed's entry under `per_seed`. The speedup is the ratio of
+    the median times shown beside it, not a mean of per-seed ratios that could contradict them."""
+    mean, std = aggregate(entries, PER_SEED_KEYS)
+    mean["speedup"] = mean["latency_teacher_ms"] / mean["latency_student_ms"]
+    return {**mean, "std": std, "per_seed": entries}
 
 
 # ----------------------------------------------------------------------------- rank sweep
@@ -176,50 +216,41 @@ def sweep_ranks(dim: int, divisors=(80, 40, 20, 10, 5, 4)) -> list[int]:
 
 
 @torch.no_grad()
-def sweep_teacher(teacher: nn.Linear, inputs: Inputs, ranks: list[int],
-                  distill_cfg: DistillSettings, device: torch.device, seed: int, name: str = "",
-                  known: dict[int, dict] | None = None) -> dict:
+def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
+                  fitted_at_rank: dict[int, dict[str, Student]] | None = None) -> dict:
     """svd, data_aware and distil_da at every rank, on validation; and the exact closed-form
     curve for every rank 0..D from one eigendecomposition.
 
     The curve is the explained variance on the training rows, where the closed form is exactly
     optimal: `data_aware_train_explained_variance` measures the fitted students on those rows,
-    and the two must agree to rounding (`closed_form_max_abs_gap`).
-    `known` maps a rank to already-built students (the main run's), to avoid refitting them.
+    and the two must agree to rounding (`closed_form_max_abs_gap`). `fitted_at_rank` maps a rank
+    to students already fitted there (the main run's), which are reused, not refitted.
     """
-    cpu = torch.device("cpu")
-    teacher = teacher.to(cpu)
-    moments = input_moments(inputs.train)
-    errors = data_aware_error_curve(teacher.weight, moments)
-    curve = (1 - errors / errors[0]).tolist()
-    y_val, y_train = teacher(inputs.val), teacher(inputs.train)
-    dim_in, dim_out = teacher.in_features, teacher.out_features
+    data = context.data
+    curve = explained_variance_curve(data_aware_error_curve(teacher.weight,
+                                                            input_moments(data.train)))
+    y_val, y_train = teacher(data.val), teacher(data.train)
     methods = {m: {"explained_variance": [], "cosine": [], "rel_mse": []} for m in SWEEP_METHODS}
     train_measured = []
     for rank in ranks:
-        if known and rank in known:
-            built = {m: known[rank][m][0] for m in SWEEP_METHODS}
-        else:
-            built = {"svd": compress_svd(teacher, rank),
-                     "data_aware": compress_data_aware(teacher, moments, rank)}
+        built = (fitted_at_rank or {}).get(rank)
+        if built is None:
+            rank_context = replace(context, seed=stage_seed(context.seed, f"rank/{rank}"))
             with torch.enable_grad():
-                _, (student, _, _) = distil_da(teacher, inputs, rank, distill_cfg, device,
-                                               seed=seed + rank, name=name)
-            built["distil_da"] = student
-        for method, module in built.items():
-            scores = fidelity(y_val, module.to(cpu)(inputs.val))
+                built = compress_teacher(teacher, rank, rank_context, SWEEP_METHODS)
+        for method in SWEEP_METHODS:
+            scores = fidelity(y_val, built[method].module(data.val))
             for key in methods[method]:
                 methods[method][key].append(scores[key])
-        train_measured.append(fidelity(y_train, built["data_aware"].to(cpu)(inputs.train))
+        train_measured.append(fidelity(y_train, built["data_aware"].module(data.train))
                               ["explained_variance"])
-    teacher.to(cpu)
-    gap = max(abs(train_measured[i] - curve[r]) for i, r in enumerate(ranks))
+    dim_in, dim_out = teacher.in_features, teacher.out_features
     return {
         "ranks": list(ranks),
-        "compression": [dim_in * dim_out / (r * (dim_in + dim_out)) for r in ranks],
+        "compression": [flop_ratio(dim_in, dim_out, r) for r in ranks],
         "methods": methods,
         "closed_form_train_explained_variance": curve,
         "data_aware_train_explained_variance": train_measured,
-        "closed_form_max_abs_gap": gap,
+        "closed_form_max_abs_gap": max(abs(m - curve[r]) for m, r in zip(train_measured, ranks)),
         "smallest_rank_for_train_explained_variance": smallest_rank_reaching(curve),
     }

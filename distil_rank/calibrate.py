@@ -7,11 +7,12 @@ The closed form needs only the count, mean and covariance of the inputs. Each sh
 batches of --batch-rows rows (.npy shards by file offset, so a shard never has to fit in memory;
 .pt and .npz shards are loaded one at a time), accumulated in float64 and merged with the
 pairwise update of Chan et al. (distil_rank.moments). Under torchrun every process reads its own
-shards (shard i goes to rank i mod world size) and the partial statistics are all-reduced with
-torch.distributed (gloo on the CPU, nccl on GPUs); rank 0 writes the result.
+shards (shard i goes to process i mod world size) and the partial statistics are all-reduced with
+torch.distributed (gloo on the CPU, nccl on GPUs); process 0 writes the result.
 
-The output is a .pt dict of plain tensors {"count", "mean", "covariance"} (load_moments reads it
-with weights_only=True); compress_linear(layer, load_moments(path), rank=...) uses it directly.
+The output is a .pt dict of plain tensors {"count", "mean", "covariance"}; load_moments (in
+distil_rank.moments) reads it with weights_only=True, and
+compress_linear(layer, load_moments(path), rank=...) uses it directly.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ import torch
 import torch.distributed as dist
 
 from distil_rank.data import load_embeddings
-from distil_rank.errors import InputError, cli_exit_code
-from distil_rank.lowrank import InputMoments
-from distil_rank.moments import MomentAccumulator
+from distil_rank.errors import InputError, cli_exit_code, first_line
+from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments
 
 
 def _npy_batches(path: Path, batch_rows: int):
@@ -47,8 +47,7 @@ def _npy_batches(path: Path, batch_rows: int):
             else:  # a header format without a public reader: let numpy map it
                 shape, fortran_order, dtype = np.load(path, mmap_mode="r").shape, True, None
         except Exception as err:  # not an .npy file at all
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"{path}: not a readable .npy shard ({first})") from None
+            raise InputError(f"{path}: not a readable .npy shard ({first_line(err)})") from None
         if dtype is None:
             dtype = np.load(path, mmap_mode="r").dtype
         if dtype.hasobject:
@@ -84,8 +83,7 @@ def _numpy_rows(path: Path):
     except InputError:
         raise
     except Exception as err:  # a corrupt or pickled file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a readable numpy shard ({first})") from None
+        raise InputError(f"{path}: not a readable numpy shard ({first_line(err)})") from None
 
 
 def shard_batches(path: str | Path, batch_rows: int):
@@ -142,51 +140,9 @@ def accumulate_shards(paths: list[str], batch_rows: int = 16384,
     return accumulator
 
 
-def all_reduce_moments(local: MomentAccumulator, group=None) -> MomentAccumulator:
-    """Combine every process's partial statistics; all processes get the same result.
-
-    Two all-reduces, both of sums: first count and count * mean (the global mean), then each
-    process's M2 + n_i (mean_i - mean)(mean_i - mean)^T, whose sum is the global M2. This is
-    the pairwise merge for many parts at once; no large sums are subtracted.
-    """
-    device = local.mean.device
-    if dist.get_backend(group) == "nccl" and device.type != "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    head = torch.cat([torch.tensor([float(local.count)], dtype=torch.float64),
-                      local.mean.cpu() * local.count]).to(device)
-    dist.all_reduce(head, group=group)
-    total = int(round(head[0].item()))
-    if total == 0:
-        raise InputError("no calibration rows on any process")
-    mean = head[1:] / total
-    delta = local.mean.to(device) - mean
-    m2 = local.m2.to(device) + torch.outer(delta, delta) * local.count
-    dist.all_reduce(m2, group=group)
-    merged = MomentAccumulator(local.dim, device=local.mean.device)
-    merged.count, merged.mean, merged.m2 = total, mean.to(local.mean.device), m2.to(local.mean.device)
-    return merged
-
-
-def shards_for_rank(paths: list[str], rank: int, world_size: int) -> list[str]:
-    return sorted(paths)[rank::world_size]
-
-
-def save_moments(path: str | Path, moments: InputMoments, **provenance) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"count": torch.tensor(moments.count), "mean": moments.mean,
-                "covariance": moments.covariance, "provenance": provenance}, tmp)
-    tmp.replace(path)
-
-
-def load_moments(path: str | Path) -> InputMoments:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a readable moments file ({type(err).__name__})") from None
-    if not isinstance(obj, dict) or not {"count", "mean", "covariance"} <= set(obj):
-        raise InputError(f"{path}: expected a dict with count, mean and covariance")
-    return InputMoments(int(obj["count"]), obj["mean"].double(), obj["covariance"].double())
+def shards_for_process(paths: list[str], process_rank: int, world_size: int) -> list[str]:
+    """Shard i goes to process i mod world_size, in sorted order."""
+    return sorted(paths)[process_rank::world_size]
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -213,10 +169,10 @@ def run(args: argparse.Namespace) -> InputMoments:
         dist.init_process_group(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    process_rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         start = time.perf_counter()
-        mine = shards_for_rank(paths, rank, world)
+        mine = shards_for_process(paths, process_rank, world)
         local = accumulate_shards(mine, args.batch_rows) if mine else None
         if world > 1:
             dim = torch.tensor([local.dim if local else 0])
@@ -227,7 +183,7 @@ def run(args: argparse.Namespace) -> InputMoments:
             result = local
         moments = result.moments()
         seconds = time.perf_counter() - start
-        if rank == 0:
+        if process_rank == 0:
             save_moments(args.out, moments, shards=sorted(paths), processes=world,
                          seconds=seconds)
             print(f"calibrated on {moments.count:,} rows of dimension {moments.mean.numel()} from "

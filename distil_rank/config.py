@@ -45,7 +45,7 @@ class Config:
     # --- rank sweep and repetitions ---
     sweep: bool = True  # also sweep the rank for svd, data_aware and distil_da
     sweep_divisors: tuple[int, ...] = (80, 40, 20, 10, 5, 4)  # ranks D/80 .. D/4
-    seeds: int = 3  # repetitions with seeds seed, seed+1, ...; the JSON gives mean and std
+    num_seeds: int = 3  # repetitions with seeds seed, seed+1, ...; the JSON gives mean and std
 
     # --- downstream probe ---
     ridge_alpha: float = 1e-2  # ridge penalty, relative to the mean eigenvalue of the features
@@ -66,6 +66,15 @@ class Config:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def seeds(self) -> list[int]:
+        """The seed of each repetition."""
+        return [self.seed + i for i in range(self.num_seeds)]
+
+    def settings(self, kind):
+        """A stage's settings dataclass (DistillSettings, TeacherSettings, LatencySettings),
+        filled from this config's fields of the same names: the defaults live here only."""
+        return kind(**{f.name: getattr(self, f.name) for f in dataclasses.fields(kind)})
+
 
 def quick_overrides() -> dict:
     """What --quick changes: enough to exercise every stage, not enough to mean anything."""
@@ -78,7 +87,7 @@ def quick_overrides() -> dict:
         latency_batches=(1, 32, 256),
         latency_budget_s=0.05,
         sweep_divisors=(40, 20, 10),
-        seeds=2,
+        num_seeds=2,
         synthetic_dim=256,
         synthetic_train=600,
         synthetic_val=200,

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distil_rank.errors import InputError
+from distil_rank.errors import InputError, first_line
+from distil_rank.files import atomic_write
 
 EMBEDDING_KEYS = ("embeddings", "emb")
 POSITION_KEYS = ("position", "pos")
@@ -51,19 +52,17 @@ def _read_pt(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only=True refuses any object that would need code to rebuild; say so briefly.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: refused to unpickle (not plain tensors): {first}") from None
+        raise InputError(f"{path}: refused to unpickle (not plain tensors): "
+                         f"{first_line(err)}") from None
     except Exception as err:  # a corrupt file can fail anywhere inside the unpickler
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a readable torch file ({first})") from None
+        raise InputError(f"{path}: not a readable torch file ({first_line(err)})") from None
 
 
 def _read_numpy(path: Path):
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as err:  # ValueError for pickled objects, OSError/BadZipFile for corruption
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: not a readable numpy file ({first})") from None
+        raise InputError(f"{path}: not a readable numpy file ({first_line(err)})") from None
     if isinstance(loaded, np.ndarray):
         return loaded
     with loaded:
@@ -117,12 +116,14 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
         ids = obj.get("ids")
         provenance = obj.get("provenance") or {}
         if not isinstance(provenance, dict):
-            raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, expected a dict")
+            raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, "
+                             "expected a dict")
     elif isinstance(obj, (torch.Tensor, np.ndarray)):
         raw = obj
     else:
         raise InputError(
-            f"{path}: holds a {type(obj).__name__}, expected a 2-D tensor or a dict with 'embeddings'"
+            f"{path}: holds a {type(obj).__name__}, expected a 2-D tensor or a dict with "
+            "'embeddings'"
         )
 
     embeddings = _as_tensor(path, "embeddings", raw)
@@ -178,10 +179,7 @@ def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
     if data.ids is not None:
         payload["ids"] = list(data.ids)
     payload["provenance"] = dict(data.provenance)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 # ----------------------------------------------------------------------------- choosing the data
@@ -231,7 +229,8 @@ def resolve_data(
         raise InputError(
             f"{val_path}: dimension {val.dim} differs from {train_path}'s dimension {train.dim}"
         )
-    return Dataset(train, val, real_data=True, note=f"real embeddings from {train_path} and {val_path}")
+    return Dataset(train, val, real_data=True,
+                   note=f"real embeddings from {train_path} and {val_path}")
 
 
 # ----------------------------------------------------------------------------- synthetic stand-in
@@ -267,9 +266,13 @@ def synthetic_embeddings(
     return make(x[:n_train].clone()), make(x[n_train:].clone())
 
 
-def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded split of range(n) into (kept, held out), the held-out part about `fraction`."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g)
-    held = max(1, min(n - 1, round(fraction * n)))
+def split_indices(n: int, held_fraction: float, seed: int,
+                  min_rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of range(n) into (kept, held out), both sorted: about `held_fraction` of
+    the rows held out, and at least `min_rows` on each side. The one row split of the project
+    (selection rows, the API's refinement hold-out, the embedding tool's --split)."""
+    if n < 2 * min_rows:
+        raise ValueError(f"{n} rows cannot be split into two parts of at least {min_rows}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held = max(min_rows, min(n - min_rows, round(held_fraction * n)))
     return order[held:].sort().values, order[:held].sort().values

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.data import EmbeddingSet, save_embeddings
-from distil_rank.errors import InputError, cli_exit_code
+from distil_rank.data import EmbeddingSet, save_embeddings, split_indices
+from distil_rank.errors import InputError, cli_exit_code, first_line
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
 ESM2_MODELS = {
@@ -125,8 +125,7 @@ def load_esm(name: str, device: torch.device, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         model = EsmModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--model {name}: could not load ({first})") from None
+        raise InputError(f"--model {name}: could not load ({first_line(err)})") from None
     return tokenizer, model.to(device=device, dtype=dtype).eval(), source
 
 
@@ -187,12 +186,14 @@ def create_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--fasta", required=True, help="input FASTA file")
     p.add_argument("--model", required=True,
-                   help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers directory")
+                   help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers "
+                        "directory")
     p.add_argument("--out", required=True,
                    help="output .pt file; with --split, a folder for embeddings_{train,val}.pt")
     p.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (0 = token embeddings); default: the final layer")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch, padding included")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="tokens per batch, padding included")
     p.add_argument("--on-long", choices=("truncate", "reject"), default="truncate",
                    help="sequences longer than the model's limit: keep the first residues, or stop")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
@@ -251,18 +252,16 @@ def run(args: argparse.Namespace) -> list[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_embeddings(out, EmbeddingSet(embeddings, ids=ids, provenance=provenance))
         return [out]
-    g = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(records), generator=g)
-    n_train = min(len(records) - 2, max(2, round(args.split * len(records))))
+    train_rows, val_rows = split_indices(len(records), 1 - args.split, args.seed, min_rows=2)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, rows in (("train", order[:n_train].sort().values),
-                       ("val", order[n_train:].sort().values)):
+    for name, rows in (("train", train_rows), ("val", val_rows)):
         path = folder / f"embeddings_{name}.pt"
         save_embeddings(path, EmbeddingSet(
             embeddings[rows], ids=[ids[i] for i in rows],
-            provenance=dict(provenance, split=name, split_fraction=args.split, split_seed=args.seed)))
+            provenance=dict(provenance, split=name, split_fraction=args.split,
+                            split_seed=args.seed)))
         written.append(path)
     return written
 

@@ -7,7 +7,8 @@ Two closed forms:
   svd         Eckart-Young: the best rank-r W' in Frobenius norm, blind to the data.
   data_aware  the rank-r W' and bias b' that minimise the mean squared output error over the
               calibration inputs x with mean mu and covariance S:
-                  E||W x + b - W' x - b'||^2 = ||(W - W') S^(1/2)||_F^2 + ||(W - W') mu + b - b'||^2.
+                  E||W x + b - W' x - b'||^2
+                      = ||(W - W') S^(1/2)||_F^2 + ||(W - W') mu + b - b'||^2.
               The second term vanishes with b' = b + (W - W') mu. The first is minimised by
               W' = P W, where P projects onto the top-r eigenvectors of the teacher's output
               covariance C = W S W^T; the error left is the sum of C's discarded eigenvalues
@@ -17,35 +18,39 @@ Two closed forms:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from distil_rank.moments import InputMoments, input_moments
 
 
 class LowRankLinear(nn.Module):
     """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, generator: torch.Generator | None = None,
+                 initialise: bool = True):
         super().__init__()
-        if not 1 <= rank <= min(in_features, out_features):
-            raise ValueError(f"rank {rank} outside 1..{min(in_features, out_features)}")
+        check_rank(rank, min(in_features, out_features))
         kw = dict(device=device, dtype=dtype)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.down = nn.Parameter(torch.empty(rank, in_features, **kw))
         self.up = nn.Parameter(torch.empty(out_features, rank, **kw))
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
-        nn.init.kaiming_uniform_(self.down, a=5**0.5)
-        nn.init.kaiming_uniform_(self.up, a=5**0.5)
+        if initialise:  # nn.Linear's default, factor by factor
+            nn.init.kaiming_uniform_(self.down, a=5**0.5, generator=generator)
+            nn.init.kaiming_uniform_(self.up, a=5**0.5, generator=generator)
 
     @classmethod
     def from_factors(cls, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None,
-                     dtype: torch.dtype = torch.float32) -> "LowRankLinear":
+                     dtype: torch.dtype = torch.float32) -> LowRankLinear:
         out_features, rank = up.shape
         module = cls(down.shape[1], out_features, rank, bias=bias is not None,
-                     device=up.device, dtype=dtype)
+                     device=up.device, dtype=dtype, initialise=False)
         with torch.no_grad():
             module.up.copy_(up)
             module.down.copy_(down)
@@ -64,6 +69,25 @@ class LowRankLinear(nn.Module):
                 f"rank={self.rank}, bias={self.bias is not None}")
 
 
+def seeded_linear(in_features: int, out_features: int, generator: torch.Generator) -> nn.Linear:
+    """An nn.Linear with PyTorch's default initialisation drawn from `generator`, not from the
+    global random state (with the same seed, the same values as torch.manual_seed + nn.Linear)."""
+    layer = nn.Linear(in_features, out_features, device="meta").to_empty(device="cpu")
+    nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+    bound = 1 / math.sqrt(in_features)
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def check_rank(rank, limit: int, what: str = "rank") -> int:
+    """`rank` if it is an integer in 1..limit, else a ValueError that says so."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise ValueError(f"{what} {rank!r} is not an integer")
+    if not 1 <= rank <= limit:
+        raise ValueError(f"{what} {rank} outside 1..{limit}")
+    return int(rank)
+
+
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -73,8 +97,17 @@ def lowrank_parameters(in_features: int, out_features: int, rank: int, bias: boo
 
 
 def flop_ratio(in_features: int, out_features: int, rank: int) -> float:
-    """Multiply-adds of the dense layer over those of the factorised one (bias ignored)."""
-    return in_features * out_features / (rank * (in_features + out_features))
+    """Multiply-adds of the dense layer over those of the factorised one, which is also the
+    ratio of their weights, biases aside."""
+    return in_features * out_features / lowrank_parameters(in_features, out_features, rank, False)
+
+
+def explained_variance_curve(errors: torch.Tensor) -> list[float]:
+    """Explained variance 1 - error[r] / error[0] from an error curve (entry 0: keep nothing);
+    an output that does not vary is fully explained at every rank."""
+    if errors[0] <= 0:
+        return [1.0] * len(errors)
+    return (1 - errors / errors[0]).tolist()
 
 
 def _balanced(left: torch.Tensor, singular: torch.Tensor, right_t: torch.Tensor):
@@ -84,10 +117,8 @@ def _balanced(left: torch.Tensor, singular: torch.Tensor, right_t: torch.Tensor)
     return left * root, root[:, None] * right_t
 
 
-def _check_rank(weight: torch.Tensor, rank: int) -> None:
-    limit = min(weight.shape)
-    if not 1 <= rank <= limit:
-        raise ValueError(f"rank {rank} outside 1..{limit} for a weight of shape {tuple(weight.shape)}")
+def _check_weight_rank(weight: torch.Tensor, rank: int) -> None:
+    check_rank(rank, min(weight.shape), f"rank for a weight of shape {tuple(weight.shape)}:")
 
 
 # ----------------------------------------------------------------------------- data-free
@@ -95,7 +126,7 @@ def _check_rank(weight: torch.Tensor, rank: int) -> None:
 
 def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eckart-Young truncation of `weight`, as balanced factors (up, down), in float64."""
-    _check_rank(weight, rank)
+    _check_weight_rank(weight, rank)
     u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
     return _balanced(u[:, :rank], s[:rank], vh[:rank])
 
@@ -107,22 +138,6 @@ def compress_svd(linear: nn.Linear, rank: int) -> LowRankLinear:
 
 
 # ----------------------------------------------------------------------------- data-aware
-
-
-@dataclass
-class InputMoments:
-    """First and second moments of the calibration inputs, all the closed form needs."""
-
-    count: int
-    mean: torch.Tensor  # [D] float64
-    covariance: torch.Tensor  # [D, D] float64, normalised by count (population covariance)
-
-
-def input_moments(x: torch.Tensor) -> InputMoments:
-    x = x.detach().double()
-    mean = x.mean(dim=0)
-    centred = x - mean  # centre before the product: the common mean would swamp float rounding
-    return InputMoments(x.shape[0], mean, centred.T @ centred / x.shape[0])
 
 
 def output_spectrum(weight: torch.Tensor, moments: InputMoments):
@@ -145,7 +160,7 @@ def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments) -> torch
 def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments: InputMoments,
                        rank: int):
     """The closed-form rank-r optimum: (up, down, new_bias), float64."""
-    _check_rank(weight, rank)
+    _check_weight_rank(weight, rank)
     w = weight.detach().double().to(moments.covariance.device)
     _, eigenvectors = output_spectrum(w, moments)
     basis = eigenvectors[:, :rank]  # top-r output directions, orthonormal

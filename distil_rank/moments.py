@@ -1,7 +1,9 @@
-"""Streaming first and second moments of calibration inputs, in float64.
+"""First and second moments of calibration inputs, in float64: all the closed form needs.
 
-The closed-form compressor needs only the count, mean and covariance of the inputs, so they can
-be accumulated over any number of batches with O(D^2) memory and merged across workers.
+One home for the statistics: the `InputMoments` dataclass, the one-shot form (`input_moments`),
+the streaming form (`MomentAccumulator`, `moments_of`), the merge across processes
+(`all_reduce_moments`) and the file format (`save_moments`, `load_moments`).
+
 Each batch is reduced to (count, mean, M2 = sum of centred outer products) and partial results
 are combined with the pairwise update of Chan, Golub & LeVeque (1979):
 
@@ -15,19 +17,43 @@ precision, unlike the textbook sum(x x^T) / n - mean mean^T.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from pathlib import Path
 
-from distil_rank.lowrank import InputMoments
+import torch
+import torch.distributed as dist
+
+from distil_rank.errors import InputError, first_line
+from distil_rank.files import atomic_write
+
+
+@dataclass
+class InputMoments:
+    """Count, mean and covariance of the calibration inputs."""
+
+    count: int
+    mean: torch.Tensor  # [D] float64
+    covariance: torch.Tensor  # [D, D] float64, normalised by count (population covariance)
+
+
+def input_moments(x: torch.Tensor) -> InputMoments:
+    """The moments of rows held in memory, exact two-pass float64."""
+    x = x.detach().double()
+    mean = x.mean(dim=0)
+    centred = x - mean  # centre before the product: the common mean would swamp float rounding
+    return InputMoments(x.shape[0], mean, centred.T @ centred / x.shape[0])
 
 
 class MomentAccumulator:
+    """Count, mean and M2 of every row seen so far, updated batch by batch (O(D^2) memory)."""
+
     def __init__(self, dim: int, device: torch.device | str = "cpu"):
         self.dim = dim
         self.count = 0
         self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
-    def update(self, batch: torch.Tensor) -> "MomentAccumulator":
+    def update(self, batch: torch.Tensor) -> MomentAccumulator:
         """Add a [B, D] batch (any float dtype; leading dimensions are flattened)."""
         batch = batch.detach().reshape(-1, batch.shape[-1])
         if batch.shape[-1] != self.dim:
@@ -39,13 +65,13 @@ class MomentAccumulator:
         centred = x - mean
         return self._merge(x.shape[0], mean, centred.T @ centred)
 
-    def merge(self, other: "MomentAccumulator") -> "MomentAccumulator":
+    def merge(self, other: MomentAccumulator) -> MomentAccumulator:
         if other.dim != self.dim:
             raise ValueError(f"cannot merge moments of dimension {other.dim} into {self.dim}")
         return self._merge(other.count, other.mean.to(self.mean.device),
                            other.m2.to(self.m2.device))
 
-    def _merge(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> "MomentAccumulator":
+    def _merge(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> MomentAccumulator:
         if count == 0:
             return self
         total = self.count + count
@@ -74,3 +100,45 @@ def moments_of(batches, dim: int | None = None) -> InputMoments:
     if accumulator is None:
         raise ValueError("no calibration batches were given")
     return accumulator.moments()
+
+
+def all_reduce_moments(local: MomentAccumulator, group=None) -> MomentAccumulator:
+    """Combine every process's partial statistics; all processes get the same result.
+
+    Two all-reduces, both of sums: first count and count * mean (the global mean), then each
+    process's M2 + n_i (mean_i - mean)(mean_i - mean)^T, whose sum is the global M2. This is
+    the pairwise merge for many parts at once; no large sums are subtracted.
+    """
+    device = local.mean.device
+    if dist.get_backend(group) == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    head = torch.cat([torch.tensor([float(local.count)], dtype=torch.float64),
+                      local.mean.cpu() * local.count]).to(device)
+    dist.all_reduce(head, group=group)
+    total = int(round(head[0].item()))
+    if total == 0:
+        raise InputError("no calibration rows on any process")
+    mean = head[1:] / total
+    delta = local.mean.to(device) - mean
+    m2 = local.m2.to(device) + torch.outer(delta, delta) * local.count
+    dist.all_reduce(m2, group=group)
+    merged = MomentAccumulator(local.dim, device=local.mean.device)
+    return merged._merge(total, mean.to(local.mean.device), m2.to(local.mean.device))
+
+
+def save_moments(path: str | Path, moments: InputMoments, **provenance) -> None:
+    """A .pt dict of plain tensors {count, mean, covariance, provenance}."""
+    payload = {"count": torch.tensor(moments.count), "mean": moments.mean,
+               "covariance": moments.covariance, "provenance": provenance}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_moments(path: str | Path) -> InputMoments:
+    """What save_moments wrote, read with weights_only=True and checked."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt file can fail anywhere inside the unpickler
+        raise InputError(f"{path}: not a readable moments file ({first_line(err)})") from None
+    if not isinstance(obj, dict) or not {"count", "mean", "covariance"} <= set(obj):
+        raise InputError(f"{path}: expected a dict with count, mean and covariance")
+    return InputMoments(int(obj["count"]), obj["mean"].double(), obj["covariance"].double())

@@ -5,33 +5,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import signal
 from pathlib import Path
 
 import torch
 
+from distil_rank.files import atomic_write
+from distil_rank.lowrank import flop_ratio
+
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
 METHOD_LABELS = {
-    "svd": "SVD (data-free)",
-    "data_aware": "data-aware closed form",
-    "distil": "distil (SVD start, published)",
-    "distil_da": "distil_da (closed-form start)",
+    "svd": "svd (data-free)",
+    "data_aware": "data_aware (closed form)",
+    "distil": "distil (published recipe)",
+    "distil_da": "distil_da (student)",
 }
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader never sees a
-    half-written file, and a failure leaves the old one in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value):
@@ -46,54 +35,83 @@ def _jsonable(value):
     return value
 
 
+def json_text(payload: dict) -> str:
+    return json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json_text(payload)))
 
 
 # ----------------------------------------------------------------------------- console
 
 
-def format_matrices(matrices: dict) -> str:
-    lines = []
-    for matrix in matrices.values():
-        lines.append(f"latency matrix on {matrix['device']} (threads {matrix['threads']}), "
-                     f"D={matrix['dim_in']}, r={matrix['rank']}, FLOP ratio "
-                     f"{matrix['flop_ratio']:.1f}x:")
-        for row in matrix["rows"]:
-            lines.append(f"  {row['dtype']}/{row['mode']:<10} batch {row['batch']:>6}: dense "
-                         f"{row['dense']['median_ms']:.4f} ms, rank-r "
-                         f"{row['factorised']['median_ms']:.4f} ms, speedup {row['speedup']:.2f}x")
-        for key, batch in matrix["break_even_batch"].items():
-            lines.append(f"  break-even batch ({key}): "
-                         f"{batch if batch is not None else 'not reached in the grid'}")
-    return "\n".join(lines)
+def latency_table(matrix: dict, source: str) -> list[str]:
+    """The dense-versus-rank-r latency matrix as a Markdown table, with what it was measured on
+    and the break-even batch: the one renderer for the console, bench/ and the README."""
+    lines = [
+        f"{source}: {matrix['device']}"
+        + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
+        + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, "
+        f"FLOP ratio {matrix['flop_ratio']:.1f}x.",
+        "",
+        "| dtype | mode | batch | dense ms (IQR) | rank-r ms (IQR) | speedup |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in matrix["rows"]:
+        d, f = row["dense"], row["factorised"]
+        lines.append(
+            f"| {row['dtype']} | {row['mode']} | {row['batch']} | {d['median_ms']:.4g} "
+            f"({d['p25_ms']:.3g}-{d['p75_ms']:.3g}) | {f['median_ms']:.4g} "
+            f"({f['p25_ms']:.3g}-{f['p75_ms']:.3g}) | {row['speedup']:.2f}x |")
+    for key, batch in matrix["break_even_batch"].items():
+        word = "not reached in the grid" if batch is None else (
+            f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
+            else str(batch))
+        lines.append(f"\nBreak-even batch ({key}): {word}.")
+    for skip in matrix.get("skipped", []):
+        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
+                     f"{skip['why']}.")
+    return lines
 
 
-def format_table(name: str, result: dict) -> str:
-    methods = result["methods"]
-    has_rho = "teacher_spearman" in result
-    header = f"{'method':<32}{'params':>9}{'expl.var':>10}{'cosine':>9}{'rel_mse':>11}"
-    header += f"{'rho':>7}" if has_rho else ""
-    header += f"{'fit s':>8}"
-    lines = [f"== {name}: {result['params_teacher']:,} parameters, "
-             f"explained variance is the headline ==", header]
-    if has_rho:
-        lines.append(f"{'teacher (reference)':<32}{result['params_teacher']:>9,}{1.0:>10.4f}"
-                     f"{1.0:>9.4f}{0.0:>11.2e}{result['teacher_spearman']:>7.3f}{'':>8}")
-    for method, m in methods.items():
-        row = (f"{METHOD_LABELS.get(method, method):<32}{m['params']:>9,}"
-               f"{m['explained_variance']:>10.4f}{m['cosine']:>9.4f}{m['rel_mse']:>11.2e}")
-        row += f"{m['spearman']:>7.3f}" if has_rho else ""
-        row += f"{m['fit_seconds']:>8.2f}"
-        lines.append(row)
-    lat = result["latency"]
-    lines.append(
-        f"latency at batch {lat['teacher']['batch']} on {lat['teacher']['device']}: teacher "
-        f"{result['latency_teacher_ms']:.4f} ms, student {result['latency_student_ms']:.4f} ms, "
-        f"speedup {result['speedup']:.2f}x (FLOP ratio {result['flop_ratio']:.2f}x)"
-    )
-    return "\n".join(lines)
+def fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def pm(mean, std, spec: str) -> str:
+    """mean ± std, the std left out when it is zero or absent (a single seed, or no spread)."""
+    return fmt(mean, spec) if not std else f"{format(mean, spec)} ± {format(std, '.1g')}"
+
+
+def results_table(teachers: dict[str, dict], methods: list[str]) -> list[str]:
+    """Fidelity per teacher and compressor, explained variance first, as a Markdown table: one
+    seed's entries or the entries over seeds (then with ± std). The console and the README."""
+    lines = ["| teacher | compressor | explained variance | cosine (mean / min) | rel_mse | "
+             "Spearman rho (teacher's probe) | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for teacher, entry in teachers.items():
+        rho = fmt(entry.get("teacher_spearman"), ".3f")  # only where the data has fitness
+        lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {rho} | |")
+        for method in methods:
+            m = entry["methods"][method]
+            ev_std = entry["std"]["methods"][method]["explained_variance"] \
+                if "std" in entry else None
+            lines.append(
+                f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
+                f"{pm(m['explained_variance'], ev_std, '.4g')} | "
+                f"{m['cosine']:.5f} / {m['cosine_min']:.4f} | {m['rel_mse']:.2e} | "
+                f"{fmt(m.get('spearman'), '.3f')} | {m['fit_seconds']:.3f} |")
+    return lines
+
+
+def teacher_latency_table(teachers: dict[str, dict]) -> list[str]:
+    """Teacher against student latency at the run's latency batch, beside the FLOP ratio."""
+    lines = ["| teacher | dense ms | rank-r ms | speedup | FLOP ratio |",
+             "|---|---:|---:|---:|---:|"]
+    for teacher, e in teachers.items():
+        lines.append(f"| {teacher} | {e['latency_teacher_ms']:.4f} | {e['latency_student_ms']:.4f} "
+                     f"| {e['speedup']:.2f}x | {e['flop_ratio']:.2f}x |")
+    return lines
 
 
 # ----------------------------------------------------------------------------- figure
@@ -125,16 +143,15 @@ def _panel_losses(ax, summary, curves, colours):
 
 
 def _panel_fidelity(ax, summary):
-    teachers, methods = summary["teachers"], list(METHOD_LABELS)
+    teachers, methods = summary["teachers"], summary["methods"]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         means = [summary[t]["methods"][method]["explained_variance"] for t in teachers]
-        stds = [((summary[t].get("std") or {}).get("methods", {}).get(method, {})
-                 .get("explained_variance", 0.0)) for t in teachers]
+        stds = [summary[t]["std"]["methods"][method]["explained_variance"] for t in teachers]
         values = _unexplained(means)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(teachers))]
-        bars = ax.bar(xs, values, width, yerr=stds, capsize=2, label=METHOD_LABELS[method],
-                      color=METHOD_COLOURS[method])
+        bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
+                      label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
         for bar, ev in zip(bars, means):
             ax.annotate(f"{ev:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=6.5, xytext=(0, 2),
@@ -149,7 +166,8 @@ def _panel_fidelity(ax, summary):
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary["seeds"])
     ax.set_title(f"Fidelity at rank {summary['target_rank']} (labels: explained variance EV;\n"
-                 f"mean of {n} seed{'s' * (n > 1)}, bars: std). Plain cosine is near 1 for most bars")
+                 f"mean of {n} seed{'s' * (n > 1)}, bars: std). "
+                 "Plain cosine is near 1 for most bars")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
@@ -186,14 +204,14 @@ def _panel_pareto(ax, summary, teacher, colour):
     dim = summary["input_dim"]
     curve = sweep["closed_form_train_explained_variance"]
     ranks = list(range(1, dim // 2 + 1))  # up to the rank where the factors stop saving
-    ax.plot([dim * dim / (r * 2 * dim) for r in ranks], _unexplained([curve[r] for r in ranks]),
+    ax.plot([flop_ratio(dim, dim, r) for r in ranks], _unexplained([curve[r] for r in ranks]),
             color="black", lw=1, label="closed form, exact (train rows)")
-    std = sweep.get("std") or {}
+    std = summary[teacher]["std"]["sweep"]
     markers = {"svd": dict(fmt="o-", ms=4), "data_aware": dict(fmt="s", ms=9, mfc="none"),
                "distil_da": dict(fmt="o-", ms=4)}
     for method in ("svd", "data_aware", "distil_da"):
         values = sweep["methods"][method]["explained_variance"]
-        errs = std.get("methods", {}).get(method, {}).get("explained_variance", [0] * len(values))
+        errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
                     color=METHOD_COLOURS[method], label=f"{method} (validation)",
                     **markers[method])
@@ -249,7 +267,7 @@ def _panel_embedding_spectrum(ax, summary, curves):
               loc="center right")
 
 
-def write_figure(path: Path, summary: dict, curves: dict) -> None:
+def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
     """Nine panels, one message each: distillation losses; fidelity per teacher and compressor;
     speedup against batch size; fidelity against compression per teacher (the rank sweep, with
     the exact closed-form curve); teacher spectra; the embeddings' own spectrum.
@@ -283,31 +301,49 @@ def write_figure(path: Path, summary: dict, curves: dict) -> None:
     axes[2, 2].set_axis_off()
     _text_panel(axes[2, 2], summary)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _text_panel(ax, summary):
     """What a reader should take away, in numbers from this run."""
-    rank = summary["target_rank"]
+    rank, student = summary["target_rank"], summary["student_method"]
     lines = [f"At rank {rank}, explained variance on validation (mean over seeds):"]
     for teacher in summary["teachers"]:
         m = summary[teacher]["methods"]
         lines.append(f"  {teacher:<13} svd {m['svd']['explained_variance']:>9.3g}   "
                      f"data_aware {m['data_aware']['explained_variance']:.3f}   "
-                     f"distil_da {m['distil_da']['explained_variance']:.3f}")
+                     f"{student} {m[student]['explained_variance']:.3f}")
     if summary["data"]["has_fitness"]:
         lines.append("")
         lines.append("Downstream: Spearman rho of a fitness probe fitted on the teacher:")
         for teacher in summary["teachers"]:
             e = summary[teacher]
             lines.append(f"  {teacher:<13} teacher {e['teacher_spearman']:.3f}   "
-                         f"student {e['methods']['distil_da']['spearman']:.3f}")
-    for matrix in summary.get("latency_matrix", {}).values():
-        lines.append("")
-        lines.append(f"Latency, {matrix['device'][:40]}:")
-        for row in matrix["rows"]:
-            lines.append(f"  {row['dtype']} {row['mode']} batch {row['batch']:>6}: "
-                         f"{row['speedup']:.2f}x (FLOP ratio {row['flop_ratio']:.1f}x)")
+                         f"student {e['methods'][student]['spearman']:.3f}")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5,
             transform=ax.transAxes)
+
+
+def write_results(out: Path, summary: dict, curves: dict) -> tuple[Path, Path]:
+    """Render the JSON and the figure to temporary files beside their targets, then swap both in
+    with signals held off: `out` keeps the old pair or gets the new one, never a mix."""
+    out.mkdir(parents=True, exist_ok=True)
+    targets = (out / SUMMARY_NAME, out / FIGURE_NAME)
+    temporaries = [out / f".{target.name}.partial" for target in targets]
+    try:
+        temporaries[0].write_text(json_text(summary))
+        render_figure(temporaries[1], summary, curves)
+        held = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            for temporary, target in zip(temporaries, targets):
+                os.replace(temporary, target)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    return targets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import statistics
 
 import torch
 
@@ -22,36 +23,56 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def aggregate(trees: list):
+def _is_timing(key: str) -> bool:
+    return key.endswith("_ms") or key.endswith("_seconds")
+
+
+def aggregate(trees: list, per_seed_keys: frozenset[str] = frozenset(), path: str = ""):
     """Combine per-seed results of the same shape into (mean tree, std tree).
 
-    Numbers become their mean (and std); lists of numbers of equal length are combined element
-    by element; dicts recurse; anything else (strings, None, ints that differ) is taken from the
-    first seed in the mean tree and left out of the std tree.
+    The rule for every kind of value:
+      number          the mean over seeds, or for timings (keys ending in _ms or _seconds) the
+                      median, which one slow seed on a busy machine cannot drag; the std tree
+                      holds the sample standard deviation. A number equal in every seed is kept
+                      as it is (an int stays an int) with std 0.
+      list of numbers of equal length: element by element, as numbers.
+      dict            key by key; every seed must have the same keys.
+      key in `per_seed_keys`: the list of the per-seed values (e.g. which checkpoint each seed
+                      kept), absent from the std tree.
+      anything else   (strings, None, other lists) must be equal in every seed and is kept; a
+                      difference is an error, never "the first seed's".
     """
     first = trees[0]
     if isinstance(first, dict):
+        if any(not isinstance(t, dict) or t.keys() != first.keys() for t in trees):
+            raise ValueError(f"{path or 'result'}: seeds have different keys")
         means, stds = {}, {}
         for key in first:
-            if all(isinstance(t, dict) and key in t for t in trees):
-                mean, std = aggregate([t[key] for t in trees])
-                means[key] = mean
-                if std is not None:
-                    stds[key] = std
-            else:
-                means[key] = first[key]
-        return means, (stds or None)
-    if _is_number(first) and all(_is_number(t) for t in trees):
-        if all(t == first for t in trees):
-            return first, 0.0  # keeps an int an int (sizes, ranks, batch sizes)
-        return mean_and_std([float(t) for t in trees])
+            values = [t[key] for t in trees]
+            if key in per_seed_keys:
+                means[key] = values
+                continue
+            means[key], std = aggregate(values, per_seed_keys, f"{path}.{key}".lstrip("."))
+            if std is not None:
+                stds[key] = std
+        return means, stds
+    timing = _is_timing(path.rsplit(".", 1)[-1])
+    if all(_is_number(t) for t in trees):
+        return _combine([float(t) for t in trees], timing) if any(t != first for t in trees) \
+            else (first, 0.0)
     if (isinstance(first, (list, tuple)) and first and all(_is_number(v) for v in first)
-            and all(isinstance(t, (list, tuple)) and len(t) == len(first) for t in trees)):
-        if all(list(t) == list(first) for t in trees):
-            return list(first), [0.0] * len(first)  # keeps ranks and batch sizes ints
-        pairs = [mean_and_std([float(t[i]) for t in trees]) for i in range(len(first))]
+            and all(isinstance(t, (list, tuple)) and len(t) == len(first)
+                    and all(_is_number(v) for v in t) for t in trees)):
+        pairs = [aggregate([t[i] for t in trees], per_seed_keys, path) for i in range(len(first))]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+    if any(t != first for t in trees):
+        raise ValueError(f"{path or 'result'}: differs across seeds and has no rule to combine it")
     return first, None
+
+
+def _combine(values: list[float], timing: bool) -> tuple[float, float]:
+    mean, std = mean_and_std(values)
+    return (statistics.median(values) if timing else mean), std
 
 
 def effective_rank(eigenvalues: torch.Tensor, shares=(0.90, 0.95, 0.99)) -> dict:

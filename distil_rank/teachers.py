@@ -1,4 +1,4 @@
-"""The three teacher strategies, each a frozen nn.Linear(D, D) with bias.
+"""The teacher strategies, each a frozen nn.Linear(D, D) with bias.
 
 Random        PyTorch's default initialisation (Kaiming-uniform weight, uniform bias): a layer
               with a flat spectrum, the hardest case for any low-rank method.
@@ -8,14 +8,31 @@ Task-Trained  trained by Adam on a denoising proxy task over the training embedd
               stays close to its initialisation.
 Spectral      orthogonal U, V and singular values exp(-i / (tau * D)): a layer that truly is
               nearly low rank, the easy case.
+
+Every draw comes from a generator seeded by `stage_seed(seed, "teachers/<name>")`; the global
+random state is never touched.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from distil_rank.config import stage_seed
+from distil_rank.lowrank import seeded_linear
+
 TEACHER_NAMES = ("Random", "Task-Trained", "Spectral")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    teacher_steps: int  # Adam steps of the denoising proxy task (Task-Trained)
+    teacher_lr: float  # Adam learning rate of the denoising task
+    teacher_batch_size: int  # rows per denoising step
+    denoise_noise: float  # noise std, relative to the embeddings' per-coordinate spread
+    spectral_tau: float  # e-folding length of the Spectral teacher's singular values, / D
 
 
 def _freeze(layer: nn.Linear) -> nn.Linear:
@@ -24,25 +41,23 @@ def _freeze(layer: nn.Linear) -> nn.Linear:
 
 
 def random_teacher(dim: int, seed: int) -> nn.Linear:
-    torch.manual_seed(seed)
-    return _freeze(nn.Linear(dim, dim))
+    return _freeze(seeded_linear(dim, dim, torch.Generator().manual_seed(seed)))
 
 
-def task_trained_teacher(train_x: torch.Tensor, *, seed: int, steps: int, lr: float,
-                         batch_size: int, noise: float) -> tuple[nn.Linear, list[float]]:
+def task_trained_teacher(train_x: torch.Tensor, settings: TeacherSettings,
+                         seed: int) -> tuple[nn.Linear, list[float]]:
     """Denoising: minimise ||layer(x + e) - x||^2 with e ~ N(0, (noise * spread)^2 I), where
     spread is the root-mean-square per-coordinate deviation of the embeddings from their mean
     (so the noise is on the scale of the data's own variation, not of its large common mean)."""
-    dim = train_x.shape[1]
-    torch.manual_seed(seed)
-    layer = nn.Linear(dim, dim)
     g = torch.Generator().manual_seed(seed)
+    layer = seeded_linear(train_x.shape[1], train_x.shape[1], g)
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
-    sigma = float(noise * spread)
-    optimiser = torch.optim.Adam(layer.parameters(), lr=lr)
+    sigma = float(settings.denoise_noise * spread)
+    optimiser = torch.optim.Adam(layer.parameters(), lr=settings.teacher_lr)
     losses = []
-    for _ in range(steps):
-        idx = torch.randint(train_x.shape[0], (min(batch_size, train_x.shape[0]),), generator=g)
+    for _ in range(settings.teacher_steps):
+        idx = torch.randint(train_x.shape[0], (min(settings.teacher_batch_size, train_x.shape[0]),),
+                            generator=g)
         clean = train_x[idx]
         noisy = clean + sigma * torch.randn(clean.shape, generator=g)
         loss = (layer(noisy) - clean).pow(2).mean()
@@ -58,7 +73,7 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
     singular = torch.exp(-torch.arange(dim, dtype=torch.float64) / (tau * dim))
-    layer = nn.Linear(dim, dim)
+    layer = nn.Linear(dim, dim, device="meta").to_empty(device="cpu")
     with torch.no_grad():
         layer.weight.copy_(u @ torch.diag(singular) @ v.T)
         bound = dim**-0.5  # the default bias init of nn.Linear
@@ -66,17 +81,15 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     return _freeze(layer)
 
 
-def build_teachers(train_x: torch.Tensor, *, seed: int, teacher_steps: int, teacher_lr: float,
-                   teacher_batch_size: int, denoise_noise: float, spectral_tau: float):
-    """All three teachers (on the CPU, float32) and the denoising loss curve."""
+def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
+    """Every teacher (on the CPU, float32) and the denoising loss curve."""
     dim = train_x.shape[1]
-    trained, losses = task_trained_teacher(
-        train_x, seed=seed + 1, steps=teacher_steps, lr=teacher_lr,
-        batch_size=teacher_batch_size, noise=denoise_noise,
-    )
+    trained, losses = task_trained_teacher(train_x, settings,
+                                           stage_seed(seed, "teachers/Task-Trained"))
     teachers = {
-        "Random": random_teacher(dim, seed),
+        "Random": random_teacher(dim, stage_seed(seed, "teachers/Random")),
         "Task-Trained": trained,
-        "Spectral": spectral_teacher(dim, seed=seed + 2, tau=spectral_tau),
+        "Spectral": spectral_teacher(dim, seed=stage_seed(seed, "teachers/Spectral"),
+                                     tau=settings.spectral_tau),
     }
-    return teachers, {"Task-Trained": losses}
+    return teachers, losses

@@ -13,16 +13,25 @@ in eager mode; the matrix shows where that flips (the break-even batch size).
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from distil_rank.lowrank import LowRankLinear, flop_ratio
+from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    latency_batch: int  # rows per forward pass
+    latency_warmup: int  # untimed calls before measuring
+    latency_repeats: int  # timed calls; the median is reported
 
 
 def _summary(times_ms: list[float]) -> dict:
@@ -69,7 +78,8 @@ def _graph_replay(module: nn.Module, x: torch.Tensor):
 def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device, *,
                     warmup: int, repeats: int, dtype: torch.dtype = torch.float32,
                     mode: str = "eager", seed: int = 0, budget_s: float | None = None) -> dict:
-    """Milliseconds per forward pass of `module` on a [batch, in_features] input.
+    """Milliseconds per forward pass of a copy of `module` on a [batch, in_features] input
+    (the caller's module is never moved).
 
     With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
     that `repeats` of them would take longer than the budget (at least 5 are always made).
@@ -80,7 +90,7 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
         raise ValueError("CUDA-graph replay needs a CUDA device")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
-    module = module.to(device=device, dtype=dtype).eval()
+    module = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
     fn = (lambda: module(x)) if mode == "eager" else _graph_replay(module, x)
     for _ in range(warmup):
         fn()
@@ -128,9 +138,9 @@ def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *
                    budget_s: float = 1.0, seed: int = 0) -> dict:
     """Dense nn.Linear against LowRankLinear of the same shape, for every batch, dtype and mode.
     Weights are random: the time of a matmul does not depend on the values."""
-    torch.manual_seed(seed)
-    dense = nn.Linear(dim_in, dim_out)
-    factorised = LowRankLinear(dim_in, dim_out, rank)
+    g = torch.Generator().manual_seed(seed)
+    dense = seeded_linear(dim_in, dim_out, g)
+    factorised = LowRankLinear(dim_in, dim_out, rank, generator=g)
     rows, skipped = [], []
     for dtype in dtypes:
         for mode in modes:

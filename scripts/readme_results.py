@@ -14,50 +14,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distil_rank.report import (  # noqa: E402
+    fmt,
+    latency_table,
+    pm,
+    results_table,
+    teacher_latency_table,
+)
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-LABELS = {
-    "svd": "svd (data-free)",
-    "data_aware": "data_aware (closed form)",
-    "distil": "distil (published recipe)",
-    "distil_da": "distil_da (student)",
-}
-
-
-def fmt(value, spec):
-    return "n/a" if value is None else format(value, spec)
-
-
-def pm(mean, std, spec):
-    """mean +- std, the std left out when it is zero (a single seed, or no spread)."""
-    if not std:
-        return format(mean, spec)
-    return f"{format(mean, spec)} ± {format(std, '.1g')}"
-
-
-def latency_table(matrix: dict, source: str) -> list[str]:
-    lines = [
-        f"{source}: {matrix['device']}"
-        + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
-        + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, FLOP ratio {matrix['flop_ratio']:.1f}x.",
-        "",
-        "| dtype | mode | batch | dense ms (IQR) | rank-r ms (IQR) | speedup |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in matrix["rows"]:
-        d, f = row["dense"], row["factorised"]
-        lines.append(
-            f"| {row['dtype']} | {row['mode']} | {row['batch']} | {d['median_ms']:.4g} "
-            f"({d['p25_ms']:.3g}-{d['p75_ms']:.3g}) | {f['median_ms']:.4g} "
-            f"({f['p25_ms']:.3g}-{f['p75_ms']:.3g}) | {row['speedup']:.2f}x |")
-    for key, batch in matrix["break_even_batch"].items():
-        word = "not reached in the grid" if batch is None else (
-            f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
-            else str(batch))
-        lines.append(f"\nBreak-even batch ({key}): {word}.")
-    for skip in matrix.get("skipped", []):
-        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
-                     f"{skip['why']}.")
-    return lines
 
 
 def sweep_tables(summary: dict) -> list[str]:
@@ -77,14 +44,13 @@ def sweep_tables(summary: dict) -> list[str]:
         "|---|---|" + "---:|" * len(ranks),
     ]
     for teacher in summary["teachers"]:
-        sweep = summary[teacher]["sweep"]
-        std = sweep.get("std") or {}
+        sweep, std = summary[teacher]["sweep"], summary[teacher]["std"]["sweep"]
         curve = sweep["closed_form_train_explained_variance"]
         lines.append(f"| {teacher} | closed form (train, exact) | "
                      + " | ".join(f"{curve[r]:.4f}" for r in ranks) + " |")
         for method in ("svd", "data_aware", "distil_da"):
             values = sweep["methods"][method]["explained_variance"]
-            errs = std.get("methods", {}).get(method, {}).get("explained_variance", [0] * len(values))
+            errs = std["methods"][method]["explained_variance"]
             lines.append(f"| {teacher} | {method} | "
                          + " | ".join(pm(v, e, ".4g") for v, e in zip(values, errs)) + " |")
     lines += ["", "Smallest rank whose closed form reaches a target explained variance on the "
@@ -113,7 +79,8 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         f"Produced by `python main.py` (seeds {', '.join(map(str, summary['seeds']))}; "
         f"{cfg['steps']} distillation steps) on "
         f"{env['device_name']} with {env['torch_threads']} threads, torch {env['torch']}; "
-        f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} validation rows, "
+        f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} "
+        "validation rows, "
         f"D = {summary['input_dim']}, rank r = {summary['target_rank']} "
         f"({first['params_teacher']:,} -> {first['params_student']:,} parameters, "
         f"{first['compression']:.1f}x fewer). All fidelity figures are on the validation rows, "
@@ -121,32 +88,14 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         f"The training embeddings' common mean has norm {data['embedding_mean_norm']:.3g}; their "
         f"root-mean-square distance from it is {data['embedding_spread_rms_norm']:.3g}.",
         "",
-        "| teacher | compressor | explained variance | cosine (mean / min) | rel_mse | "
-        "Spearman rho (teacher's probe) | fit s |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for teacher in summary["teachers"]:
-        entry = summary[teacher]
-        rho = entry.get("teacher_spearman")
-        lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {fmt(rho, '.3f')} | |")
-        std = entry.get("std") or {}
-        for method, label in LABELS.items():
-            m = entry["methods"][method]
-            ev_std = std.get("methods", {}).get(method, {}).get("explained_variance", 0)
-            lines.append(
-                f"| {teacher} | {label} | {pm(m['explained_variance'], ev_std, '.4g')} | "
-                f"{m['cosine']:.5f} / {m['cosine_min']:.4f} | {m['rel_mse']:.2e} | "
-                f"{fmt(m.get('spearman'), '.3f')} | {m['fit_seconds']:.3f} |"
-            )
+    teachers = {name: summary[name] for name in summary["teachers"]}
+    lines += results_table(teachers, summary["methods"])
     lines += ["", "### Rank sweep", ""] + sweep_tables(summary)
     lines += ["", "### Latency", "", "Latency of one forward pass at batch "
               f"{first['latency']['teacher']['batch']} (median of {cfg['latency_repeats']}):", "",
-              "| teacher | dense ms | rank-r ms | speedup | FLOP ratio |", "|---|---:|---:|---:|---:|"]
-    for teacher in summary["teachers"]:
-        e = summary[teacher]
-        lines.append(f"| {teacher} | {e['latency_teacher_ms']:.4f} | {e['latency_student_ms']:.4f} "
-                     f"| {e['speedup']:.2f}x | {e['flop_ratio']:.2f}x |")
-    for key, matrix in summary.get("latency_matrix", {}).items():
+              ] + teacher_latency_table(teachers)
+    for matrix in summary.get("latency_matrix", {}).values():
         lines += [""] + latency_table(matrix, "The run's own latency matrix (`python main.py`)")
     for source, matrix in latencies:
         lines += [""] + latency_table(matrix, f"`{source}`")
@@ -201,7 +150,8 @@ def main() -> int:
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n{results_section(summary, speeds, latencies, calibrations)}\n{END}{tail}"
+    section = results_section(summary, speeds, latencies, calibrations)
+    updated = f"{head}{START}\n{section}\n{END}{tail}"
     if args.check:
         if updated != readme:
             print("README.md results section is out of date: run python scripts/readme_results.py")

@@ -11,7 +11,12 @@ from distil_rank.api import (
     load_compressed,
     save_compressed,
 )
-from distil_rank.lowrank import LowRankLinear, compress_data_aware, data_aware_error_curve, input_moments
+from distil_rank.lowrank import (
+    LowRankLinear,
+    compress_data_aware,
+    data_aware_error_curve,
+    input_moments,
+)
 
 
 class Head(nn.Module):
@@ -119,5 +124,5 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     torch.save(Head().state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="plain.pt: not a safetensors file"):
         load_compressed(Head(), tmp_path / "plain.pt")

@@ -3,9 +3,21 @@ import torch
 from torch import nn
 
 from conftest import correlated_inputs
-from distil_rank.benchmark import DistillSettings, Inputs, sweep_ranks, sweep_teacher
+from distil_rank.benchmark import (
+    BenchmarkData,
+    FitContext,
+    compress_teacher,
+    summarise_seeds,
+    sweep_ranks,
+    sweep_teacher,
+    teacher_entry,
+)
+from distil_rank.distill import DistillSettings
+from distil_rank.timing import LatencySettings
 
 CPU = torch.device("cpu")
+SETTINGS = DistillSettings(steps=20, lr=3e-3, batch_size=32, alpha=0.1, weight_decay=0.01,
+                           eval_every=10)
 
 
 def test_sweep_ranks_span_heavy_to_light_compression():
@@ -20,12 +32,9 @@ def test_closed_form_curve_agrees_with_the_measured_data_aware_points():
     dim = 40
     teacher = nn.Linear(dim, dim).double().requires_grad_(False)
     x = correlated_inputs(600, dim, seed=1)
-    inputs = Inputs(train=x[:500], fit=x[:420], selection=x[420:500], val=x[500:],
-                    train_fitness=None, val_fitness=None)
-    cfg = DistillSettings(steps=20, lr=3e-3, batch_size=32, alpha=0.1, weight_decay=0.01,
-                          eval_every=10)
+    data = BenchmarkData(train=x[:500], fit=x[:420], selection=x[420:500], val=x[500:])
     ranks = [2, 5, 10, 20]
-    sweep = sweep_teacher(teacher, inputs, ranks, cfg, CPU, seed=0)
+    sweep = sweep_teacher(teacher, ranks, FitContext(data, SETTINGS, CPU, seed=0))
     curve = sweep["closed_form_train_explained_variance"]
     assert len(curve) == dim + 1 and curve[0] == 0 and curve[-1] == pytest.approx(1)
     assert all(a <= b + 1e-12 for a, b in zip(curve, curve[1:]))  # more rank, never worse
@@ -41,3 +50,36 @@ def test_closed_form_curve_agrees_with_the_measured_data_aware_points():
     targets = sweep["smallest_rank_for_train_explained_variance"]
     for target, rank in targets.items():
         assert curve[rank] >= float(target) and curve[rank - 1] < float(target)
+
+
+def test_entries_over_seeds_keep_per_seed_facts_and_a_speedup_that_matches_the_times():
+    dim, rank = 24, 4
+    x = correlated_inputs(300, dim, seed=2).float()
+    fitness = x[:, 0] + 0.1 * x[:, 1]
+    data = BenchmarkData(train=x[:200], fit=x[:170], selection=x[170:200], val=x[200:],
+                         train_fitness=fitness[:200], val_fitness=fitness[200:])
+    entries = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        teacher = nn.Linear(dim, dim).requires_grad_(False)
+        with torch.no_grad():
+            teacher.weight.copy_(torch.randn(dim, dim, generator=g) / dim**0.5)
+        students = compress_teacher(teacher, rank, FitContext(data, SETTINGS, CPU, seed=seed))
+        entries.append(teacher_entry(teacher, students, data, rank, LatencySettings(8, 1, 5),
+                                     CPU, ridge_alpha=1e-2))
+    assert not any(p.requires_grad for p in teacher.parameters())  # the caller's, untouched
+    summary = summarise_seeds(entries)
+    per_seed = [e["methods"]["data_aware"]["explained_variance"] for e in entries]
+    assert summary["methods"]["data_aware"]["explained_variance"] == pytest.approx(
+        sum(per_seed) / 3)
+    # timings: the median over seeds, and the speedup is their ratio
+    times = sorted(e["latency_teacher_ms"] for e in entries)
+    assert summary["latency_teacher_ms"] == times[1]
+    assert summary["speedup"] == summary["latency_teacher_ms"] / summary["latency_student_ms"]
+    # which checkpoint each seed kept: a per-seed list, never one seed's value
+    chosen = summary["distillation"]["distil_da"]["chosen_step"]
+    assert chosen == [e["distillation"]["distil_da"]["chosen_step"] for e in entries]
+    assert summary["distillation"]["distil"]["chosen_step"] == [None] * 3
+    assert "chosen_step" not in summary["methods"]["distil_da"]
+    assert summary["std"]["methods"]["svd"]["explained_variance"] > 0
+    assert summary["per_seed"] == entries

@@ -5,9 +5,10 @@ from torch import nn
 
 from conftest import correlated_inputs
 from distil_rank.api import compress_linear
-from distil_rank.calibrate import accumulate_shards, load_moments, main, shards_for_rank
+from distil_rank.calibrate import accumulate_shards, main, shards_for_process
 from distil_rank.errors import InputError
-from distil_rank.lowrank import compress_data_aware, input_moments
+from distil_rank.lowrank import compress_data_aware
+from distil_rank.moments import input_moments, load_moments
 
 
 def test_streamed_shards_match_in_memory_and_feed_the_api(tmp_path):
@@ -31,8 +32,8 @@ def test_streamed_shards_match_in_memory_and_feed_the_api(tmp_path):
 
 def test_shards_are_dealt_round_robin():
     paths = [f"s{i}.npy" for i in range(5)]
-    assert shards_for_rank(paths, 0, 2) == ["s0.npy", "s2.npy", "s4.npy"]
-    assert shards_for_rank(paths, 1, 2) == ["s1.npy", "s3.npy"]
+    assert shards_for_process(paths, 0, 2) == ["s0.npy", "s2.npy", "s4.npy"]
+    assert shards_for_process(paths, 1, 2) == ["s1.npy", "s3.npy"]
 
 
 def test_bad_shards(tmp_path, capsys):

@@ -1,20 +1,21 @@
 """Two processes on loopback (gloo), started with torchrun, against one process."""
 
+import copy
 import os
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from conftest import correlated_inputs
-from distil_rank.calibrate import accumulate_shards, load_moments
-from distil_rank.distill import distill_loss
-from distil_rank.distributed import rank_generator
-from distil_rank.lowrank import LowRankLinear, compress_svd, input_moments
+from distil_rank.calibrate import accumulate_shards
+from distil_rank.distill import DistillSettings, distill_loss, epoch_batches, process_seed
+from distil_rank.lowrank import LowRankLinear, compress_svd
+from distil_rank.moments import input_moments, load_moments
 
 
 def free_port() -> int:
@@ -26,7 +27,7 @@ def free_port() -> int:
 def torchrun(args, root, nproc=2):
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=str(root))
-    for attempt in range(3):
+    for _attempt in range(3):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), *args]
@@ -65,35 +66,57 @@ def test_two_process_calibration_equals_single_process(tmp_path, root):
 
 def test_data_parallel_distillation_equals_one_process_on_the_joined_batches(tmp_path, root):
     torch.manual_seed(0)
-    dim, rank, batch, steps = 16, 3, 8, 25
+    dim, rank = 16, 3
+    settings = DistillSettings(steps=30, lr=2e-2, batch_size=8, alpha=0.1, weight_decay=0.01,
+                               eval_every=5)
     teacher = nn.Linear(dim, dim)
-    x = correlated_inputs(400, dim, seed=3, mean_scale=1.0).float()
-    shards = [x[:250], x[250:]]
+    x = correlated_inputs(500, dim, seed=3, mean_scale=1.0).float()
+    shards, holdouts = [x[:250], x[250:400]], [x[400:440], x[440:]]  # unequal on purpose
     student = compress_svd(teacher, rank)
-    settings = dict(steps=steps, lr=3e-3, batch_size=batch, alpha=0.1, weight_decay=0.01, seed=5)
     torch.save({"teacher": teacher.state_dict(), "teacher_shape": (dim, dim),
                 "student": student.state_dict(), "student_shape": (dim, dim, rank),
-                "x": shards, **settings}, tmp_path / "setup.pt")
+                "x": shards, "holdout": holdouts, "settings": asdict(settings), "seed": 5},
+               tmp_path / "setup.pt")
     torchrun([str(root / "tests" / "ddp_worker.py"), str(tmp_path)], root)
-    s0 = torch.load(tmp_path / "student_0.pt", weights_only=True)
-    s1 = torch.load(tmp_path / "student_1.pt", weights_only=True)
-    for key in s0:
-        torch.testing.assert_close(s0[key], s1[key], rtol=0, atol=0)
+    results = [torch.load(tmp_path / f"student_{p}.pt", weights_only=True) for p in range(2)]
+    for key in results[0]["state"]:
+        torch.testing.assert_close(results[0]["state"][key], results[1]["state"][key],
+                                   rtol=0, atol=0)
+    assert results[0]["chosen_step"] == results[1]["chosen_step"]
 
-    # The reference: one process, a plain AdamW loop on each step's two batches joined.
+    # The reference: one process, a plain AdamW loop on each step's two batches joined, and the
+    # checkpoint with the least MSE on the joined held-out rows.
     reference = LowRankLinear(dim, dim, rank)
     reference.load_state_dict(student.state_dict())
-    optimiser = torch.optim.AdamW(reference.parameters(), lr=3e-3, weight_decay=0.01)
-    generators = [rank_generator(5, r) for r in range(2)]
+    optimiser = torch.optim.AdamW(reference.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    streams = [epoch_batches(s.shape[0], settings.batch_size,
+                             torch.Generator().manual_seed(process_seed(5, p)))
+               for p, s in enumerate(shards)]
+    hx = torch.cat(holdouts)
     with torch.no_grad():
-        targets = [teacher(s) for s in shards]
-    for _ in range(steps):
-        idx = [torch.randint(s.shape[0], (batch,), generator=g) for s, g in zip(shards, generators)]
+        targets, hy = [teacher(s) for s in shards], teacher(hx)
+
+    def held_out_mse():
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(reference(hx), hy).item()
+
+    checkpoints = [(0, held_out_mse())]
+    best = (checkpoints[0][1], 0, copy.deepcopy(reference.state_dict()))
+    for step in range(1, settings.steps + 1):
+        idx = [next(stream) for stream in streams]
         inputs = torch.cat([s[i] for s, i in zip(shards, idx)])
         wanted = torch.cat([t[i] for t, i in zip(targets, idx)])
-        loss = distill_loss(reference(inputs), wanted, 0.1)
+        loss = distill_loss(reference(inputs), wanted, settings.alpha)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    for key, value in reference.state_dict().items():
-        torch.testing.assert_close(s0[key], value.detach(), rtol=1e-5, atol=1e-6)
+        if step % settings.eval_every == 0:
+            checkpoints.append((step, held_out_mse()))
+            if checkpoints[-1][1] < best[0]:
+                best = (checkpoints[-1][1], step, copy.deepcopy(reference.state_dict()))
+    torch.testing.assert_close(results[0]["checkpoints"], torch.tensor(checkpoints),
+                               rtol=1e-4, atol=1e-6)
+    assert results[0]["chosen_step"] == best[1]
+    for key, value in best[2].items():
+        torch.testing.assert_close(results[0]["state"][key], value.detach(), rtol=1e-5, atol=1e-6)

@@ -61,7 +61,7 @@ def test_pooling_and_order_match_a_hand_computation(tiny_esm, fasta, tmp_path):
     assert data.ids == list(SEQUENCES)
     assert data.embeddings.shape == (len(SEQUENCES), 16)
     limit = 22 - 2
-    for row, (name, seq) in enumerate(SEQUENCES.items()):
+    for row, seq in enumerate(SEQUENCES.values()):
         expected = hand_pooled(tiny_esm, seq[:limit])
         torch.testing.assert_close(data.embeddings[row], expected, atol=1e-5, rtol=1e-5)
     assert data.provenance["truncated"] == 1  # p3 is longer than 20 residues
@@ -103,7 +103,8 @@ def test_split_writes_a_pair_that_main_runs_on(tiny_esm, fasta, tmp_path):
 
 
 def test_unknown_model_is_a_clear_error(fasta, tmp_path, capsys):
-    assert main(["--fasta", str(fasta), "--model", "esm3_huge", "--out", str(tmp_path / "o.pt")]) == 2
+    out = str(tmp_path / "o.pt")
+    assert main(["--fasta", str(fasta), "--model", "esm3_huge", "--out", out]) == 2
     assert "not a local directory nor an ESM-2 name" in capsys.readouterr().err
 
 

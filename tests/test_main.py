@@ -27,8 +27,11 @@ def quick_run(tmp_path_factory, root):
     return out
 
 
-def test_quick_run_writes_json_and_png(quick_run):
+def test_quick_run_writes_json_and_png(quick_run, root):
     summary = json.loads((quick_run / SUMMARY_NAME).read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((root / "results" / "distil_rank_summary.schema.json").read_text())
+    jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
     assert summary["real_data"] is True
     assert summary["input_dim"] == 320 and summary["target_rank"] == 16
     assert summary["config"]["quick"] is True
@@ -153,3 +156,27 @@ def test_help_documents_every_option(capsys):
     for option in ("--train", "--val", "--data", "--rank", "--steps", "--device", "--seed",
                    "--out", "--quick"):
         assert option in text
+
+
+def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root, monkeypatch):
+    from distil_rank import benchmark
+    from distil_rank.lowrank import LowRankLinear
+
+    def fit_random_factors(teacher, rank, context):
+        g = torch.Generator().manual_seed(context.seed)
+        module = LowRankLinear(teacher.in_features, teacher.out_features, rank, generator=g)
+        return benchmark.Student(module, fit_seconds=0.0, details={"note_value": 1.5})
+
+    monkeypatch.setitem(benchmark.COMPRESSORS, "random_factors", fit_random_factors)
+    out = tmp_path / "registry"
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out),
+                      "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["methods"][-1] == "random_factors"
+    for teacher in summary["teachers"]:
+        entry = summary[teacher]["methods"]["random_factors"]
+        assert entry["explained_variance"] < summary[teacher]["methods"]["data_aware"][
+            "explained_variance"]
+        assert entry["note_value"] == 1.5 and entry["params"] == 16 * 640 + 320
+    assert (out / FIGURE_NAME).exists()

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from conftest import correlated_inputs
-from distil_rank.lowrank import input_moments
-from distil_rank.moments import MomentAccumulator, moments_of
+from distil_rank.moments import MomentAccumulator, input_moments, moments_of
 
 
 def test_streamed_moments_equal_the_in_memory_ones():

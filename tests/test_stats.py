@@ -48,3 +48,18 @@ def test_smallest_rank_reaching():
     explained = [0.0, 0.5, 0.95, 0.99, 0.9995, 1.0]
     assert smallest_rank_reaching(explained) == {"0.95": 2, "0.99": 3, "0.999": 4}
     assert smallest_rank_reaching([0.0, 0.2]) == {"0.95": None, "0.99": None, "0.999": None}
+
+
+def test_aggregate_rules_for_timings_per_seed_lists_and_disagreements():
+    seeds = [{"fit_seconds": 1.0, "latency_ms": 5.0, "steps": [(0, 1.0)], "kept": 0},
+             {"fit_seconds": 9.0, "latency_ms": 1.0, "steps": [(0, 2.0)], "kept": 50},
+             {"fit_seconds": 2.0, "latency_ms": 2.0, "steps": [(0, 3.0)], "kept": 0}]
+    mean, std = aggregate(seeds, per_seed_keys=frozenset({"steps", "kept"}))
+    assert mean["fit_seconds"] == 2.0 and mean["latency_ms"] == 2.0  # medians
+    assert std["fit_seconds"] == pytest.approx(statistics.stdev([1.0, 9.0, 2.0]))
+    assert mean["steps"] == [[(0, 1.0)], [(0, 2.0)], [(0, 3.0)]] and "steps" not in std
+    assert mean["kept"] == [0, 50, 0]
+    with pytest.raises(ValueError, match="name: differs across seeds"):
+        aggregate([{"name": "a"}, {"name": "b"}])
+    with pytest.raises(ValueError, match="different keys"):
+        aggregate([{"a": 1.0}, {"b": 1.0}])
