@@ -1,0 +1,38 @@
+"""The package installs from a clone and imports from any folder, with its console scripts."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
+    pytest.importorskip("setuptools")
+    source = tmp_path / "clone"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, source / name)
+    shutil.copytree(root / "distil_rank", source / "distil_rank",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                           "--no-build-isolation", "--target", str(target), str(source)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(target))
+    check = subprocess.run([sys.executable, "-c", "import distil_rank.api, distil_rank.calibrate; "
+                            "print(distil_rank.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip().startswith(str(target))
+    for script in ("distil-rank-embed", "distil-rank-calibrate"):
+        path = target / "bin" / script
+        assert path.exists(), script
+        ran = subprocess.run([sys.executable, str(path), "--help"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True)
+        assert ran.returncode == 0 and "usage:" in ran.stdout, ran.stderr
