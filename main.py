@@ -21,6 +21,7 @@ import torch
 
 from distil_rank.benchmark import (
     COMPRESSORS,
+    HEAD_COMPRESSORS,
     STUDENT,
     BenchmarkData,
     FitContext,
@@ -40,11 +41,18 @@ from distil_rank.moments import input_moments
 from distil_rank.report import (
     latency_table,
     results_table,
+    task_table,
     teacher_latency_table,
     write_results,
 )
 from distil_rank.stats import effective_rank
-from distil_rank.teachers import TEACHER_NAMES, TeacherSettings, build_teachers
+from distil_rank.teachers import (
+    HEAD_NAME,
+    HeadSettings,
+    TeacherSettings,
+    build_teachers,
+    fitness_head,
+)
 from distil_rank.timing import LatencySettings, environment, latency_matrix
 
 
@@ -148,23 +156,32 @@ def run_seed(seed: int, data: BenchmarkData, rank: int, config: Config,
     """Teachers, compressors and measurements for one seed: ({teacher: entry}, curves)."""
     teachers, denoising_loss = build_teachers(data.train, config.settings(TeacherSettings),
                                               stage_seed(seed, "teachers"))
+    curves = {"distillation": {}, "teacher_singular_values": {}}
+    head_training = None
+    if data.fit_fitness is not None:
+        teachers[HEAD_NAME], (selection_mse, kept) = fitness_head(
+            data.fit, data.fit_fitness, data.selection, data.selection_fitness,
+            config.settings(HeadSettings), stage_seed(seed, f"teachers/{HEAD_NAME}"))
+        head_training = {"chosen_step": kept, "selection_mse": min(selection_mse)}
     ranks = sweep_ranks(data.train.shape[1], config.sweep_divisors)
     distill_settings, latency = config.settings(DistillSettings), config.settings(LatencySettings)
     entries = {}
-    curves = {"distillation": {}, "teacher_singular_values": {}}
     for name, teacher in teachers.items():
+        layer = teacher.layer
         context = FitContext(data, distill_settings, device, stage_seed(seed, f"distil/{name}"),
-                             name)
-        students = compress_teacher(teacher, rank, context)
+                             name, teacher.readout, config.task_damping, config.task_probes)
+        students = compress_teacher(layer, rank, context)
         sweep = None
         if config.sweep:
             sweep_context = replace(context, seed=stage_seed(seed, f"sweep/{name}"))
-            sweep = sweep_teacher(teacher, ranks, sweep_context, {rank: students})
+            sweep = sweep_teacher(layer, ranks, sweep_context, {rank: students})
         entries[name] = teacher_entry(
-            teacher, students, data, rank, latency, device, config.ridge_alpha,
-            sweep=sweep, denoising_loss=denoising_loss if name == "Task-Trained" else None)
+            layer, students, data, rank, latency, device, config.ridge_alpha,
+            readout=teacher.readout, sweep=sweep,
+            denoising_loss=denoising_loss if name == "Task-Trained" else None,
+            head_training=head_training if name == HEAD_NAME else None)
         curves["distillation"][name] = {m: s.run.losses for m, s in students.items() if s.run}
-        curves["teacher_singular_values"][name] = torch.linalg.svdvals(teacher.weight.double())
+        curves["teacher_singular_values"][name] = torch.linalg.svdvals(layer.weight.double())
     return entries, curves
 
 
@@ -189,6 +206,9 @@ def run(config: Config) -> dict:
         print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
               flush=True)
     has_fitness = train.fitness is not None and val.fitness is not None
+    skipped_head = "no fitness labels in both splits: a head trained on them cannot be built"
+    if not has_fitness:
+        print(f"note: {HEAD_NAME} teacher skipped: {skipped_head}", flush=True)
     embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
 
     # teachers, compressors and measurements, once per seed
@@ -197,18 +217,19 @@ def run(config: Config) -> dict:
     for seed in config.seeds():
         fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
                                                  stage_seed(seed, "selection"))
-        data = BenchmarkData(
-            train=train.embeddings, fit=train.embeddings[fit_rows],
-            selection=train.embeddings[selection_rows], val=val.embeddings,
-            train_fitness=train.fitness if has_fitness else None,
-            val_fitness=val.fitness if has_fitness else None,
-        )
+        data = BenchmarkData(train=train.embeddings, fit=train.embeddings[fit_rows],
+                             selection=train.embeddings[selection_rows], val=val.embeddings)
+        if has_fitness:
+            data = replace(data, train_fitness=train.fitness, val_fitness=val.fitness,
+                           fit_fitness=train.fitness[fit_rows],
+                           selection_fitness=train.fitness[selection_rows])
         entries, curves = run_seed(seed, data, rank, config, device)
         per_seed.append(entries)
         first_curves = first_curves or curves
-        print(f"seed {seed}:", *results_table(entries, list(COMPRESSORS)), sep="\n", flush=True)
-    teachers = {name: summarise_seeds([entries[name] for entries in per_seed])
-                for name in TEACHER_NAMES}
+        print(f"seed {seed}:", *results_table(entries), "", *task_table(entries), sep="\n",
+              flush=True)
+    names = list(per_seed[0])
+    teachers = {name: summarise_seeds([entries[name] for entries in per_seed]) for name in names}
 
     # the latency matrix: dense against factorised at several batch sizes
     matrix_devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
@@ -229,9 +250,10 @@ def run(config: Config) -> dict:
         "data_note": dataset.note,
         "target_rank": rank,
         "input_dim": dim,
-        "teachers": list(TEACHER_NAMES),
-        "methods": list(COMPRESSORS),
+        "teachers": names,
+        "methods": list(COMPRESSORS) + (list(HEAD_COMPRESSORS) if has_fitness else []),
         "student_method": STUDENT,
+        "skipped_teachers": {} if has_fitness else {HEAD_NAME: skipped_head},
         "seeds": config.seeds(),
         **teachers,
         "latency_matrix": latency_matrices,
@@ -251,7 +273,7 @@ def run(config: Config) -> dict:
     first_curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
     json_path, figure_path = write_results(Path(config.out), summary, first_curves)
     print(f"over seeds {config.seeds()} (mean ± std; timings: median):",
-          *results_table(teachers, list(COMPRESSORS)), "", *teacher_latency_table(teachers),
+          *results_table(teachers), "", *task_table(teachers), "", *teacher_latency_table(teachers),
           *(line for m in latency_matrices.values() for line in ["", *latency_table(m, "latency")]),
           sep="\n", flush=True)
     print(f"wrote {json_path} and {figure_path}", flush=True)

@@ -4,15 +4,25 @@
 
     small = compress_linear(head.proj, calibration=embeddings, rank=64)            # one layer
     small = compress_linear(head.proj, calibration=batches, target_explained_variance=0.99)
+    small = compress_linear(head.proj, embeddings, rank=64, output_weight=G)       # task-aware
     report = compress_model(model, calibration=train_batches, holdout=val_batches,
                             layers=["proj"], target_explained_variance=0.99)         # in place
+    report = compress_model(model, train_batches, rank={"proj": 64}, objective="output")
     save_compressed(model, "model.lowrank.safetensors")
     load_compressed(fresh_model, "model.lowrank.safetensors")
 
 Calibration inputs are what the layer sees: for compress_linear a tensor [N, in] or an iterable
 of such batches (any leading dimensions are flattened); for compress_model, batches of *model*
 inputs, and forward hooks record what reaches each chosen layer. Statistics are accumulated in
-float64 in one pass (memory O(in^2) per layer, not O(N)).
+float64 in one pass (memory O(in^2 + out^2) per layer, not O(N)).
+
+Objectives. "layer" (the default) minimises each layer's own mean squared output error: the
+data_aware closed form. "output" minimises, to second order, the error of the *model's* output
+(or of output_fn(model output), e.g. a pooled embedding): each layer's error is weighted by
+G = E[J^T J], J the Jacobian of that output with respect to the layer's output, estimated without
+labels from Gaussian probes backpropagated through the model (Hutchinson), and the task_aware
+closed form of distil_rank.lowrank is applied (K-FAC's Kronecker factorisation G (x) S). With
+target_explained_variance, the explained variance is then the G-weighted one.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from distil_rank.data import split_indices
 from distil_rank.distill import DistillSettings, distill
 from distil_rank.errors import first_line
 from distil_rank.lowrank import (
+    DEFAULT_DAMPING,
     LowRankLinear,
     check_rank,
     compress_data_aware,
@@ -40,42 +51,57 @@ from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
 from distil_rank.stats import smallest_rank_reaching
 
 
-def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float) -> int:
+def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,
+                    output_weight: torch.Tensor | None = None,
+                    damping: float = DEFAULT_DAMPING) -> int:
     """The smallest rank whose closed form explains `target` of the layer's output variance on
-    the calibration inputs (1 when the output does not vary at all)."""
+    the calibration inputs (G-weighted when G is given; 1 when the output does not vary)."""
     if not 0 < target <= 1:
         raise ValueError(f"target explained variance {target} must be in (0, 1]")
-    curve = explained_variance_curve(data_aware_error_curve(linear.weight, moments))
+    curve = explained_variance_curve(data_aware_error_curve(linear.weight, moments,
+                                                            output_weight, damping))
     rank = smallest_rank_reaching(curve, (target,))[str(target)]
     full = min(linear.in_features, linear.out_features)
     return max(1, min(full, rank if rank is not None else full))
 
 
-def _choose_rank(linear, moments, rank, target):
+def _choose_rank(linear, moments, rank, target, output_weight=None, damping=DEFAULT_DAMPING):
     if (rank is None) == (target is None):
         raise ValueError("give exactly one of rank and target_explained_variance")
     if rank is not None:
         return check_rank(rank, min(linear.in_features, linear.out_features), f"{linear}: rank")
-    return rank_for_target(linear, moments, target)
+    return rank_for_target(linear, moments, target, output_weight, damping)
 
 
 def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
-                    target_explained_variance: float | None = None, refine_steps: int = 0,
-                    refine_lr: float = 3e-3, refine_batch_size: int = 64, alpha: float = 0.1,
-                    holdout_fraction: float = 0.15, seed: int = 0) -> LowRankLinear:
+                    target_explained_variance: float | None = None,
+                    output_weight: torch.Tensor | None = None, damping: float = DEFAULT_DAMPING,
+                    refine_steps: int = 0, refine_lr: float = 3e-3, refine_batch_size: int = 64,
+                    alpha: float = 0.1, holdout_fraction: float = 0.15,
+                    seed: int = 0) -> LowRankLinear:
     """A drop-in low-rank replacement of `linear`, by the closed form (the least mean squared
     output error on the calibration inputs), optionally refined by distillation.
+
+    output_weight: a PSD [out, out] tensor G that weights the output error, e.g. E[J^T J] of
+    what reads this layer (distil_rank.moments.output_weight computes it for a head); None is
+    the identity. G is damped by `damping` * tr(G) / out, so for a well-conditioned G the result
+    is the exact minimiser of the G-weighted error.
 
     With refine_steps > 0 the calibration rows are split (seeded); the closed form is fitted and
     distilled on one part, and the checkpoint with the least error on the other part is kept,
     the closed form itself included, so refinement never makes the held-out error worse.
-    Refinement needs the rows in memory: an iterable is concatenated.
+    Refinement needs the rows in memory (an iterable is concatenated) and distils the layer's
+    own output, so it does not combine with output_weight.
     """
     if refine_steps <= 0:
         moments = calibration if isinstance(calibration, InputMoments) else moments_of(calibration)
-        chosen = _choose_rank(linear, moments, rank, target_explained_variance)
-        return compress_data_aware(linear, moments, chosen)
+        chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
+                              damping)
+        return compress_data_aware(linear, moments, chosen, output_weight, damping)
 
+    if output_weight is not None:
+        raise ValueError("refinement distils the layer's own output: it does not combine with "
+                         "output_weight (use the closed form alone)")
     if isinstance(calibration, InputMoments):
         raise ValueError("refinement distils on rows: pass the calibration rows, not moments")
     x = calibration if isinstance(calibration, torch.Tensor) else torch.cat(list(calibration))
@@ -104,8 +130,9 @@ class LayerReport:
     params_before: int
     params_after: int
     calibration_rows: int
-    explained_variance_calibration: float
-    explained_variance_holdout: float | None  # None without holdout batches
+    explained_variance_calibration: float  # G-weighted for the "output" objective
+    explained_variance_holdout: float | None  # the layer's own output; None without holdout
+    objective: str = "layer"  # "layer" (data_aware) or "output" (task_aware, G from probes)
 
     @property
     def params_saved(self) -> int:
@@ -125,30 +152,71 @@ def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
     return {n: linears[n] for n in layers}
 
 
-def _run(model: nn.Module, batches: Iterable, call: Callable | None) -> None:
-    with torch.no_grad():
-        for batch in batches:
-            if call is not None:
-                call(model, batch)
-            elif isinstance(batch, dict):
-                model(**batch)
-            elif isinstance(batch, (list, tuple)):
-                model(*batch)
-            else:
-                model(batch)
+def _forward(model: nn.Module, batch, call: Callable | None):
+    if call is not None:
+        return call(model, batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    return model(batch)
 
 
-def _layer_inputs(model, targets: dict[str, nn.Module], batches, call, on_input) -> None:
-    """Run the model over `batches`; call on_input(name, input rows) at every target layer."""
-    def hook_for(name):
+@dataclass
+class _Probes:
+    """Gaussian probes of the model's output, backpropagated to the chosen layers' outputs."""
+
+    output_fn: Callable | None
+    probes: int
+    generator: torch.Generator
+
+
+def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probes=None,
+            on_grad=None) -> None:
+    """Run the model over `batches`; call on_input(name, input rows) at every target layer.
+    With `probes`, also call on_grad(name, rows of J^T v) for each Gaussian probe v of the
+    output, J the Jacobian of the output with respect to that layer's output. Gradients are
+    taken with respect to the layers' outputs only: no parameter's .grad or requires_grad flag
+    is touched."""
+    taps: dict[str, list[torch.Tensor]] = {}
+
+    def input_hook(name):
         def hook(module, args):
             on_input(name, args[0].reshape(-1, args[0].shape[-1]))
-            # returning None leaves the layer's input unchanged
+        return hook  # returning None leaves the layer's input unchanged
+
+    def output_hook(name):
+        def hook(module, args, output):
+            # adding a zero that requires grad puts the output in the graph even when nothing
+            # upstream requires grad, and lets the gradient through to earlier layers
+            tapped = output + output.new_zeros(()).requires_grad_()
+            taps.setdefault(name, []).append(tapped)
+            return tapped
         return hook
 
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in targets.items()]
+    handles = [m.register_forward_pre_hook(input_hook(n)) for n, m in targets.items()]
+    if probes is not None:
+        handles += [m.register_forward_hook(output_hook(n)) for n, m in targets.items()]
     try:
-        _run(model, batches, call)
+        for batch in batches:
+            taps.clear()
+            with torch.set_grad_enabled(probes is not None):
+                output = _forward(model, batch, call)
+            if probes is None:
+                continue
+            y = output if probes.output_fn is None else probes.output_fn(output)
+            if not isinstance(y, torch.Tensor):
+                raise ValueError(f"the model's output is a {type(y).__name__}: pass output_fn "
+                                 "to pick the tensor whose error matters")
+            names = [n for n, tensors in taps.items() for _ in tensors]
+            tensors = [t for tensors in taps.values() for t in tensors]
+            for k in range(probes.probes):
+                v = torch.randn(y.shape, generator=probes.generator, dtype=y.dtype).to(y.device)
+                grads = torch.autograd.grad(y, tensors, grad_outputs=v, allow_unused=True,
+                                            retain_graph=k < probes.probes - 1)
+                for name, grad in zip(names, grads):
+                    if grad is not None:
+                        on_grad(name, grad.reshape(-1, grad.shape[-1]))
     finally:
         for handle in handles:
             handle.remove()
@@ -161,42 +229,76 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
-                   rank: int | None = None, target_explained_variance: float | None = None,
-                   holdout: Iterable | None = None, call: Callable | None = None,
-                   min_params_saved: int = 1) -> list[LayerReport]:
+                   rank: int | dict[str, int] | None = None,
+                   target_explained_variance: float | None = None, objective: str = "layer",
+                   output_fn: Callable | None = None, probes: int = 4, seed: int = 0,
+                   damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
+                   call: Callable | None = None, min_params_saved: int = 1) -> list[LayerReport]:
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
 
-    layers: None (every nn.Linear), a list of module names, or a predicate (name, module) -> bool.
+    layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
+    predicate (name, module) -> bool. rank: one rank for every layer, or {layer name: rank}, so
+    that objectives can be compared at equal size.
+    objective: "layer" (each layer's own output error) or "output" (the error of the model's
+    output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
+    seeded Gaussian probes per batch; no labels needed).
     calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments or
-    a dict of keyword arguments per batch), or use `call(model, batch)` to run one batch.
+    a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
+    returns its output.
     A layer whose chosen rank would not save at least `min_params_saved` parameters is left dense
-    and not reported. The inputs of every layer are recorded from the original model in one pass.
-    Returns one LayerReport per replaced layer; explained variance is measured on the holdout
-    batches when given.
+    and not reported. Every layer's statistics are recorded from the original model in one pass;
+    the model comes back unchanged apart from the replaced layers. Returns one LayerReport per
+    replaced layer; explained variance is measured on the holdout batches when given.
     """
+    if objective not in ("layer", "output"):
+        raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
+    if isinstance(rank, dict) and layers is None:
+        layers = list(rank)
     targets = _select(model, layers)
     if not targets:
         raise ValueError("no nn.Linear layer selected")
+    if isinstance(rank, dict) and (missing := [n for n in targets if n not in rank]):
+        raise ValueError(f"rank dict has no rank for layers {missing}")
     accumulators = {n: MomentAccumulator(m.in_features, m.weight.device)
                     for n, m in targets.items()}
-    _layer_inputs(model, targets, calibration, call, lambda n, x: accumulators[n].update(x))
+    sensitivity = {n: [torch.zeros(m.out_features, m.out_features, dtype=torch.float64), 0]
+                   for n, m in targets.items()}
+
+    def on_grad(name, rows):
+        rows = rows.detach().double().cpu()
+        sensitivity[name][0] += rows.T @ rows
+        sensitivity[name][1] += rows.shape[0]
+
+    prober = None if objective == "layer" else \
+        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
+    _record(model, targets, calibration, call, lambda n, x: accumulators[n].update(x), prober,
+            on_grad)
 
     replaced = {}
     for name, linear in targets.items():
         if accumulators[name].count == 0:
             raise ValueError(f"layer {name!r} saw no calibration input: is it used in forward()?")
         moments = accumulators[name].moments()
-        chosen = _choose_rank(linear, moments, rank, target_explained_variance)
-        student = compress_data_aware(linear, moments, chosen)
+        weight = None
+        if objective == "output":
+            total, count = sensitivity[name]
+            if count == 0 or not total.trace() > 0:
+                raise ValueError(f"layer {name!r} does not influence the output: no gradient "
+                                 "reached it")
+            weight = total / count
+        layer_rank = rank[name] if isinstance(rank, dict) else rank
+        chosen = _choose_rank(linear, moments, layer_rank, target_explained_variance, weight,
+                              damping)
+        student = compress_data_aware(linear, moments, chosen, weight, damping)
         before = sum(p.numel() for p in linear.parameters())
         after = sum(p.numel() for p in student.parameters())
         if before - after < min_params_saved:
             continue
         calibration_ev = explained_variance_curve(
-            data_aware_error_curve(linear.weight, moments))[chosen]
+            data_aware_error_curve(linear.weight, moments, weight, damping))[chosen]
         replaced[name] = (linear, student, LayerReport(
             name, linear.in_features, linear.out_features, chosen, before, after,
-            moments.count, calibration_ev, None))
+            moments.count, calibration_ev, None, objective))
 
     if holdout is not None and replaced:
         squared_error = {n: 0.0 for n in replaced}
@@ -212,7 +314,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
             squared_error[name] += (y - student(x).double()).pow(2).sum().item()
             output_moments[name].update(y)
 
-        _layer_inputs(model, {n: targets[n] for n in replaced}, holdout, call, on_input)
+        with torch.no_grad():
+            _record(model, {n: targets[n] for n in replaced}, holdout, call, on_input)
         for name, (_, _, report) in replaced.items():
             outputs = output_moments[name].moments()
             spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2
@@ -225,12 +328,13 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
 
 
 def format_report(reports: list[LayerReport]) -> str:
-    lines = [f"{'layer':<32}{'shape':>14}{'rank':>6}{'params saved':>14}{'EV calib':>10}"
-             f"{'EV holdout':>12}"]
+    lines = [f"{'layer':<32}{'objective':>10}{'shape':>14}{'rank':>6}{'params saved':>14}"
+             f"{'EV calib':>10}{'EV holdout':>12}"]
     for r in reports:
         holdout = "n/a" if r.explained_variance_holdout is None else \
             f"{r.explained_variance_holdout:.4f}"
-        lines.append(f"{r.name:<32}{f'{r.out_features}x{r.in_features}':>14}{r.rank:>6}"
+        lines.append(f"{r.name:<32}{r.objective:>10}{f'{r.out_features}x{r.in_features}':>14}"
+                     f"{r.rank:>6}"
                      f"{r.params_saved:>14,}{r.explained_variance_calibration:>10.4f}{holdout:>12}")
     return "\n".join(lines)
 

@@ -1,7 +1,8 @@
 """One teacher through every compressor, measured: the unit of work of a benchmark run.
 
 A compressor is one function `fit(teacher, rank, context) -> Student` and one entry in
-`COMPRESSORS`; the benchmark runs, measures and reports every entry.
+`COMPRESSORS` (every teacher) or `HEAD_COMPRESSORS` (teachers inside a head, whose `readout`
+the compressor may use); the benchmark runs, measures and reports every entry.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from distil_rank.config import stage_seed
 from distil_rank.distill import DistillResult, DistillSettings, distill
 from distil_rank.lowrank import (
+    DEFAULT_DAMPING,
     compress_data_aware,
     compress_svd,
     data_aware_error_curve,
@@ -23,8 +25,8 @@ from distil_rank.lowrank import (
     num_parameters,
     seeded_linear,
 )
-from distil_rank.metrics import fidelity, fit_ridge, spearman
-from distil_rank.moments import input_moments
+from distil_rank.metrics import explained_variance, fidelity, fit_ridge, spearman
+from distil_rank.moments import input_moments, output_weight
 from distil_rank.stats import aggregate, smallest_rank_reaching
 from distil_rank.timing import LatencySettings, measure_latency
 
@@ -39,6 +41,8 @@ class BenchmarkData:
     val: torch.Tensor  # validation embeddings: every reported fidelity figure
     train_fitness: torch.Tensor | None = None  # measured labels, when both splits have them
     val_fitness: torch.Tensor | None = None
+    fit_fitness: torch.Tensor | None = None
+    selection_fitness: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class FitContext:
     device: torch.device  # where distillation runs
     seed: int  # from stage_seed; a compressor derives its own draws from it
     name: str = ""  # the teacher's, for progress bars
+    readout: nn.Module | None = None  # the frozen rest of the head, for a head's first layer
+    damping: float = DEFAULT_DAMPING  # task_aware: G + damping * tr(G) / out * I
+    probes: int = 4  # task_aware: Hutchinson probes per row for a readout with vector output
 
 
 @dataclass
@@ -103,18 +110,56 @@ def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student
     return Student(run.student.cpu(), start_seconds + run.fit_seconds, details, start, run)
 
 
+def _task_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, context: FitContext):
+    """The closed form weighted by G = E[J^T J] of the readout at the layer's outputs."""
+    with torch.no_grad():
+        hidden = teacher(rows)
+    weight = output_weight(context.readout, hidden, probes=context.probes,
+                           seed=stage_seed(context.seed, "probes"))
+    return compress_data_aware(teacher, input_moments(rows), rank, weight, context.damping)
+
+
+def fit_task_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """The closed form that knows what the rest of the head reads, on the training rows."""
+    return Student(*_timed(lambda: _task_aware(teacher, context.data.train, rank, context)))
+
+
+def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """End-to-end distillation through the frozen rest of the head (MSE to the teacher head's
+    output), from task_aware fitted on the fit rows, keeping the checkpoint with the least
+    held-out head-output MSE (step 0 included)."""
+    data = context.data
+    start, start_seconds = _timed(lambda: _task_aware(teacher, data.fit, rank, context))
+    run = distill(teacher, start, data.fit, replace(context.distill, alpha=0.0),
+                  device=context.device, seed=stage_seed(context.seed, "distil_task"),
+                  holdout_x=data.selection, readout=context.readout,
+                  desc=f"{context.name} distil_task r={rank}")
+    details = {"selection_mse_warm_start": run.checkpoints[0][1],
+               "selection_mse_chosen": min(m for _, m in run.checkpoints)}
+    return Student(run.student.cpu(), start_seconds + run.fit_seconds, details, start, run)
+
+
 COMPRESSORS = {"svd": fit_svd, "data_aware": fit_data_aware, "distil": fit_distil,
                "distil_da": fit_distil_da}
+HEAD_COMPRESSORS = {"task_aware": fit_task_aware, "distil_task": fit_distil_task}
 SWEEP_METHODS = ("svd", "data_aware", "distil_da")
-STUDENT = "distil_da"  # the project's student: its numbers fill the published keys
+HEAD_SWEEP_METHODS = SWEEP_METHODS + ("task_aware",)  # distil_task: at the target rank only
+STUDENT = "distil_da"  # a linear teacher's student: its numbers fill the published keys
+HEAD_STUDENT = "distil_task"  # a head's student
 PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints"})  # listed, never averaged
+
+
+def compressors_for(readout: nn.Module | None) -> dict:
+    """The registry entries that apply: a head's compressors only where there is a head."""
+    return COMPRESSORS if readout is None else {**COMPRESSORS, **HEAD_COMPRESSORS}
 
 
 def compress_teacher(teacher: nn.Linear, rank: int, context: FitContext,
                      methods=None) -> dict[str, Student]:
-    """Every registered compressor (or those named) applied to `teacher`."""
-    return {method: COMPRESSORS[method](teacher, rank, context)
-            for method in (COMPRESSORS if methods is None else methods)}
+    """Every compressor that applies (or those named) applied to `teacher`."""
+    registry = compressors_for(context.readout)
+    return {method: registry[method](teacher, rank, context)
+            for method in (registry if methods is None else methods)}
 
 
 def warm_up(dim: int, device: torch.device) -> None:
@@ -126,7 +171,8 @@ def warm_up(dim: int, device: torch.device) -> None:
     data = BenchmarkData(train=x, fit=x, selection=x[:8], val=x[:8])
     settings = DistillSettings(steps=2, lr=1e-3, batch_size=8, alpha=0.1, weight_decay=0.0,
                                eval_every=1)
-    context = FitContext(data, settings, device, seed=0)
+    readout = nn.Sequential(nn.GELU(), seeded_linear(dim, 1, g)).requires_grad_(False)
+    context = FitContext(data, settings, device, seed=0, readout=readout)
     compress_teacher(layer, max(1, dim // 20), context)
 
 
@@ -136,10 +182,14 @@ def warm_up(dim: int, device: torch.device) -> None:
 @torch.no_grad()
 def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: BenchmarkData,
                   rank: int, latency: LatencySettings, device: torch.device, ridge_alpha: float,
-                  *, sweep: dict | None = None, denoising_loss: list[float] | None = None) -> dict:
+                  *, readout: nn.Module | None = None, sweep: dict | None = None,
+                  denoising_loss: list[float] | None = None,
+                  head_training: dict | None = None) -> dict:
     """A teacher's results for one seed, in the layout of results/distil_rank_summary.schema.json:
-    fidelity on validation, the downstream probe, sizes, latency, distillation, sweep."""
+    fidelity on validation, the downstream probe, sizes, latency, distillation, sweep; for a
+    head, also the head's output and the task."""
     y_val = teacher(data.val)
+    head_val = None if readout is None else readout(y_val).reshape(len(y_val), -1)
     probe = None
     if data.train_fitness is not None and data.val_fitness is not None:
         probe = fit_ridge(teacher(data.train), data.train_fitness, ridge_alpha)
@@ -154,6 +204,8 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
             entry["spearman"] = spearman(probe(y_hat), data.val_fitness)
         if student.warm_start is not None:
             entry["warm_start_val"] = fidelity(y_val, student.warm_start(data.val))
+        if readout is not None:
+            entry.update(_task_scores(readout, head_val, y_hat, data.val_fitness))
         methods[method] = {**entry, **student.details}
         if student.run is not None:
             distillation[method] = {"final_loss": student.run.losses[-1],
@@ -161,13 +213,15 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
                                     "selection_checkpoints": student.run.checkpoints}
 
     dim_in, dim_out = teacher.in_features, teacher.out_features
+    student = STUDENT if readout is None else HEAD_STUDENT
     timed = {who: measure_latency(module, latency.latency_batch, dim_in, device,
                                   warmup=latency.latency_warmup, repeats=latency.latency_repeats)
-             for who, module in (("teacher", teacher), ("student", students[STUDENT].module))}
-    svd, best = methods["svd"], methods[STUDENT]
+             for who, module in (("teacher", teacher), ("student", students[student].module))}
+    svd, best = methods["svd"], methods[student]
     params_teacher = num_parameters(teacher)
     result = {
-        # the published keys (student = distil_da)
+        "student_method": student,
+        # the published keys (student = student_method)
         "svd_cosine": svd["cosine"],
         "svd_rel_mse": svd["rel_mse"],
         "student_cosine": best["cosine"],
@@ -190,12 +244,24 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
         "distillation": distillation,
         "task_trained_denoising_loss": None if denoising_loss is None else
         {"first": denoising_loss[0], "last": denoising_loss[-1]},
+        "head_training": head_training,
     }
     if probe is not None:
         result["teacher_spearman"] = spearman(probe(y_val), data.val_fitness)
+    if readout is not None:
+        result["teacher_task_spearman"] = spearman(head_val[:, 0], data.val_fitness)
     if sweep is not None:
         result["sweep"] = sweep
     return result
+
+
+def _task_scores(readout: nn.Module, head_val: torch.Tensor, layer_out: torch.Tensor,
+                 fitness: torch.Tensor) -> dict:
+    """The compressed head against the teacher head (explained variance of its output) and
+    against the measured fitness (Spearman's rho of its prediction)."""
+    predicted = readout(layer_out).reshape(len(layer_out), -1)
+    return {"head_explained_variance": explained_variance(head_val, predicted),
+            "task_spearman": spearman(predicted[:, 0], fitness)}
 
 
 def summarise_seeds(entries: list[dict]) -> dict:
@@ -226,20 +292,27 @@ def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
     and the two must agree to rounding (`closed_form_max_abs_gap`). `fitted_at_rank` maps a rank
     to students already fitted there (the main run's), which are reused, not refitted.
     """
-    data = context.data
+    data, readout = context.data, context.readout
     curve = explained_variance_curve(data_aware_error_curve(teacher.weight,
                                                             input_moments(data.train)))
     y_val, y_train = teacher(data.val), teacher(data.train)
-    methods = {m: {"explained_variance": [], "cosine": [], "rel_mse": []} for m in SWEEP_METHODS}
+    swept = SWEEP_METHODS if readout is None else HEAD_SWEEP_METHODS
+    keys = ("explained_variance", "cosine", "rel_mse") + (
+        () if readout is None else ("head_explained_variance", "task_spearman"))
+    methods = {m: {key: [] for key in keys} for m in swept}
+    head_val = None if readout is None else readout(y_val).reshape(len(y_val), -1)
     train_measured = []
     for rank in ranks:
         built = (fitted_at_rank or {}).get(rank)
         if built is None:
             rank_context = replace(context, seed=stage_seed(context.seed, f"rank/{rank}"))
             with torch.enable_grad():
-                built = compress_teacher(teacher, rank, rank_context, SWEEP_METHODS)
-        for method in SWEEP_METHODS:
-            scores = fidelity(y_val, built[method].module(data.val))
+                built = compress_teacher(teacher, rank, rank_context, swept)
+        for method in swept:
+            y_hat = built[method].module(data.val)
+            scores = fidelity(y_val, y_hat)
+            if readout is not None:
+                scores.update(_task_scores(readout, head_val, y_hat, data.val_fitness))
             for key in methods[method]:
                 methods[method][key].append(scores[key])
         train_measured.append(fidelity(y_train, built["data_aware"].module(data.train))

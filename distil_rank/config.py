@@ -33,6 +33,16 @@ class Config:
     denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
     spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
 
+    # --- the Fitness-Head teacher (built when both splits carry fitness labels) ---
+    head_steps: int = 1500  # Adam steps on the standardised fitness of the fit rows
+    head_lr: float = 1e-3  # Adam learning rate
+    head_batch_size: int = 128  # rows per step
+    head_eval_every: int = 50  # steps between checkpoint evaluations on the selection rows
+
+    # --- task-aware compression (heads only) ---
+    task_damping: float = 1e-3  # G + damping * tr(G) / out * I (the minimiser barely moves below)
+    task_probes: int = 4  # Hutchinson probes per row when the readout has a vector output
+
     # --- distillation (the published Distil-Rank recipe) ---
     steps: int = 1000  # optimiser steps
     lr: float = 3e-3  # AdamW learning rate
@@ -87,6 +97,7 @@ def quick_overrides() -> dict:
         latency_batches=(1, 32, 256),
         latency_budget_s=0.05,
         sweep_divisors=(40, 20, 10),
+        head_steps=200,
         num_seeds=2,
         synthetic_dim=256,
         synthetic_train=600,

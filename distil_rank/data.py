@@ -242,6 +242,11 @@ def synthetic_embeddings(
     """Structured synthetic embeddings with what real mean-pooled PLM embeddings have:
     a large common mean (norm 8 against a spread of norm about 1 per vector), a power-law spectrum
     on a low-dimensional subspace (intrinsic dimension `latent_dim`), and a small isotropic floor.
+
+    A planted, nonlinear `fitness` label makes the Fitness-Head teacher exist here too. With u_k
+    the k-th latent coordinate standardised: tanh(u_0) u_1 + 0.5 sin(2 u_5) + 0.3 u_20^2 + 0.1 e,
+    e standard normal; components 5 and 20 (of latent_dim) carry little variance, as
+    fitness-relevant directions of real embeddings can.
     """
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_val
@@ -254,6 +259,11 @@ def synthetic_embeddings(
     latent = torch.randn(n, latent_dim, generator=g, dtype=torch.float64) * variances.sqrt()
     noise = torch.randn(n, dim, generator=g, dtype=torch.float64) * floor.sqrt()
     x = (mean + scale * (latent @ basis.T + noise)).to(torch.float32)
+    u = latent / variances.sqrt()
+    k5, k20 = min(5, latent_dim - 1), min(20, latent_dim - 1)
+    fitness = (torch.tanh(u[:, 0]) * u[:, min(1, latent_dim - 1)] + 0.5 * torch.sin(2 * u[:, k5])
+               + 0.3 * u[:, k20] ** 2 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64))
+    fitness = fitness.to(torch.float32)
     provenance = {
         "source": "synthetic",
         "generator": "distil_rank.data.synthetic_embeddings",
@@ -261,9 +271,12 @@ def synthetic_embeddings(
         "mean_norm": 8.0,
         "latent_dim": latent_dim,
         "spectrum": "power law k^-1.2 on a random latent subspace, plus a 1% isotropic floor",
+        "fitness": "planted: tanh(u0) u1 + 0.5 sin(2 u5) + 0.3 u20^2 + 0.1 noise, u the "
+                   "standardised latent coordinates",
     }
-    make = lambda rows: EmbeddingSet(embeddings=rows, provenance=provenance, source="synthetic")  # noqa: E731
-    return make(x[:n_train].clone()), make(x[n_train:].clone())
+    return tuple(EmbeddingSet(embeddings=x[rows].clone(), fitness=fitness[rows].clone(),
+                              provenance=provenance, source="synthetic")
+                 for rows in (slice(0, n_train), slice(n_train, n)))
 
 
 def split_indices(n: int, held_fraction: float, seed: int,

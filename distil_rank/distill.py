@@ -3,6 +3,9 @@
 Loss (the published Distil-Rank recipe): MSE(student(x), teacher(x)) + alpha * (1 - cos), with
 AdamW over mini-batches drawn without replacement, reshuffled every epoch.
 
+With a `readout` (the frozen rest of a head), both outputs pass through it before the loss: the
+student is distilled end to end on what the head reads, not on the layer's output.
+
 With held-out rows, the student is evaluated every `eval_every` steps (and before the first) on
 rows it never trains on, and the checkpoint with the least held-out MSE is returned. Step 0 is a
 candidate, so the result is never worse than its warm start on that held-out data.
@@ -65,16 +68,18 @@ def epoch_batches(rows: int, batch_size: int, generator: torch.Generator):
 
 def distill(teacher: nn.Module, student: nn.Module, train_x: torch.Tensor,
             settings: DistillSettings, *, seed: int, device: torch.device,
-            holdout_x: torch.Tensor | None = None, desc: str = "distil") -> DistillResult:
-    """Train a copy of `student` to imitate `teacher`; teacher, student and inputs stay as
-    they were."""
+            holdout_x: torch.Tensor | None = None, readout: nn.Module | None = None,
+            desc: str = "distil") -> DistillResult:
+    """Train a copy of `student` to imitate `teacher` (through `readout` when given); teacher,
+    student, readout and inputs stay as they were."""
     return _distill(teacher, student, train_x, settings, torch.Generator().manual_seed(seed),
-                    device, holdout_x, desc, parallel=False)
+                    device, holdout_x, readout, desc, parallel=False)
 
 
 def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch.Tensor,
                           settings: DistillSettings, *, seed: int, device: torch.device,
-                          local_holdout_x: torch.Tensor | None = None) -> DistillResult:
+                          local_holdout_x: torch.Tensor | None = None,
+                          readout: nn.Module | None = None) -> DistillResult:
     """`distill` on every process's own rows (an initialised process group is needed: gloo on
     the CPU, nccl on GPUs). Every process starts from process 0's student and returns the same
     one."""
@@ -83,7 +88,7 @@ def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch
                            "(start with torchrun)")
     generator = torch.Generator().manual_seed(process_seed(seed, dist.get_rank()))
     return _distill(teacher, student, local_x, settings, generator, device, local_holdout_x,
-                    "distil", parallel=True)
+                    readout, "distil", parallel=True)
 
 
 def process_seed(seed: int, process_rank: int) -> int:
@@ -91,33 +96,39 @@ def process_seed(seed: int, process_rank: int) -> int:
     return stage_seed(seed, f"process/{process_rank}")
 
 
-def _distill(teacher, student, train_x, settings, generator, device, holdout_x, desc, parallel):
+def _distill(teacher, student, train_x, settings, generator, device, holdout_x, readout, desc,
+             parallel):
     start = time.perf_counter()
     teacher = copy.deepcopy(teacher).to(device)
     model = copy.deepcopy(student).to(device).train()
+    trained = model
+    if readout is not None:
+        readout = copy.deepcopy(readout).to(device).eval().requires_grad_(False)
+        teacher = nn.Sequential(teacher, readout)
+        trained = nn.Sequential(model, readout)
     x = train_x.to(device)
     with torch.no_grad():
         y = teacher(x)
         if holdout_x is not None:
             hx = holdout_x.to(device)
             hy = teacher(hx)
-    trained = model
     if parallel:
         for tensor in model.state_dict().values():  # start from process 0's weights everywhere
             dist.broadcast(tensor, src=0)
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     @torch.no_grad()
     def holdout_mse() -> float:
-        error = torch.stack([F.mse_loss(model(hx), hy, reduction="sum"),
+        predicted = model(hx) if readout is None else readout(model(hx))
+        error = torch.stack([F.mse_loss(predicted, hy, reduction="sum"),
                              torch.tensor(float(hy.numel()), device=device)]).double()
         if parallel:
             dist.all_reduce(error)
         return (error[0] / error[1]).item()
 
-    optimiser = torch.optim.AdamW(trained.parameters(), lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr,  # fused: one kernel a step
+                                  weight_decay=settings.weight_decay, fused=True)
     batches = epoch_batches(x.shape[0], settings.batch_size, generator)
     losses: list[float] = []
     checkpoints: list[tuple[int, float]] = []

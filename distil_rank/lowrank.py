@@ -14,6 +14,19 @@ Two closed forms:
               covariance C = W S W^T; the error left is the sum of C's discarded eigenvalues
               (the reduced-rank regression result, Izenman 1975; equivalently the SVD of W S^(1/2)).
               No inverse of S is needed, so a singular S (N < D) is fine.
+  task_aware  the same with the output error weighted by what the rest of a head reads. For a
+              layer h = W x + b inside f(h), with J(x) = df/dh, the head's output error is to
+              second order E||J (W x + b - W' x - b')||^2. Approximating E[J^T J (.) x x^T] by
+              G (x) S with G = E[J^T J] (the Kronecker factorisation of K-FAC, Martens and
+              Grosse 2015), the objective is ||G^(1/2) (W - W') S^(1/2)||_F^2 plus the bias term,
+              minimised by W' = G^(-1/2) P G^(1/2) W with P the projector on the top-r
+              eigenvectors of G^(1/2) W S W^T G^(1/2), and the same bias refit; the weighted
+              error left is the sum of its discarded eigenvalues. G is damped, G + lambda
+              tr(G) / out I, so that G^(-1/2) exists; with G = I this is data_aware exactly.
+              Fisher-weighted SVD (Hsu et al. 2022) weights the rows of W by a diagonal Fisher
+              and ignores the inputs; here G is the full output-side matrix, S the full input
+              covariance, and the result is the exact minimiser of the factorised objective.
+              K-FAC uses the same two factors to precondition gradients, not to compress.
 """
 
 from __future__ import annotations
@@ -140,31 +153,69 @@ def compress_svd(linear: nn.Linear, rank: int) -> LowRankLinear:
 # ----------------------------------------------------------------------------- data-aware
 
 
-def output_spectrum(weight: torch.Tensor, moments: InputMoments):
-    """Eigen-decomposition of the teacher's output covariance W S W^T, largest first."""
+DEFAULT_DAMPING = 1e-3  # of tr(G) / out: the result is the exact minimiser for a well-posed G
+
+
+def output_weight_roots(output_weight: torch.Tensor, damping: float = DEFAULT_DAMPING):
+    """(G_d^(1/2), G_d^(-1/2)) of the damped G_d = G + damping * tr(G) / out * I, float64."""
+    g = output_weight.detach().double()
+    if g.dim() != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"output_weight has shape {tuple(g.shape)}, expected square [out, out]")
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("output_weight holds NaN or Inf")
+    g = (g + g.T) / 2
+    scale = g.trace() / g.shape[0]
+    if not scale > 0:
+        raise ValueError("output_weight has a trace of zero or less: not a positive "
+                         "semi-definite weight")
+    values, vectors = torch.linalg.eigh(g + damping * scale * torch.eye(len(g), dtype=g.dtype,
+                                                                         device=g.device))
+    if values[0] <= 0:
+        raise ValueError(f"output_weight plus damping {damping} is not positive definite "
+                         f"(smallest eigenvalue {values[0].item():.3g}): is it PSD?")
+    return (vectors * values.sqrt()) @ vectors.T, (vectors * values.rsqrt()) @ vectors.T
+
+
+def output_spectrum(weight: torch.Tensor, moments: InputMoments,
+                    output_root: torch.Tensor | None = None):
+    """Eigen-decomposition of the teacher's (weighted) output covariance, largest first:
+    W S W^T, or R W S W^T R with R = G^(1/2)."""
     w = weight.detach().double().to(moments.covariance.device)
+    if output_root is not None:
+        w = output_root.to(w.device) @ w
     out_cov = w @ moments.covariance @ w.T
     out_cov = (out_cov + out_cov.T) / 2  # exact symmetry for eigh
     eigenvalues, eigenvectors = torch.linalg.eigh(out_cov)
     return eigenvalues.flip(0).clamp_min(0), eigenvectors.flip(1)
 
 
-def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments) -> torch.Tensor:
-    """The exact minimum mean squared output error (summed over outputs, per row) of every rank
-    0..out at once: entry r is the sum of the discarded eigenvalues beyond r."""
-    eigenvalues, _ = output_spectrum(weight, moments)
+def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments,
+                           output_weight: torch.Tensor | None = None,
+                           damping: float = DEFAULT_DAMPING) -> torch.Tensor:
+    """The exact minimum mean squared output error (summed over outputs, per row; G-weighted
+    when G is given) of every rank 0..out at once: entry r is the sum of the discarded
+    eigenvalues beyond r."""
+    root = None if output_weight is None else output_weight_roots(output_weight, damping)[0]
+    eigenvalues, _ = output_spectrum(weight, moments, root)
     tail = eigenvalues.flip(0).cumsum(0).flip(0)
     return torch.cat([tail, tail.new_zeros(1)])
 
 
 def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments: InputMoments,
-                       rank: int):
-    """The closed-form rank-r optimum: (up, down, new_bias), float64."""
+                       rank: int, output_weight: torch.Tensor | None = None,
+                       damping: float = DEFAULT_DAMPING):
+    """The closed-form rank-r optimum (G-weighted when G is given): (up, down, new_bias),
+    float64."""
     _check_weight_rank(weight, rank)
     w = weight.detach().double().to(moments.covariance.device)
-    _, eigenvectors = output_spectrum(w, moments)
-    basis = eigenvectors[:, :rank]  # top-r output directions, orthonormal
-    core = basis.T @ w  # [r, in]; W' = basis @ core
+    root = inverse_root = None
+    if output_weight is not None:
+        root, inverse_root = (m.to(w.device) for m in output_weight_roots(output_weight, damping))
+    _, eigenvectors = output_spectrum(w, moments, root)
+    basis = eigenvectors[:, :rank]  # top-r (weighted) output directions, orthonormal
+    core = basis.T @ (w if root is None else root @ w)  # [r, in]
+    if inverse_root is not None:
+        basis = inverse_root @ basis  # W' = G^(-1/2) basis basis^T G^(1/2) W
     # Re-balance basis @ core into sqrt(s)-scaled factors (an exact refactorisation).
     p, s, qh = torch.linalg.svd(core, full_matrices=False)
     up, down = _balanced(basis @ p, s, qh)
@@ -175,11 +226,14 @@ def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments:
 
 
 def compress_data_aware(linear: nn.Linear, calibration: torch.Tensor | InputMoments,
-                        rank: int) -> LowRankLinear:
-    """The rank-r LowRankLinear with the least mean squared output error on `calibration`.
-    The result always has a bias (the refit needs one), even if `linear` has none."""
+                        rank: int, output_weight: torch.Tensor | None = None,
+                        damping: float = DEFAULT_DAMPING) -> LowRankLinear:
+    """The rank-r LowRankLinear with the least mean squared output error on `calibration`, or
+    with `output_weight` G the least G-weighted error (task_aware). The result always has a
+    bias (the refit needs one), even if `linear` has none."""
     moments = calibration if isinstance(calibration, InputMoments) else input_moments(calibration)
-    up, down, bias = data_aware_factors(linear.weight, linear.bias, moments, rank)
+    up, down, bias = data_aware_factors(linear.weight, linear.bias, moments, rank, output_weight,
+                                        damping)
     device = linear.weight.device
     return LowRankLinear.from_factors(up.to(device), down.to(device), bias.to(device),
                                       dtype=linear.weight.dtype)

@@ -18,17 +18,22 @@ import torch
 import torch.nn.functional as F
 
 
+def explained_variance(y: torch.Tensor, y_hat: torch.Tensor) -> float:
+    """1 - sum||y - y_hat||^2 / sum||y - mean(y)||^2 over rows; NaN when y does not vary."""
+    y, y_hat = y.double(), y_hat.double()
+    spread = (y - y.mean(dim=0)).pow(2).sum()
+    return float("nan") if spread == 0 else (1 - (y - y_hat).pow(2).sum() / spread).item()
+
+
 def fidelity(y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
     y, y_hat = y.double(), y_hat.double()
     cosine = F.cosine_similarity(y_hat, y, dim=1)
-    squared_error = (y - y_hat).pow(2).sum()
-    spread = (y - y.mean(dim=0)).pow(2).sum()
     return {
         "cosine": cosine.mean().item(),
         "cosine_p1": torch.quantile(cosine, 0.01).item(),
         "cosine_min": cosine.min().item(),
         "rel_mse": ((y - y_hat).pow(2).mean() / y.pow(2).mean()).item(),
-        "explained_variance": (1 - squared_error / spread).item(),
+        "explained_variance": explained_variance(y, y_hat),
     }
 
 

@@ -2,7 +2,8 @@
 
 One home for the statistics: the `InputMoments` dataclass, the one-shot form (`input_moments`),
 the streaming form (`MomentAccumulator`, `moments_of`), the merge across processes
-(`all_reduce_moments`) and the file format (`save_moments`, `load_moments`).
+(`all_reduce_moments`) and the file format (`save_moments`, `load_moments`); and on the output
+side, the weight G = E[J^T J] of what a head's readout is sensitive to (`output_weight`).
 
 Each batch is reduced to (count, mean, M2 = sum of centred outer products) and partial results
 are combined with the pairwise update of Chan, Golub & LeVeque (1979):
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from distil_rank.errors import InputError, first_line
 from distil_rank.files import atomic_write
@@ -142,3 +144,33 @@ def load_moments(path: str | Path) -> InputMoments:
     if not isinstance(obj, dict) or not {"count", "mean", "covariance"} <= set(obj):
         raise InputError(f"{path}: expected a dict with count, mean and covariance")
     return InputMoments(int(obj["count"]), obj["mean"].double(), obj["covariance"].double())
+
+
+def output_weight(readout: nn.Module, hidden: torch.Tensor, *, probes: int = 4, seed: int = 0,
+                  batch_rows: int = 4096) -> torch.Tensor:
+    """G = E[J^T J] over the rows h of `hidden` [N, out], J = d readout(h) / dh; float64.
+
+    A readout with one output per row gives each row's J exactly (one backward pass of ones).
+    Otherwise G is estimated without labels by Hutchinson's identity E_v[(J^T v)(J^T v)^T] =
+    J^T J for Gaussian v: `probes` seeded probes per row. Rows must not interact inside
+    `readout` (a per-row head). Only gradients with respect to `hidden` are taken: no
+    parameter of `readout` accumulates a gradient.
+    """
+    if probes < 1:
+        raise ValueError(f"probes = {probes}: need at least 1")
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros(hidden.shape[-1], hidden.shape[-1], dtype=torch.float64)
+    rows = hidden.detach().reshape(-1, hidden.shape[-1])
+    for start in range(0, rows.shape[0], batch_rows):
+        h = rows[start:start + batch_rows].clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = readout(h).reshape(h.shape[0], -1)
+            exact = y.shape[1] == 1
+            for probe in range(1 if exact else probes):
+                v = torch.ones_like(y) if exact else \
+                    torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+                (grad,) = torch.autograd.grad(y, h, grad_outputs=v,
+                                              retain_graph=probe < probes - 1 and not exact)
+                grad = grad.double().cpu()
+                total += grad.T @ grad / (1 if exact else probes)
+    return total / rows.shape[0]

@@ -12,6 +12,7 @@ import torch
 
 from distil_rank.files import atomic_write
 from distil_rank.lowrank import flop_ratio
+from distil_rank.teachers import HEAD_NAME
 
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
@@ -20,6 +21,8 @@ METHOD_LABELS = {
     "data_aware": "data_aware (closed form)",
     "distil": "distil (published recipe)",
     "distil_da": "distil_da (student)",
+    "task_aware": "task_aware (closed form, head-weighted)",
+    "distil_task": "distil_task (head's student)",
 }
 
 
@@ -84,7 +87,7 @@ def pm(mean, std, spec: str) -> str:
     return fmt(mean, spec) if not std else f"{format(mean, spec)} ± {format(std, '.1g')}"
 
 
-def results_table(teachers: dict[str, dict], methods: list[str]) -> list[str]:
+def results_table(teachers: dict[str, dict]) -> list[str]:
     """Fidelity per teacher and compressor, explained variance first, as a Markdown table: one
     seed's entries or the entries over seeds (then with ± std). The console and the README."""
     lines = ["| teacher | compressor | explained variance | cosine (mean / min) | rel_mse | "
@@ -92,8 +95,7 @@ def results_table(teachers: dict[str, dict], methods: list[str]) -> list[str]:
     for teacher, entry in teachers.items():
         rho = fmt(entry.get("teacher_spearman"), ".3f")  # only where the data has fitness
         lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {rho} | |")
-        for method in methods:
-            m = entry["methods"][method]
+        for method, m in entry["methods"].items():
             ev_std = entry["std"]["methods"][method]["explained_variance"] \
                 if "std" in entry else None
             lines.append(
@@ -102,6 +104,27 @@ def results_table(teachers: dict[str, dict], methods: list[str]) -> list[str]:
                 f"{m['cosine']:.5f} / {m['cosine_min']:.4f} | {m['rel_mse']:.2e} | "
                 f"{fmt(m.get('spearman'), '.3f')} | {m['fit_seconds']:.3f} |")
     return lines
+
+
+def task_table(teachers: dict[str, dict]) -> list[str]:
+    """For teachers inside a head: the task first (the compressed head's Spearman rho against
+    measured fitness), then the head's output and the layer's own explained variance."""
+    lines = ["| teacher | compressor | task Spearman rho | share of the teacher's | "
+             "head output EV | layer EV | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for teacher, entry in teachers.items():
+        if "teacher_task_spearman" not in entry:
+            continue
+        reference = entry["teacher_task_spearman"]
+        lines.append(f"| {teacher} | teacher head itself | {reference:.3f} | 1 | 1 | 1 | |")
+        for method, m in entry["methods"].items():
+            rho_std = entry["std"]["methods"][method]["task_spearman"] if "std" in entry else None
+            lines.append(
+                f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
+                f"{pm(m['task_spearman'], rho_std, '.3f')} | "
+                f"{m['task_spearman'] / reference:.3f} | "
+                f"{m['head_explained_variance']:.4g} | {m['explained_variance']:.4g} | "
+                f"{m['fit_seconds']:.3f} |")
+    return lines if len(lines) > 2 else []
 
 
 def teacher_latency_table(teachers: dict[str, dict]) -> list[str]:
@@ -116,9 +139,10 @@ def teacher_latency_table(teachers: dict[str, dict]) -> list[str]:
 
 # ----------------------------------------------------------------------------- figure
 
-TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green")
+TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:brown")
 METHOD_COLOURS = {"svd": "tab:gray", "data_aware": "tab:purple", "distil": "tab:orange",
-                  "distil_da": "tab:cyan"}
+                  "distil_da": "tab:cyan", "task_aware": "tab:olive", "distil_task": "tab:pink"}
+LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
 
 
@@ -128,8 +152,8 @@ def _unexplained(explained):
 
 def _panel_losses(ax, summary, curves, colours):
     for teacher in summary["teachers"]:
-        for method, style in (("distil", ":"), ("distil_da", "-")):
-            losses = torch.as_tensor(curves["distillation"][teacher][method])
+        for method, losses in curves["distillation"][teacher].items():
+            losses, style = torch.as_tensor(losses), LOSS_STYLES.get(method, "-.")
             window = max(1, len(losses) // 50)
             smooth = losses.unfold(0, window, window).mean(1) if len(losses) >= window else losses
             steps = torch.arange(len(smooth)) * window + window
@@ -137,8 +161,8 @@ def _panel_losses(ax, summary, curves, colours):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss, MSE + alpha(1 - cos) (log)")
-    ax.set_title(f"Distillation loss, seed {summary['seeds'][0]}\n"
-                 "dotted: SVD start (published); solid: closed-form start")
+    ax.set_title(f"Distillation loss, seed {summary['seeds'][0]}; dotted: SVD start (published);"
+                 "\nsolid: closed-form start; dashed: through the head (its output's MSE)")
     ax.legend(fontsize=7, ncol=2)
 
 
@@ -146,10 +170,12 @@ def _panel_fidelity(ax, summary):
     teachers, methods = summary["teachers"], summary["methods"]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        means = [summary[t]["methods"][method]["explained_variance"] for t in teachers]
-        stds = [summary[t]["std"]["methods"][method]["explained_variance"] for t in teachers]
+        present = [j for j, t in enumerate(teachers) if method in summary[t]["methods"]]
+        means = [summary[teachers[j]]["methods"][method]["explained_variance"] for j in present]
+        stds = [summary[teachers[j]]["std"]["methods"][method]["explained_variance"]
+                for j in present]
         values = _unexplained(means)
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(teachers))]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
                       label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
         for bar, ev in zip(bars, means):
@@ -160,8 +186,8 @@ def _panel_fidelity(ax, summary):
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.text(len(teachers) - 0.55, 1.1, "= predicting the mean", fontsize=7, ha="right")
-    top = max(max(_unexplained([summary[t]["methods"][m]["explained_variance"]]))
-              for t in teachers for m in methods)
+    top = max(max(_unexplained([entry["explained_variance"]]))
+              for t in teachers for entry in summary[t]["methods"].values())
     ax.set_ylim(top=max(top, 1.0) * 60)
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary["seeds"])
@@ -294,17 +320,46 @@ def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
     _panel_losses(axes[0, 0], summary, curves, colours)
     _panel_fidelity(axes[0, 1], summary)
     _panel_latency(axes[0, 2], summary)
-    for ax, teacher in zip(axes[1], teachers):
+    for ax, teacher in zip(axes[1], teachers):  # the linear teachers; a head's layer is below
         _panel_pareto(ax, summary, teacher, colours[teacher])
     _panel_teacher_spectra(axes[2, 0], summary, curves, colours)
     _panel_embedding_spectrum(axes[2, 1], summary, curves)
-    axes[2, 2].set_axis_off()
-    _text_panel(axes[2, 2], summary)
+    if HEAD_NAME in teachers:
+        _panel_task(axes[2, 2], summary, HEAD_NAME)
+    else:
+        axes[2, 2].set_axis_off()
+        _text_panel(axes[2, 2], summary)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     try:
         fig.savefig(path, dpi=100, format="png")
     finally:
         plt.close(fig)
+
+
+def _panel_task(ax, summary, teacher):
+    """The task metric against rank for every method, the teacher head's as a line."""
+    entry = summary[teacher]
+    sweep, std = entry.get("sweep"), entry["std"].get("sweep")
+    if sweep:
+        for method, curve in sweep["methods"].items():
+            ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2, marker="o", ms=4,
+                        yerr=std["methods"][method]["task_spearman"],
+                        color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method))
+        ax.set_xscale("log", base=2)
+    else:
+        for i, (method, m) in enumerate(entry["methods"].items()):
+            ax.bar(i, m["task_spearman"], color=METHOD_COLOURS.get(method),
+                   label=METHOD_LABELS.get(method, method))
+        ax.set_xticks([])
+    ax.axhline(entry["teacher_task_spearman"], color="black", lw=1,
+               label=f"teacher head {entry['teacher_task_spearman']:.3f}")
+    ax.axvline(summary["target_rank"], color="black", ls="--", lw=0.8)
+    ax.set_xlabel("rank r of the head's first layer (log)")
+    ax.set_ylabel("Spearman rho, head's prediction vs measured fitness (validation)")
+    ax.set_title(f"{teacher}: the task against rank (mean over seeds)\n"
+                 f"{entry['student_method']} is the student; task_aware knows what the head reads",
+                 fontsize=9.5)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _text_panel(ax, summary):

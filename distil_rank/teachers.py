@@ -1,4 +1,5 @@
-"""The teacher strategies, each a frozen nn.Linear(D, D) with bias.
+"""The teacher strategies: three frozen nn.Linear(D, D) with bias, judged by their own output,
+and a trained head whose first layer is compressed and judged by the task.
 
 Random        PyTorch's default initialisation (Kaiming-uniform weight, uniform bias): a layer
               with a flat spectrum, the hardest case for any low-rank method.
@@ -9,12 +10,19 @@ Task-Trained  trained by Adam on a denoising proxy task over the training embedd
 Spectral      orthogonal U, V and singular values exp(-i / (tau * D)): a layer that truly is
               nearly low rank, the easy case.
 
+Fitness-Head  Linear(D, D) -> GELU -> Linear(D, 1), trained by Adam on the standardised measured
+              fitness of the fit rows, keeping the checkpoint with the least MSE on the
+              selection rows. The input standardisation is folded into the first layer, which
+              therefore reads raw embeddings like every other teacher. Its `readout` (GELU and
+              the output layer) is what task-aware compression weights the error by.
+
 Every draw comes from a generator seeded by `stage_seed(seed, "teachers/<name>")`; the global
 random state is never touched.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +32,15 @@ from distil_rank.config import stage_seed
 from distil_rank.lowrank import seeded_linear
 
 TEACHER_NAMES = ("Random", "Task-Trained", "Spectral")
+HEAD_NAME = "Fitness-Head"
+
+
+@dataclass
+class Teacher:
+    """A layer to compress and, for a head, the frozen rest of it that reads the layer."""
+
+    layer: nn.Linear
+    readout: nn.Module | None = None  # None: the layer is judged by its own output
 
 
 @dataclass(frozen=True)
@@ -35,7 +52,15 @@ class TeacherSettings:
     spectral_tau: float  # e-folding length of the Spectral teacher's singular values, / D
 
 
-def _freeze(layer: nn.Linear) -> nn.Linear:
+@dataclass(frozen=True)
+class HeadSettings:
+    head_steps: int  # Adam steps of the fitness head
+    head_lr: float  # Adam learning rate
+    head_batch_size: int  # rows per step
+    head_eval_every: int  # steps between evaluations on the selection rows
+
+
+def _freeze(layer: nn.Module) -> nn.Module:
     layer.requires_grad_(False)
     return layer.eval()
 
@@ -81,8 +106,43 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     return _freeze(layer)
 
 
+def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Tensor,
+                 selection_y: torch.Tensor, settings: HeadSettings, seed: int):
+    """The Fitness-Head teacher, frozen, and (its selection-row MSE per evaluation, the step
+    kept)."""
+    g = torch.Generator().manual_seed(seed)
+    dim = fit_x.shape[1]
+    x_mean, x_std = fit_x.mean(0), fit_x.std(0).clamp_min(1e-12)
+    y_mean, y_std = fit_y.mean(), fit_y.std().clamp_min(1e-12)
+    head = nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
+    x, sx = (fit_x - x_mean) / x_std, (selection_x - x_mean) / x_std
+    y, sy = (fit_y - y_mean) / y_std, (selection_y - y_mean) / y_std
+    optimiser = torch.optim.Adam(head.parameters(), lr=settings.head_lr)
+    checkpoints, best = [], (float("inf"), None, 0)
+    for step in range(settings.head_steps + 1):
+        if step % settings.head_eval_every == 0 or step == settings.head_steps:
+            with torch.no_grad():
+                mse = (head(sx).squeeze(-1) - sy).pow(2).mean().item()
+            checkpoints.append(mse)
+            if mse < best[0]:
+                best = (mse, copy.deepcopy(head.state_dict()), step)
+        if step == settings.head_steps:
+            break
+        idx = torch.randint(x.shape[0], (min(settings.head_batch_size, x.shape[0]),), generator=g)
+        loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    head.load_state_dict(best[1])
+    first = head[0]
+    with torch.no_grad():  # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
+        first.bias.sub_(first.weight @ (x_mean / x_std))
+        first.weight.div_(x_std)
+    return Teacher(_freeze(first), _freeze(head[1:])), (checkpoints, best[2])
+
+
 def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
-    """Every teacher (on the CPU, float32) and the denoising loss curve."""
+    """The linear teachers (on the CPU, float32) and the denoising loss curve."""
     dim = train_x.shape[1]
     trained, losses = task_trained_teacher(train_x, settings,
                                            stage_seed(seed, "teachers/Task-Trained"))
@@ -92,4 +152,4 @@ def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
         "Spectral": spectral_teacher(dim, seed=stage_seed(seed, "teachers/Spectral"),
                                      tau=settings.spectral_tau),
     }
-    return teachers, losses
+    return {name: Teacher(layer) for name, layer in teachers.items()}, losses

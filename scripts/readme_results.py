@@ -21,6 +21,7 @@ from distil_rank.report import (  # noqa: E402
     latency_table,
     pm,
     results_table,
+    task_table,
     teacher_latency_table,
 )
 
@@ -48,7 +49,7 @@ def sweep_tables(summary: dict) -> list[str]:
         curve = sweep["closed_form_train_explained_variance"]
         lines.append(f"| {teacher} | closed form (train, exact) | "
                      + " | ".join(f"{curve[r]:.4f}" for r in ranks) + " |")
-        for method in ("svd", "data_aware", "distil_da"):
+        for method in sweep["methods"]:
             values = sweep["methods"][method]["explained_variance"]
             errs = std["methods"][method]["explained_variance"]
             lines.append(f"| {teacher} | {method} | "
@@ -60,6 +61,20 @@ def sweep_tables(summary: dict) -> list[str]:
         targets = summary[teacher]["sweep"]["smallest_rank_for_train_explained_variance"]
         lines.append(f"| {teacher} | " + " | ".join(fmt(targets[t], ".0f") for t in
                                                       ("0.95", "0.99", "0.999")) + " |")
+    for teacher in summary["teachers"]:
+        entry = summary[teacher]
+        if "teacher_task_spearman" not in entry:
+            continue
+        sweep, std = entry["sweep"], entry["std"]["sweep"]
+        lines += ["", f"{teacher}: the task against rank, Spearman's rho of the compressed head's "
+                  f"prediction against measured fitness on validation (the teacher head: "
+                  f"{entry['teacher_task_spearman']:.3f}):", "",
+                  "| method | " + " | ".join(f"r={r}" for r in sweep["ranks"]) + " |",
+                  "|---|" + "---:|" * len(sweep["ranks"])]
+        for method, curve in sweep["methods"].items():
+            errs = std["methods"][method]["task_spearman"]
+            lines.append(f"| {method} | " + " | ".join(
+                pm(v, e, ".3f") for v, e in zip(curve["task_spearman"], errs)) + " |")
     eff = summary["data"]["effective_rank"]
     lines += ["", f"The training embeddings' own effective rank: participation ratio "
               f"{eff['participation_ratio']:.1f}; {eff['components_for_90pct']}, "
@@ -90,7 +105,21 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         "",
     ]
     teachers = {name: summary[name] for name in summary["teachers"]}
-    lines += results_table(teachers, summary["methods"])
+    lines += results_table(teachers)
+    task = task_table(teachers)
+    if task:
+        lines += ["", "### A head judged by its task", "",
+                  "The Fitness-Head teacher's first layer, compressed at the same rank, judged "
+                  "by the whole head's prediction of measured fitness on validation (mean ± std "
+                  "over seeds):", ""] + task
+        for name, entry in teachers.items():
+            if "teacher_task_spearman" in entry:
+                m, kept = entry["methods"], entry["distillation"]["distil_task"]["chosen_step"]
+                share = {k: m[k]["task_spearman"] / entry["teacher_task_spearman"] for k in m}
+                lines += ["", f"At rank {summary['target_rank']} the {name}'s `task_aware` keeps "
+                          f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
+                          f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
+                          f"in {kept.count(0)} of {len(kept)} seeds."]
     lines += ["", "### Rank sweep", ""] + sweep_tables(summary)
     lines += ["", "### Latency", "", "Latency of one forward pass at batch "
               f"{first['latency']['teacher']['batch']} (median of {cfg['latency_repeats']}):", "",
@@ -124,7 +153,8 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
             "",
             f"Speed (`python bench/speed.py`, {speed['environment']['device_name']}, "
             f"{speed['environment']['torch_threads']} threads): the default `python main.py` took "
-            f"{speed['default_run_seconds']:.1f} s; the `data_aware` fit (moments included) took "
+            f"{speed['default_run_seconds']:.1f} s (goal: at most 90 s); the `data_aware` fit "
+            f"(moments included) took "
             f"{fits['data_aware_seconds_median'] * 1e3:.1f} ms against "
             f"{fits['distill_seconds']:.2f} s for {fits['distill_steps']} distillation steps, "
             f"{fits['ratio_distill_over_data_aware']:.1f}x faster, measured in the same process "
@@ -132,7 +162,11 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
             f" on this machine). Most of the fit is the D x D input covariance, which is shared by "
             f"every teacher and rank: given it, a fit takes "
             f"{fits['data_aware_given_moments_seconds_median'] * 1e3:.1f} ms, "
-            f"{fits['ratio_distill_over_data_aware_given_moments']:.0f}x faster than distillation.",
+            f"{fits['ratio_distill_over_data_aware_given_moments']:.0f}x faster than distillation."
+            + (f" The `task_aware` fit (the head's G, the moments and the decomposition) took "
+               f"{fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
+               f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
+               f"beside it (goal: at most 3x)." if "task_aware_seconds_median" in fits else ""),
         ]
     return "\n".join(lines)
 

@@ -36,11 +36,23 @@ def test_quick_run_writes_json_and_png(quick_run, root):
     assert summary["input_dim"] == 320 and summary["target_rank"] == 16
     assert summary["config"]["quick"] is True
     assert summary["environment"]["torch"] == torch.__version__
-    for teacher in ("Random", "Task-Trained", "Spectral"):
+    assert summary["teachers"] == ["Random", "Task-Trained", "Spectral", "Fitness-Head"]
+    for teacher in summary["teachers"]:
         entry = summary[teacher]
         for key in PUBLISHED_KEYS:
             assert math.isfinite(entry[key]), (teacher, key)
-        assert set(entry["methods"]) == {"svd", "data_aware", "distil", "distil_da"}
+        linear = {"svd", "data_aware", "distil", "distil_da"}
+        if teacher == "Fitness-Head":  # a head gets the task-aware compressors too, and only it
+            assert set(entry["methods"]) == linear | {"task_aware", "distil_task"}
+            assert entry["student_method"] == "distil_task"
+            assert entry["student_cosine"] == entry["methods"]["distil_task"]["cosine"]
+            methods = entry["methods"]
+            assert methods["task_aware"]["task_spearman"] > methods["data_aware"]["task_spearman"]
+            task = methods["distil_task"]
+            assert task["selection_mse_chosen"] <= task["selection_mse_warm_start"]
+            assert len(entry["sweep"]["methods"]["task_aware"]["task_spearman"]) == 3
+        else:
+            assert set(entry["methods"]) == linear and entry["student_method"] == "distil_da"
         assert entry["params_teacher"] == 320 * 320 + 320
         assert entry["params_student"] == 16 * 640 + 320
         for method in entry["methods"].values():
@@ -96,14 +108,31 @@ def test_same_seed_same_metrics(quick_run, tmp_path, root):
     assert _without_timings(first) == _without_timings(second)
 
 
-def test_synthetic_mode_says_so(tmp_path, capsys):
+def test_synthetic_mode_says_so_and_plants_a_task(tmp_path, capsys):
     out = tmp_path / "synthetic"
-    assert main.main(["--quick", "--data", "synthetic", "--out", str(out)]) == 0
+    assert main.main(["--quick", "--data", "synthetic", "--no-sweep", "--out", str(out)]) == 0
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["real_data"] is False
     assert summary["input_dim"] == 256 and summary["target_rank"] == 256 // 20
-    assert "teacher_spearman" not in summary["Random"]  # no labels, no downstream probe
     assert "SYNTHETIC" in capsys.readouterr().out
+    assert "fitness" in summary["data"]["provenance"]  # the planted label says what it is
+    assert summary["teachers"][-1] == "Fitness-Head" and summary["skipped_teachers"] == {}
+
+
+def test_without_labels_the_head_is_skipped_and_said_so(tmp_path, root, capsys):
+    from distil_rank.data import load_embeddings
+
+    for split in ("train", "val"):  # bare tensors: no fitness
+        torch.save(load_embeddings(root / f"embeddings_{split}.pt").embeddings[:300],
+                   tmp_path / f"{split}.pt")
+    out = tmp_path / "out"
+    files = ["--train", str(tmp_path / "train.pt"), "--val", str(tmp_path / "val.pt")]
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out), *files]) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert "Fitness-Head" not in summary["teachers"] and "Fitness-Head" not in summary
+    assert "fitness" in summary["skipped_teachers"]["Fitness-Head"]
+    assert "Fitness-Head teacher skipped" in capsys.readouterr().out
+    assert "teacher_spearman" not in summary["Random"]  # no labels, no downstream probe
 
 
 def bad_cases(tmp, root):
@@ -173,7 +202,7 @@ def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root,
                       "--train", str(root / "embeddings_train.pt"),
                       "--val", str(root / "embeddings_val.pt")]) == 0
     summary = json.loads((out / SUMMARY_NAME).read_text())
-    assert summary["methods"][-1] == "random_factors"
+    assert "random_factors" in summary["methods"]
     for teacher in summary["teachers"]:
         entry = summary[teacher]["methods"]["random_factors"]
         assert entry["explained_variance"] < summary[teacher]["methods"]["data_aware"][

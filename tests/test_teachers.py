@@ -3,8 +3,10 @@ from torch import nn
 
 from conftest import correlated_inputs
 from distil_rank.teachers import (
+    HeadSettings,
     TeacherSettings,
     build_teachers,
+    fitness_head,
     random_teacher,
     spectral_teacher,
     task_trained_teacher,
@@ -50,4 +52,24 @@ def test_teachers_leave_the_global_random_state_alone():
     assert torch.equal(torch.rand(3), expected)
     again, _ = build_teachers(x, settings, seed=4)
     for name, teacher in first.items():
-        assert torch.equal(teacher.weight, again[name].weight), name
+        assert torch.equal(teacher.layer.weight, again[name].layer.weight), name
+        assert teacher.readout is None
+
+
+def test_fitness_head_reads_raw_embeddings_after_folding_its_standardisation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1200, 10, generator=g) * torch.logspace(-2, 1, 10) + 50.0  # big mean, scales
+    u = (x - x.mean(0)) / x.std(0)
+    y = torch.tanh(u[:, 0]) * u[:, 1] + 0.5 * u[:, 2]
+    settings = HeadSettings(head_steps=800, head_lr=3e-3, head_batch_size=128, head_eval_every=50)
+    torch.manual_seed(1)
+    expected = torch.rand(2)
+    torch.manual_seed(1)
+    teacher, (selection_mse, kept) = fitness_head(x[:800], y[:800], x[800:1000], y[800:1000],
+                                                  settings, seed=0)
+    assert torch.equal(torch.rand(2), expected)  # the global random state is untouched
+    assert min(selection_mse) == selection_mse[kept // 50] and kept % 50 == 0
+    with torch.no_grad():
+        predicted = teacher.readout(teacher.layer(x[1000:])).squeeze(-1)
+    assert torch.corrcoef(torch.stack([predicted, y[1000:]]))[0, 1] > 0.95
+    assert not any(p.requires_grad for p in teacher.readout.parameters())
