@@ -32,10 +32,21 @@ from distil_rank.benchmark import (
     teacher_entry,
     warm_up,
 )
-from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config, quick_overrides, stage_seed
+from distil_rank.config import (
+    DEFAULT_TRAIN,
+    DEFAULT_VAL,
+    PRESET_ALIASES,
+    PRESETS,
+    Config,
+    preset_overrides,
+    quick_overrides,
+    resolve_device,
+    stage_seed,
+)
 from distil_rank.data import resolve_data, split_indices
 from distil_rank.distill import DistillSettings
 from distil_rank.errors import InputError, cli_exit_code
+from distil_rank.files import check_writable_folder
 from distil_rank.lowrank import check_rank
 from distil_rank.moments import input_moments
 from distil_rank.report import (
@@ -69,9 +80,14 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", default=defaults.val_path,
                    help="validation embeddings (same formats, same dimension D); all fidelity "
                         "figures are measured on these")
-    p.add_argument("--data", choices=("auto", "real", "synthetic"), default=defaults.data,
-                   help="auto: the files if present, synthetic 1280-d data if both default files "
-                        "are absent; real: the files or an error; synthetic: always synthetic")
+    p.add_argument("--preset", choices=sorted({*PRESETS, *PRESET_ALIASES}), default=None,
+                   help="start from a named preset (distil_rank/config.py's PRESETS); flags given "
+                        "beside it still win. published: 1280-d synthetic, rank 64, the published "
+                        "recipe, into results/published")
+    p.add_argument("--data", choices=("auto", "real", "synthetic"), default=None,
+                   help=f"auto: the files if present, synthetic 1280-d data if both default files "
+                        f"are absent; real: the files or an error; synthetic: always synthetic "
+                        f"(default: {defaults.data})")
     p.add_argument("--rank", type=int, default=None,
                    help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
                         "parameters)")
@@ -82,14 +98,16 @@ def create_parser() -> argparse.ArgumentParser:
                    help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seeds teachers, synthetic data, splits and distillation")
-    p.add_argument("--out", default=defaults.out, help="folder for the JSON summary and the figure")
+    p.add_argument("--out", default=None,
+                   help=f"folder for the JSON summary and the figure (default: {defaults.out})")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"repetitions with seeds seed, seed+1, ... (default {defaults.num_seeds}; "
                         f"{quick_overrides()['num_seeds']} with --quick); teachers, the selection "
                         "split "
                         "and distillation are reseeded, the JSON gives mean and std")
-    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=defaults.sweep,
-                   help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da")
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
+                   help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da "
+                        "(default: on)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
                         "not meant to be cited")
@@ -97,36 +115,18 @@ def create_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = quick_overrides() if args.quick else {}
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if args.seeds is not None:
-        overrides["num_seeds"] = args.seeds
-    return Config(train_path=args.train, val_path=args.val, data=args.data, rank=args.rank,
-                  device=args.device, seed=args.seed, out=args.out, quick=args.quick,
-                  sweep=args.sweep, **overrides)
+    """Defaults, then the preset, then --quick, then every flag given: the later wins."""
+    overrides = preset_overrides(args.preset) if args.preset else {}
+    if args.quick:
+        overrides.update(quick_overrides(), quick=True)
+    given = {"steps": args.steps, "num_seeds": args.seeds, "data": args.data, "rank": args.rank,
+             "out": args.out, "sweep": args.sweep}
+    overrides.update({key: value for key, value in given.items() if value is not None})
+    return Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed,
+                  **overrides)
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r}: unknown device, expected auto, cpu, cuda or "
-                         "cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
-    if not torch.cuda.is_available():
-        raise InputError(f"--device {name!r}: CUDA is not available on this machine")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
@@ -143,9 +143,7 @@ def check_settings(config: Config) -> None:
     for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {config.out}: exists and is not a folder")
+    check_writable_folder(config.out, "--out")  # now, not after minutes of work
 
 
 # ----------------------------------------------------------------------------- the pipeline

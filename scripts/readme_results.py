@@ -26,6 +26,8 @@ from distil_rank.report import (  # noqa: E402
 )
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
+RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
 def sweep_tables(summary: dict) -> list[str]:
@@ -148,14 +150,15 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
                if "max_abs_covariance_difference" in cal else ""),
         ]
     for speed in speeds:
-        fits = speed["fits"]
+        fits, env = speed["fits"], speed["environment"]
+        where = env["device_name"] + (f", {env['torch_threads']} threads"
+                                      if env["device_name"].startswith("CPU") else "")
+        default_run = (f"the default `python main.py` took {speed['default_run_seconds']:.1f} s "
+                       f"(goal: at most 90 s); " if "default_run_seconds" in speed else "")
         lines += [
             "",
-            f"Speed (`python bench/speed.py`, {speed['environment']['device_name']}, "
-            f"{speed['environment']['torch_threads']} threads): the default `python main.py` took "
-            f"{speed['default_run_seconds']:.1f} s (goal: at most 90 s); the `data_aware` fit "
-            f"(moments included) took "
-            f"{fits['data_aware_seconds_median'] * 1e3:.1f} ms against "
+            f"Speed (`python bench/speed.py`, {where}): {default_run}the `data_aware` fit "
+            f"(moments included) took {fits['data_aware_seconds_median'] * 1e3:.1f} ms against "
             f"{fits['distill_seconds']:.2f} s for {fits['distill_steps']} distillation steps, "
             f"{fits['ratio_distill_over_data_aware']:.1f}x faster, measured in the same process "
             f"(the 20x goal is {'met' if fits['ratio_distill_over_data_aware'] >= 20 else 'missed'}"
@@ -163,12 +166,99 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
             f"every teacher and rank: given it, a fit takes "
             f"{fits['data_aware_given_moments_seconds_median'] * 1e3:.1f} ms, "
             f"{fits['ratio_distill_over_data_aware_given_moments']:.0f}x faster than distillation."
-            + (f" The `task_aware` fit (the head's G, the moments and the decomposition) took "
-               f"{fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
-               f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
-               f"beside it (goal: at most 3x)." if "task_aware_seconds_median" in fits else ""),
+            f" The `task_aware` fit (the head's G, the moments and the decomposition) took "
+            f"{fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
+            f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
+            f"beside it (goal: at most 3x).",
         ]
+    lines += gpu_section(ROOT / "results" / "cuda")
     return "\n".join(lines)
+
+
+def gpu_section(folder: Path) -> list[str]:
+    """The benchmark as `bash bench/gpu.sh` ran it on a GPU, when its results are committed."""
+    path = folder / "distil_rank_summary.json"
+    if not path.exists():
+        return ["", "No GPU run of the benchmark is recorded yet: `bash bench/gpu.sh` on a CUDA "
+                "machine writes one (`results/cuda/`), and this section then shows it."]
+    run = json.loads(path.read_text())
+    teachers = {name: run[name] for name in run["teachers"]}
+    lines = ["", "### On a GPU", "",
+             f"`bash bench/gpu.sh` on {run['environment']['device_name']} (torch "
+             f"{run['environment']['torch']}, CUDA {run['environment']['cuda']}): "
+             f"`python main.py --device cuda`, the default data, {len(run['seeds'])} seeds, "
+             f"distillation on the GPU (`results/cuda/`).", ""]
+    lines += results_table(teachers) + [""] + task_table(teachers) + [""]
+    lines += teacher_latency_table(teachers)
+    for matrix in run["latency_matrix"].values():
+        lines += [""] + latency_table(matrix, "That run's latency matrix")
+    published = folder / "published" / "distil_rank_summary.json"
+    if published.exists():
+        pub = json.loads(published.read_text())
+        first = pub[pub["teachers"][0]]
+        lines += ["", f"The published preset on that GPU (`results/cuda/published/`): rank "
+                  f"{pub['target_rank']} of {pub['input_dim']}-d layers, speedup at batch "
+                  f"{first['latency']['teacher']['batch']} {first['speedup']:.2f}x (FLOP ratio "
+                  f"{first['flop_ratio']:.1f}x)."]
+    return lines
+
+
+def recipe_figures(entry: dict) -> dict:
+    """The published keys with the published recipe (`distil`) as the student."""
+    svd, student = entry["methods"]["svd"], entry["methods"][RECIPE]
+    return {"svd_cosine": svd["cosine"], "student_cosine": student["cosine"],
+            "cosine_improvement": student["cosine"] - svd["cosine"],
+            "mse_reduction": (svd["rel_mse"] - student["rel_mse"]) / svd["rel_mse"]}
+
+
+def published_section(published: dict, same_recipe: dict, real: dict) -> str:
+    """Their table beside ours: the same recipe on 1280-d synthetic data at rank 64, and on the
+    real 320-d TEM-1 embeddings at rank 16."""
+    columns = (same_recipe, real)
+    lines = [
+        "| | published (their data, ESM-2 650M, 1280-d, r = 64) | ours, same recipe, 1280-d "
+        f"synthetic, r = {same_recipe['target_rank']} | ours, real TEM-1 ESM-2 8M, "
+        f"{real['input_dim']}-d, r = {real['target_rank']} |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = (("SVD cosine", "svd_cosine", ".3f"), ("student cosine", "student_cosine", ".3f"),
+            ("improvement", "cosine_improvement", "+.1%"),
+            ("MSE reduction", "mse_reduction", ".1%"))
+    for teacher, theirs in published["teachers"].items():
+        ours = [recipe_figures(c[teacher]) for c in columns]
+        for label, key, spec in rows:
+            lines.append(f"| {theirs['label']}: {label} | {format(theirs[key], spec)} | "
+                         + " | ".join(format(o[key], spec) for o in ours) + " |")
+    first = [c[c["teachers"][0]] for c in columns]
+    lines.append(f"| speedup at batch {first[0]['latency']['teacher']['batch']} | "
+                 f"{published['speedup']} | "
+                 + " | ".join(f"{f['speedup']:.1f}x ({c['environment']['device_name']})"
+                              for f, c in zip(first, columns)) + " |")
+    lines.append(f"| compression | {published['compression']}x | "
+                 + " | ".join(f"{f['compression']:.1f}x" for f in first) + " |")
+    lines.append(f"| parameters | {published['params_teacher']} -> {published['params_student']} | "
+                 + " | ".join(f"{f['params_teacher']:,} -> {f['params_student']:,}"
+                              for f in first) + " |")
+    for method, label in ((RECIPE, "published recipe"), ("data_aware", "closed form")):
+        for teacher, theirs in published["teachers"].items():
+            lines.append(f"| {theirs['label']}: explained variance, {label} | not reported | "
+                         + " | ".join(f"{c[teacher]['methods'][method]['explained_variance']:.4g}"
+                                      for c in columns) + " |")
+    seeds = " and ".join(str(len(c["seeds"])) for c in columns)
+    lines += ["", f"Our columns: `python main.py --preset published` and `python main.py`, the "
+              f"means of {seeds} seeds, with the published recipe (`distil`: SVD warm start, AdamW "
+              f"3e-3, batch 64, 1000 steps, MSE + 0.1 (1 - cos)) as the student, so that like is "
+              f"compared with like; improvement is student minus SVD cosine, MSE reduction is "
+              f"relative to the SVD's. The published column is quoted from "
+              f"`bench/reference/published_distil_rank.json`, as it was given to this project; "
+              f"none of its figures was measured here."]
+    return "\n".join(lines)
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 def main() -> int:
@@ -182,10 +272,14 @@ def main() -> int:
                  for f in sorted(bench.glob("latency_*.json"))]
     calibrations = [json.loads(f.read_text()) for f in sorted(bench.glob("calibrate_*.json"))]
     readme = (ROOT / "README.md").read_text()
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    section = results_section(summary, speeds, latencies, calibrations)
-    updated = f"{head}{START}\n{section}\n{END}{tail}"
+    updated = replace_between(readme, START, END,
+                              results_section(summary, speeds, latencies, calibrations))
+    published_run = ROOT / "results" / "published" / "distil_rank_summary.json"
+    if published_run.exists():
+        published = json.loads((ROOT / "bench" / "reference" /
+                                "published_distil_rank.json").read_text())
+        updated = replace_between(updated, PUBLISHED_START, PUBLISHED_END, published_section(
+            published, json.loads(published_run.read_text()), summary))
     if args.check:
         if updated != readme:
             print("README.md results section is out of date: run python scripts/readme_results.py")

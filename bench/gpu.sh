@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command (bench/gpu.py says what it runs and checks).
+# About 8 minutes on one H100; the JSON it writes names the device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device')"
+python bench/gpu.py --device cuda "$@"

@@ -1,0 +1,88 @@
+"""The GPU record's CPU-side logic, run for real on the CPU: bench/gpu.py's steps, its checks of
+what each step wrote, and the README sections built from those files. Nothing here pretends to
+be CUDA: on a CUDA machine `bash bench/gpu.sh` runs the same code with --device cuda."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+import main
+
+
+def load(root, relative):
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_"), root / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_published_preset_and_flags_beside_it():
+    config = main.config_from_args(main.create_parser().parse_args(["--preset", "published"]))
+    assert (config.data, config.synthetic_dim, config.rank) == ("synthetic", 1280, 64)
+    assert config.out == "results/published" and config.preset == "published-1280d"
+    assert (config.steps, config.lr, config.batch_size, config.alpha) == (1000, 3e-3, 64, 0.1)
+    given = main.create_parser().parse_args(["--preset", "published", "--rank", "32",
+                                             "--out", "elsewhere", "--seeds", "1"])
+    config = main.config_from_args(given)
+    assert (config.rank, config.out, config.num_seeds) == (32, "elsewhere", 1)
+    plain = main.config_from_args(main.create_parser().parse_args([]))
+    assert (plain.data, plain.rank, plain.out, plain.sweep, plain.preset) == (
+        "auto", None, "results", True, None)
+
+
+@pytest.fixture(scope="module")
+def dry_run(root, tmp_path_factory):
+    """bench/gpu.py's every step on the CPU, tiny, into a temporary root."""
+    out = tmp_path_factory.mktemp("gpu_dry")
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--quick",
+                           "--root", str(out)], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_every_step_runs_and_every_file_names_its_device(dry_run):
+    record = json.loads((dry_run / "bench" / "results" / "gpu_run_cpu.json").read_text())
+    assert list(record["steps"]) == ["main", "latency", "speed", "published"]
+    for name, step in record["steps"].items():
+        assert step["exit_code"] == 0 and step["files"], name
+        for relative in step["files"]:
+            payload = json.loads((dry_run / relative).read_text())
+            assert payload["environment"]["device_name"].startswith("CPU")
+    published = json.loads((dry_run / record["steps"]["published"]["files"][0]).read_text())
+    assert published["config"]["preset"] == "published-1280d" and published["real_data"] is False
+
+
+def test_a_file_from_another_device_is_refused(root, tmp_path):
+    gpu = load(root, "bench/gpu.py")
+    folder = tmp_path / "results" / "cuda"
+    folder.mkdir(parents=True)
+    (folder / "distil_rank_summary.json").write_text(json.dumps(
+        {"environment": {"device_name": "CPU: some processor"}}))
+    with pytest.raises(RuntimeError, match="not cuda"):
+        gpu.check_outputs(tmp_path, ["results/cuda/*.json"], "cuda", since=0)
+    with pytest.raises(RuntimeError, match="no results/cuda/missing"):
+        gpu.check_outputs(tmp_path, ["results/cuda/missing*.json"], "cuda", since=0)
+
+
+def test_readme_sections_from_the_dry_run(root, dry_run):
+    readme = load(root, "scripts/readme_results.py")
+    lines = readme.gpu_section(dry_run / "results" / "cpu")
+    text = "\n".join(lines)
+    assert "### On a GPU" in text and "CPU" in text  # it names the device that ran, whatever it is
+    assert "published preset on that GPU" in text
+    assert "No GPU run" in "\n".join(readme.gpu_section(dry_run / "nothing_here"))
+
+    summary = json.loads((dry_run / "results" / "cpu" / "distil_rank_summary.json").read_text())
+    published = json.loads((root / "bench" / "reference" /
+                            "published_distil_rank.json").read_text())
+    table = readme.published_section(published, summary, summary)
+    svd = summary["Random"]["methods"]["svd"]["cosine"]
+    recipe = summary["Random"]["methods"]["distil"]["cosine"]
+    assert f"| Random: SVD cosine | 0.467 | {svd:.3f} | {svd:.3f} |" in table
+    assert f"| Random: improvement | +53.1% | {recipe - svd:+.1%} |" in table
+    assert "| Spectral Decay: MSE reduction | 99.2% |" in table
+    assert "none of its figures was measured here" in table
