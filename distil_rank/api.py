@@ -65,12 +65,43 @@ def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,
     return max(1, min(full, rank if rank is not None else full))
 
 
-def _choose_rank(linear, moments, rank, target, output_weight=None, damping=DEFAULT_DAMPING):
+def _choose_rank(linear, moments, rank, target, output_weight=None, damping=DEFAULT_DAMPING,
+                 what: str = "layer"):
     if (rank is None) == (target is None):
-        raise ValueError("give exactly one of rank and target_explained_variance")
+        raise ValueError(f"{what}: give exactly one of rank and target_explained_variance")
     if rank is not None:
-        return check_rank(rank, min(linear.in_features, linear.out_features), f"{linear}: rank")
+        return check_rank(rank, min(linear.in_features, linear.out_features), f"{what}: rank")
     return rank_for_target(linear, moments, target, output_weight, damping)
+
+
+def _describe(linear: nn.Linear) -> str:
+    return f"{type(linear).__name__}({linear.in_features} -> {linear.out_features})"
+
+
+def _checked_moments(linear: nn.Linear, calibration, what: str) -> InputMoments:
+    """The calibration's moments, refusing rows of the wrong width, non-tensor batches and
+    NaN or Inf (each a ValueError naming the layer)."""
+    if isinstance(calibration, InputMoments):
+        moments = calibration
+    else:
+        accumulator = MomentAccumulator(linear.in_features)
+        for batch in [calibration] if isinstance(calibration, torch.Tensor) else calibration:
+            if not isinstance(batch, torch.Tensor):
+                raise ValueError(f"{what}: a calibration batch is a {type(batch).__name__}, "
+                                 "expected a tensor")
+            if batch.dim() == 0 or batch.shape[-1] != linear.in_features:
+                raise ValueError(f"{what}: calibration rows of shape {tuple(batch.shape)}, the "
+                                 f"layer takes {linear.in_features} features")
+            accumulator.update(batch)
+        if accumulator.count == 0:
+            raise ValueError(f"{what}: no calibration rows")
+        moments = accumulator.moments()
+    if moments.mean.numel() != linear.in_features:
+        raise ValueError(f"{what}: moments of dimension {moments.mean.numel()}, the layer takes "
+                         f"{linear.in_features} features")
+    if not (torch.isfinite(moments.mean).all() and torch.isfinite(moments.covariance).all()):
+        raise ValueError(f"{what}: calibration data holds NaN or Inf")
+    return moments
 
 
 def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
@@ -93,10 +124,11 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     Refinement needs the rows in memory (an iterable is concatenated) and distils the layer's
     own output, so it does not combine with output_weight.
     """
+    what = _describe(linear)
     if refine_steps <= 0:
-        moments = calibration if isinstance(calibration, InputMoments) else moments_of(calibration)
+        moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
-                              damping)
+                              damping, what)
         return compress_data_aware(linear, moments, chosen, output_weight, damping)
 
     if output_weight is not None:
@@ -104,12 +136,14 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
                          "output_weight (use the closed form alone)")
     if isinstance(calibration, InputMoments):
         raise ValueError("refinement distils on rows: pass the calibration rows, not moments")
-    x = calibration if isinstance(calibration, torch.Tensor) else torch.cat(list(calibration))
-    x = x.reshape(-1, linear.in_features).to(linear.weight.device, linear.weight.dtype)
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    _checked_moments(linear, batches, what)
+    x = torch.cat([b.reshape(-1, linear.in_features) for b in batches])
+    x = x.to(linear.weight.device, linear.weight.dtype)
     fit_rows, held_rows = split_indices(x.shape[0], holdout_fraction, seed)
     fit, holdout = x[fit_rows.to(x.device)], x[held_rows.to(x.device)]
     moments = moments_of(fit)
-    chosen = _choose_rank(linear, moments, rank, target_explained_variance)
+    chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
     start = compress_data_aware(linear, moments, chosen)
     settings = DistillSettings(steps=refine_steps, lr=refine_lr, batch_size=refine_batch_size,
                                alpha=alpha, weight_decay=0.0, eval_every=max(1, refine_steps // 20))
@@ -278,7 +312,7 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     for name, linear in targets.items():
         if accumulators[name].count == 0:
             raise ValueError(f"layer {name!r} saw no calibration input: is it used in forward()?")
-        moments = accumulators[name].moments()
+        moments = _checked_moments(linear, accumulators[name].moments(), f"layer {name!r}")
         weight = None
         if objective == "output":
             total, count = sensitivity[name]
@@ -288,7 +322,7 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
             weight = total / count
         layer_rank = rank[name] if isinstance(rank, dict) else rank
         chosen = _choose_rank(linear, moments, layer_rank, target_explained_variance, weight,
-                              damping)
+                              damping, f"layer {name!r}")
         student = compress_data_aware(linear, moments, chosen, weight, damping)
         before = sum(p.numel() for p in linear.parameters())
         after = sum(p.numel() for p in student.parameters())
@@ -344,40 +378,116 @@ def format_report(reports: list[LayerReport]) -> str:
 METADATA_KEY = "distil_rank.lowrank_layers"
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
 def save_compressed(model: nn.Module, path: str | Path) -> None:
     """The model's state dict as safetensors, with which layers are LowRankLinear (and their
     shapes) in the file's metadata, so load_compressed can rebuild them in a fresh model."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OSError(f"{path}: folder {path.parent} does not exist")
     layers = {name: {"in_features": m.in_features, "out_features": m.out_features,
                      "rank": m.rank, "bias": m.bias is not None}
               for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(layers)})
+    try:
+        save_file(state, str(path), metadata={METADATA_KEY: json.dumps(layers)})
+    except Exception as err:  # the storage library's own errors say nothing of the file
+        raise OSError(f"{path}: could not be written ({first_line(err)})") from None
+
+
+def _read_layers(path: Path, text: str) -> dict[str, dict]:
+    """The file's declared low-rank layers, each {in_features, out_features, rank, bias}."""
+    try:
+        layers = json.loads(text)
+        valid = isinstance(layers, dict) and all(
+            isinstance(v, dict) and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool)
+                                        for k in ("in_features", "out_features", "rank"))
+            and isinstance(v.get("bias"), bool) for v in layers.values())
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{path}: corrupt {METADATA_KEY} metadata")
+    return layers
+
+
+def _expected_state(model: nn.Module, layers: dict[str, dict], path: Path) -> dict:
+    """{key: (shape, dtype)} the model's state dict will have once `layers` are low-rank, checked
+    against the model's own layers; nothing is changed."""
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    for name, layer in layers.items():
+        module = modules.get(name)
+        if not isinstance(module, (nn.Linear, LowRankLinear)):
+            raise ValueError(f"{path}: layer {name!r} is not a linear layer of this model")
+        file_shape = (layer["in_features"], layer["out_features"])
+        if file_shape != (module.in_features, module.out_features):
+            raise ValueError(f"{path}: layer {name!r} is {file_shape[0]} -> {file_shape[1]} in "
+                             f"the file but {module.in_features} -> {module.out_features} in "
+                             "the model")
+        check_rank(layer["rank"], min(file_shape), f"{path}: layer {name!r} rank")
+        dtype = (module.weight if isinstance(module, nn.Linear) else module.up).dtype
+        for key in [k for k in expected if k.startswith(f"{name}.")]:
+            del expected[key]
+        expected[f"{name}.down"] = ((layer["rank"], module.in_features), dtype)
+        expected[f"{name}.up"] = ((module.out_features, layer["rank"]), dtype)
+        if layer["bias"]:
+            expected[f"{name}.bias"] = ((module.out_features,), dtype)
+    return expected
 
 
 def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     """Replace the layers named in the file by LowRankLinear of the saved shapes, then load every
-    weight (strictly: a missing or unexpected key is an error). Returns the model."""
+    weight. The whole file is checked against the model first (layer names and widths, every
+    key, shape and dtype as declared, before anything is allocated, then finite values): either
+    the model is fully loaded, or it is untouched and a ValueError (OSError when the file
+    cannot be read) names the file and the problem. Returns the model."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    path = Path(path)
+    if not path.is_file():
+        raise OSError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except OSError:
-        raise
+            metadata, keys = f.metadata() or {}, list(f.keys())
+            declared = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                        for k in keys}
+    except OSError as err:
+        raise OSError(f"{path}: could not be read ({first_line(err)})") from None
     except Exception as err:  # the storage library's own error type says nothing to a user
         raise ValueError(f"{path}: not a safetensors file ({first_line(err)})") from None
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: no {METADATA_KEY} metadata; not written by save_compressed")
-    device = next(model.parameters()).device
-    for name, shape in json.loads(metadata[METADATA_KEY]).items():
-        old = model.get_submodule(name)
-        dtype = old.weight.dtype if isinstance(old, nn.Linear) else old.up.dtype
-        _set_module(model, name, LowRankLinear(shape["in_features"], shape["out_features"],
-                                               shape["rank"], bias=shape["bias"], device=device,
-                                               dtype=dtype))
-    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
-    return model
+    layers = _read_layers(path, metadata[METADATA_KEY])
+    expected = _expected_state(model, layers, path)
+    missing, unexpected = sorted(expected.keys() - declared), sorted(declared.keys() - expected)
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not match the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    for key, (shape, dtype) in expected.items():
+        file_shape, file_dtype = declared[key]
+        if file_shape != shape or SAFETENSORS_DTYPES.get(file_dtype) != dtype:
+            raise ValueError(f"{path}: {key} is {file_dtype} {list(file_shape)} in the file, the "
+                             f"model needs {str(dtype).replace('torch.', '')} {list(shape)}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # e.g. a file cut short after its header
+        raise ValueError(f"{path}: could not be read ({first_line(err)})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]} holds NaN or Inf")
 
+    # Every check passed: change the model.
+    device = next(model.parameters()).device
+    for name, layer in layers.items():
+        _set_module(model, name, LowRankLinear(
+            layer["in_features"], layer["out_features"], layer["rank"], bias=layer["bias"],
+            device=device, dtype=expected[f"{name}.up"][1], initialise=False))
+    model.load_state_dict(tensors, strict=True)
+    return model

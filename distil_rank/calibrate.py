@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distil_rank.data import load_embeddings
+from distil_rank.data import load_embeddings, numeric_array
 from distil_rank.errors import InputError, cli_exit_code, first_line
+from distil_rank.files import check_writable_file
 from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments
 
 
@@ -52,16 +53,17 @@ def _npy_batches(path: Path, batch_rows: int):
             dtype = np.load(path, mmap_mode="r").dtype
         if dtype.hasobject:
             raise InputError(f"{path}: shard holds Python objects, expected numbers")
-        if len(shape) != 2:
-            raise InputError(f"{path}: shard has shape {shape}, expected 2-D [N, D]")
-        if dtype.kind not in "fiu":
-            raise InputError(f"{path}: shard has dtype {dtype}, expected numbers")
-        if shape[0] == 0:
-            raise InputError(f"{path}: empty shard (0 rows)")
+        _check_shape(path, shape)
+        numeric_array(path, "shard", np.zeros(0, dtype=dtype))  # refuses the dtype early
         if fortran_order:  # column-major: rows are not contiguous, fall back to a memory map
-            rows = np.load(path, mmap_mode="r", allow_pickle=False)
+            try:
+                rows = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as err:
+                raise InputError(f"{path}: not a readable .npy shard ({first_line(err)})") \
+                    from None
             for start in range(0, shape[0], batch_rows):
-                yield start, np.array(rows[start:start + batch_rows])
+                batch = np.asarray(rows[start:start + batch_rows])
+                yield start, numeric_array(path, "shard", batch)
             return
         for start in range(0, shape[0], batch_rows):
             count = min(batch_rows, shape[0] - start)
@@ -69,7 +71,16 @@ def _npy_batches(path: Path, batch_rows: int):
             if batch.size != count * shape[1]:
                 raise InputError(f"{path}: file ends at row {start + batch.size // shape[1]} of "
                                  f"{shape[0]} (truncated shard)")
-            yield start, batch.reshape(count, shape[1])
+            yield start, numeric_array(path, "shard", batch.reshape(count, shape[1]))
+
+
+def _check_shape(path: Path, shape: tuple) -> None:
+    if len(shape) != 2:
+        raise InputError(f"{path}: shard has shape {tuple(shape)}, expected 2-D [N, D]")
+    if shape[0] == 0:
+        raise InputError(f"{path}: empty shard (0 rows)")
+    if shape[1] == 0:
+        raise InputError(f"{path}: shard has 0 columns")
 
 
 def _numpy_rows(path: Path):
@@ -97,14 +108,10 @@ def shard_batches(path: str | Path, batch_rows: int):
         return
     if path.suffix == ".npz":
         rows = _numpy_rows(path)
-        if rows.ndim != 2:
-            raise InputError(f"{path}: shard has shape {rows.shape}, expected 2-D [N, D]")
-        if rows.dtype.kind not in "fiu":
-            raise InputError(f"{path}: shard has dtype {rows.dtype}, expected numbers")
-        if rows.shape[0] == 0:
-            raise InputError(f"{path}: empty shard (0 rows)")
+        _check_shape(path, rows.shape)
+        rows = numeric_array(path, "embeddings", rows)
         for start in range(0, rows.shape[0], batch_rows):
-            yield start, torch.from_numpy(np.array(rows[start:start + batch_rows]))
+            yield start, torch.from_numpy(rows[start:start + batch_rows])
         return
     if path.suffix in (".pt", ".pth"):
         tensor = load_embeddings(path, min_rows=1).embeddings  # names the file and the row
@@ -155,14 +162,29 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
+def world_size() -> int:
+    """1 for a plain process; torchrun's world size when torchrun started this one."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"WORLD_SIZE={value!r}: expected a positive integer")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if int(value) > 1 and missing:
+        raise InputError(f"WORLD_SIZE={value} is set but {', '.join(missing)} is not: launch "
+                         "with torchrun, or unset WORLD_SIZE to run as one process")
+    return int(value)
+
+
 def run(args: argparse.Namespace) -> InputMoments:
+    if args.batch_rows < 1:
+        raise InputError(f"--batch-rows {args.batch_rows}: must be at least 1")
+    check_writable_file(args.out, "--out", (".pt",))
+    world = world_size()
     paths = []
     for pattern in args.shards:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             raise InputError(f"{pattern}: no shard matches")
         paths += matches
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     started = world > 1 and not dist.is_initialized()
     if started:
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -69,16 +69,35 @@ def _read_numpy(path: Path):
         return {name: loaded[name] for name in loaded.files}
 
 
+MAX_ABS_VALUE = 1e15  # beyond this, squares and sums in float32 are no longer trustworthy
+
+
+def numeric_array(path, name: str, value: np.ndarray) -> np.ndarray:
+    """A numpy array of real numbers in native byte order (float64 or int64), or one line
+    saying why not. Every dtype and byte order numpy can write is read or refused here."""
+    kind = value.dtype.kind
+    if kind == "b":
+        raise InputError(f"{path}: '{name}' holds booleans, expected numbers")
+    if kind == "c":
+        raise InputError(f"{path}: '{name}' holds complex numbers, expected real numbers")
+    if kind not in "iuf":  # objects, strings, bytes, dates, durations, structured records
+        raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected numbers")
+    return value.astype(np.float64 if kind == "f" else np.int64)  # native order, a copy
+
+
 def _as_tensor(path: Path, name: str, value) -> torch.Tensor:
     if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biuf":
-            raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected numbers")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        value = torch.from_numpy(numeric_array(path, name, value))
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{path}: '{name}' is a {type(value).__name__}, expected a tensor")
+    if value.layout != torch.strided:
+        raise InputError(f"{path}: '{name}' is a {str(value.layout).replace('torch.', '')} "
+                         "tensor, expected a dense one")
+    if value.is_quantized:
+        raise InputError(f"{path}: '{name}' is a quantized tensor, expected plain numbers")
     if value.is_complex() or value.dtype == torch.bool:
         raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected real numbers")
-    return value
+    return value.detach()  # a tensor saved with requires_grad brings no graph along
 
 
 def _pick(obj: dict, keys: tuple[str, ...]):
@@ -137,20 +156,25 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
         raise InputError(f"{path}: {what}")
     if d < 2:
         raise InputError(f"{path}: dimension {d}, need at least 2 columns")
-    embeddings = embeddings.to(torch.float32).contiguous()
-    finite = torch.isfinite(embeddings).all(dim=1)
+    wide = embeddings.to(torch.float64)
+    finite = torch.isfinite(wide).all(dim=1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()
         raise InputError(
             f"{path}: {bad.numel()} row(s) hold NaN or Inf (first: row {int(bad[0])})"
         )
+    largest = wide.abs().max().item()
+    if largest > MAX_ABS_VALUE:
+        raise InputError(f"{path}: values as large as {largest:.3g}; beyond {MAX_ABS_VALUE:.0e} "
+                         "float32 arithmetic overflows or loses all precision: rescale them")
+    embeddings = embeddings.to(torch.float32).contiguous()
 
     if fitness is not None:
         fitness = _as_tensor(path, "fitness", fitness).to(torch.float32).flatten()
         if fitness.numel() != n:
             raise InputError(f"{path}: 'fitness' has {fitness.numel()} values for {n} embeddings")
         if not bool(torch.isfinite(fitness).all()):
-            raise InputError(f"{path}: 'fitness' holds NaN or Inf")
+            raise InputError(f"{path}: 'fitness' holds NaN or Inf (or values beyond float32)")
     if position is not None:
         position = _as_tensor(path, "position", position).to(torch.int64).flatten()
         if position.numel() != n:

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+from distil_rank.config import resolve_device
 from distil_rank.data import EmbeddingSet, save_embeddings, split_indices
 from distil_rank.errors import InputError, cli_exit_code, first_line
+from distil_rank.files import check_writable_file, check_writable_folder
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
 ESM2_MODELS = {
@@ -52,7 +54,9 @@ class Record:
 
 
 def read_fasta(path: str | Path) -> list[Record]:
-    """Parse a FASTA file strictly: every problem names the record and the line."""
+    """Parse a FASTA file strictly: every problem names the record and the line. UTF-8 (a
+    byte-order mark is accepted); one trailing stop mark `*` per record is dropped, wherever the
+    sequence wraps, and a `*` anywhere else is an error."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -64,14 +68,23 @@ def read_fasta(path: str | Path) -> list[Record]:
     def close():
         if current is None:
             return
-        current.sequence = "".join(chunks)
-        if not current.sequence:
+        sequence = "".join(chunks)
+        sequence = sequence[:-1] if sequence.endswith("*") else sequence
+        if "*" in sequence:
+            raise InputError(f"{path}:{current.line}: record '{current.id}' has a stop mark '*' "
+                             "inside its sequence")
+        if not sequence:
             raise InputError(f"{path}:{current.line}: record '{current.id}' has an empty sequence")
+        current.sequence = sequence
         records.append(current)
 
-    with path.open() as handle:
+    with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{number}: not UTF-8 text (byte {err.start + 1} of the "
+                                 "line)") from None
             if not line:
                 continue
             if line.startswith(">"):
@@ -89,9 +102,7 @@ def read_fasta(path: str | Path) -> list[Record]:
             if current is None:
                 raise InputError(f"{path}:{number}: sequence text before the first '>' header")
             residues = line.upper()
-            if residues.endswith("*"):  # a trailing stop codon mark is common and harmless
-                residues = residues[:-1]
-            bad = sorted(set(residues) - AMINO_ACIDS)
+            bad = sorted(set(residues) - AMINO_ACIDS - {"*"})
             if bad:
                 raise InputError(f"{path}:{number}: record '{current.id}' has characters outside "
                                  f"the amino-acid alphabet: {''.join(bad)!r}")
@@ -116,15 +127,20 @@ def resolve_model_name(name: str) -> tuple[str, bool]:
 
 def load_esm(name: str, device: torch.device, dtype: torch.dtype):
     try:
-        from transformers import AutoTokenizer, EsmModel
+        from transformers import AutoConfig, AutoTokenizer, EsmModel
     except ImportError:
         raise InputError("the embedding tool needs transformers: "
                          "pip install -r requirements-embed.txt") from None
     source, local = resolve_model_name(name)
     try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        if config.model_type != "esm":
+            raise InputError(f"--model {name}: a {config.model_type!r} model, not ESM-2")
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         model = EsmModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
-    except (OSError, ValueError) as err:
+    except InputError:
+        raise
+    except Exception as err:  # a corrupt folder fails anywhere inside transformers
         raise InputError(f"--model {name}: could not load ({first_line(err)})") from None
     return tokenizer, model.to(device=device, dtype=dtype).eval(), source
 
@@ -189,14 +205,15 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers "
                         "directory")
     p.add_argument("--out", required=True,
-                   help="output .pt file; with --split, a folder for embeddings_{train,val}.pt")
+                   help="output .pt file (its folder must exist); with --split, a folder for "
+                        "embeddings_{train,val}.pt (created if missing)")
     p.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (0 = token embeddings); default: the final layer")
     p.add_argument("--max-tokens", type=int, default=4096,
                    help="tokens per batch, padding included")
     p.add_argument("--on-long", choices=("truncate", "reject"), default="truncate",
                    help="sequences longer than the model's limit: keep the first residues, or stop")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: bf16 (or fp16) on CUDA, float32 on the CPU")
     p.add_argument("--split", type=float, default=None,
@@ -210,15 +227,14 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"--split {args.split}: must be between 0 and 1")
     if args.max_tokens < 3:
         raise InputError(f"--max-tokens {args.max_tokens}: too small for one residue")
+    if args.split is None:  # --out is a file of the format written
+        check_writable_file(args.out, "--out", (".pt",))
+    else:  # --out is a folder for embeddings_train.pt and embeddings_val.pt
+        check_writable_folder(args.out, "--out")
     records = read_fasta(args.fasta)
     if args.split is not None and len(records) < 4:
         raise InputError(f"{args.fasta}: {len(records)} records, need at least 4 to split")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
     tokenizer, model, source = load_esm(args.model, device, dtype)
 
@@ -249,7 +265,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     ids = [r.id for r in records]
     if args.split is None:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         save_embeddings(out, EmbeddingSet(embeddings, ids=ids, provenance=provenance))
         return [out]
     train_rows, val_rows = split_indices(len(records), 1 - args.split, args.seed, min_rows=2)

@@ -1,10 +1,16 @@
 """The one exception a user mistake raises, and how a command line reports it."""
 
+import signal
 import sys
+import threading
 
 
 class InputError(Exception):
     """Bad input from the user (a file, a shape, a flag). The message names what and where."""
+
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that every `finally` runs (temporary files go)."""
 
 
 def first_line(err: BaseException) -> str:
@@ -14,12 +20,28 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def cli_exit_code(run, *args) -> int:
     """Run a command's body: 0 when it succeeds; for a user mistake one line on stderr, no
-    traceback, and exit code 2."""
+    traceback, and exit code 2; for SIGINT or SIGTERM one line and 130 or 143, after every
+    cleanup has run."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         run(*args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no output was left half-written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("error: terminated (SIGTERM); no output was left half-written", file=sys.stderr)
+        return 143
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from distil_rank.errors import InputError
+
 
 def atomic_write(path: str | Path, write) -> None:
     """Call write(temporary path) in `path`'s folder, then rename over `path`: a failure leaves
@@ -20,3 +22,33 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable_folder(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be written: `path` itself when it exists,
+    else the nearest folder above it that does (where it would be created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path}: exists and is not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{what} {path}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"{what} {path}: cannot write in {existing} ({err.strerror})") from None
+
+
+def check_writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output file path whose folder is missing or not writable,
+    that names a folder, or whose suffix is not one of `suffixes`."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a folder, expected a file path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {path}: expected a {' or '.join(suffixes)} file")
+    if not path.parent.is_dir():
+        raise InputError(f"{what} {path}: folder {path.parent} does not exist")
+    check_writable_folder(path.parent, what)
