@@ -45,7 +45,7 @@ from distil_rank.config import (
 )
 from distil_rank.data import resolve_data, split_indices
 from distil_rank.distill import DistillSettings
-from distil_rank.errors import InputError, cli_exit_code
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code
 from distil_rank.files import check_writable_folder
 from distil_rank.lowrank import check_rank
 from distil_rank.moments import input_moments
@@ -69,7 +69,7 @@ from distil_rank.timing import LatencySettings, environment, latency_matrix
 
 def create_parser() -> argparse.ArgumentParser:
     defaults = Config()
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Compress dense layers on protein embeddings to rank r and measure what "
                     "is kept.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -139,6 +139,43 @@ def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
             from None
 
 
+UNDEFINED_REASONS = {
+    "explained_variance": "0 / 0: the teacher's output does not vary on the validation rows "
+                          "(or varies below float32 resolution)",
+    "spearman": "the fitness or the prediction is constant on the validation rows",
+}
+
+
+def undefined_metrics(summary: dict) -> dict[str, str]:
+    """{metric key: why it is null} for every metric that is undefined (NaN, written as null)
+    somewhere in the summary."""
+    found = {}
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, float) and value != value:
+            family = "spearman" if "spearman" in key else "explained_variance" \
+                if "explained_variance" in key else key
+            found[key] = UNDEFINED_REASONS.get(family, "not defined for this data")
+
+    walk({t: summary[t] for t in summary["teachers"]})
+    return dict(sorted(found.items()))
+
+
+def fitness_usable(train_fitness, val_fitness) -> tuple[bool, str]:
+    """Whether both splits carry fitness labels a head can learn from, and if not, why."""
+    if train_fitness is None or val_fitness is None:
+        return False, "no fitness labels in both splits: a head trained on them cannot be built"
+    if bool((train_fitness == train_fitness[0]).all()):
+        return False, "fitness is the same for every training row: there is nothing to learn"
+    return True, ""
+
+
 def check_settings(config: Config) -> None:
     for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
         if getattr(config, name) < 1:
@@ -203,10 +240,13 @@ def run(config: Config) -> dict:
     if not dataset.real_data:
         print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
               flush=True)
-    has_fitness = train.fitness is not None and val.fitness is not None
-    skipped_head = "no fitness labels in both splits: a head trained on them cannot be built"
+    if bool((train.embeddings == train.embeddings[0]).all()):
+        raise InputError(f"{train.source}: every row is the same embedding: nothing varies, so "
+                         "there is nothing to calibrate a compressor on")
+    has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
     if not has_fitness:
-        print(f"note: {HEAD_NAME} teacher skipped: {skipped_head}", flush=True)
+        print(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}",
+              flush=True)
     embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
 
     # teachers, compressors and measurements, once per seed
@@ -268,6 +308,7 @@ def run(config: Config) -> dict:
         "config": config.as_dict(),
         "environment": environment(device),
     }
+    summary["undefined"] = undefined_metrics(summary)
     first_curves["embedding_eigenvalues"] = embedding_spectrum.clamp_min(0)
     json_path, figure_path = write_results(Path(config.out), summary, first_curves)
     print(f"over seeds {config.seeds()} (mean ± std; timings: median):",

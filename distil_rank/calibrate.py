@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from distil_rank.data import load_embeddings, numeric_array
-from distil_rank.errors import InputError, cli_exit_code, first_line
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file
 from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments
 
@@ -153,7 +153,7 @@ def shards_for_process(paths: list[str], process_rank: int, world_size: int) -> 
 
 
 def create_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Streamed input statistics for the closed form.",
+    p = OneLineParser(description="Streamed input statistics for the closed form.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--shards", nargs="+", required=True,
                    help="shard files or glob patterns (.npy read in batches, .npz, .pt)")

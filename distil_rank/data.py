@@ -73,8 +73,9 @@ MAX_ABS_VALUE = 1e15  # beyond this, squares and sums in float32 are no longer t
 
 
 def numeric_array(path, name: str, value: np.ndarray) -> np.ndarray:
-    """A numpy array of real numbers in native byte order (float64 or int64), or one line
-    saying why not. Every dtype and byte order numpy can write is read or refused here."""
+    """A numpy array of real numbers in native byte order (native float16/32/64 as they are,
+    other floats as float64, integers as int64), or one line saying why not. Every dtype and
+    byte order numpy can write is read or refused here."""
     kind = value.dtype.kind
     if kind == "b":
         raise InputError(f"{path}: '{name}' holds booleans, expected numbers")
@@ -82,6 +83,8 @@ def numeric_array(path, name: str, value: np.ndarray) -> np.ndarray:
         raise InputError(f"{path}: '{name}' holds complex numbers, expected real numbers")
     if kind not in "iuf":  # objects, strings, bytes, dates, durations, structured records
         raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected numbers")
+    if kind == "f" and value.dtype.isnative and value.dtype.itemsize in (2, 4, 8):
+        return value  # float16/32/64 in this machine's byte order: torch reads it as it is
     return value.astype(np.float64 if kind == "f" else np.int64)  # native order, a copy
 
 

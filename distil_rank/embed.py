@@ -30,7 +30,7 @@ import torch
 
 from distil_rank.config import resolve_device
 from distil_rank.data import EmbeddingSet, save_embeddings, split_indices
-from distil_rank.errors import InputError, cli_exit_code, first_line
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file, check_writable_folder
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
@@ -197,7 +197,7 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def create_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Mean-pooled ESM-2 embeddings of a FASTA file, in the format main.py reads.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--fasta", required=True, help="input FASTA file")

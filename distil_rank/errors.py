@@ -1,5 +1,6 @@
 """The one exception a user mistake raises, and how a command line reports it."""
 
+import argparse
 import signal
 import sys
 import threading
@@ -7,6 +8,13 @@ import threading
 
 class InputError(Exception):
     """Bad input from the user (a file, a shape, a flag). The message names what and where."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported like every other: one `error:` line, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 class Terminated(Exception):

@@ -34,8 +34,10 @@ def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return _jsonable(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; null says "not defined here"
-    return value
+        return None  # JSON has no NaN; null says "not defined here" (summary["undefined"]: why)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)  # e.g. bytes in a user's provenance: kept readable, never a crash
 
 
 def json_text(payload: dict) -> str:
@@ -79,7 +81,8 @@ def latency_table(matrix: dict, source: str) -> list[str]:
 
 
 def fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+    """A figure, or n/a where it is undefined (None in JSON, NaN in memory)."""
+    return "n/a" if value is None or value != value else format(value, spec)
 
 
 def pm(mean, std, spec: str) -> str:
@@ -147,7 +150,13 @@ FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit a
 
 
 def _unexplained(explained):
-    return [max(1 - v, FLOOR) for v in explained]
+    """1 - EV for a log axis; an undefined EV (NaN or None) stays NaN and is not drawn."""
+    return [math.nan if v is None or v != v else max(1 - v, FLOOR) for v in explained]
+
+
+def _finite(values, default):
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return finite or [default]
 
 
 def _panel_losses(ax, summary, curves, colours):
@@ -179,15 +188,16 @@ def _panel_fidelity(ax, summary):
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
                       label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
         for bar, ev in zip(bars, means):
-            ax.annotate(f"{ev:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ax.annotate(fmt(ev, ".3g"), (bar.get_x() + bar.get_width() / 2,
+                                         bar.get_height() if ev == ev else 1.0),
                         ha="center", va="bottom", fontsize=6.5, xytext=(0, 2),
                         textcoords="offset points")
     ax.set_xticks(range(len(teachers)), teachers)
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.text(len(teachers) - 0.55, 1.1, "= predicting the mean", fontsize=7, ha="right")
-    top = max(max(_unexplained([entry["explained_variance"]]))
-              for t in teachers for entry in summary[t]["methods"].values())
+    top = max(_finite(_unexplained([entry["explained_variance"] for t in teachers
+                                    for entry in summary[t]["methods"].values()]), 1.0))
     ax.set_ylim(top=max(top, 1.0) * 60)
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary["seeds"])
@@ -245,7 +255,7 @@ def _panel_pareto(ax, summary, teacher, colour):
     ax.set_yscale("log")
     measured = [v for m in ("data_aware", "distil_da") for v in
                 _unexplained(sweep["methods"][m]["explained_variance"])]
-    ax.set_ylim(bottom=max(min(measured) / 30, FLOOR))
+    ax.set_ylim(bottom=max(min(_finite(measured, 1.0)) / 30, FLOOR))
     ax.axhline(1.0, color="black", lw=0.6, ls="--")
     ax.set_xlabel("compression (teacher params / student params, log)")
     ax.set_ylabel("unexplained variance 1 - EV (log)")
@@ -351,8 +361,9 @@ def _panel_task(ax, summary, teacher):
             ax.bar(i, m["task_spearman"], color=METHOD_COLOURS.get(method),
                    label=METHOD_LABELS.get(method, method))
         ax.set_xticks([])
-    ax.axhline(entry["teacher_task_spearman"], color="black", lw=1,
-               label=f"teacher head {entry['teacher_task_spearman']:.3f}")
+    if entry["teacher_task_spearman"] == entry["teacher_task_spearman"]:  # not NaN
+        ax.axhline(entry["teacher_task_spearman"], color="black", lw=1,
+                   label=f"teacher head {entry['teacher_task_spearman']:.3f}")
     ax.axvline(summary["target_rank"], color="black", ls="--", lw=0.8)
     ax.set_xlabel("rank r of the head's first layer (log)")
     ax.set_ylabel("Spearman rho, head's prediction vs measured fitness (validation)")
@@ -384,21 +395,36 @@ def _text_panel(ax, summary):
 
 def write_results(out: Path, summary: dict, curves: dict) -> tuple[Path, Path]:
     """Render the JSON and the figure to temporary files beside their targets, then swap both in
-    with signals held off: `out` keeps the old pair or gets the new one, never a mix."""
+    with SIGINT and SIGTERM held off; if the second swap fails, the first is rolled back from a
+    hard link of the old file. `out` keeps the old pair or gets the new one, never a mix, and
+    no temporary file survives."""
     out.mkdir(parents=True, exist_ok=True)
     targets = (out / SUMMARY_NAME, out / FIGURE_NAME)
     temporaries = [out / f".{target.name}.partial" for target in targets]
+    backups = [out / f".{target.name}.previous" for target in targets]
     try:
         temporaries[0].write_text(json_text(summary))
         render_figure(temporaries[1], summary, curves)
         held = {signal.SIGINT, signal.SIGTERM}
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        swapped = []
         try:
+            for target, backup in zip(targets, backups):
+                if target.exists():
+                    os.link(target, backup)
             for temporary, target in zip(temporaries, targets):
                 os.replace(temporary, target)
+                swapped.append(target)
+        except BaseException:
+            for target, backup in zip(swapped, backups):
+                if backup.exists():
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+        for leftover in (*temporaries, *backups):
+            leftover.unlink(missing_ok=True)
     return targets

@@ -131,7 +131,7 @@ def test_without_labels_the_head_is_skipped_and_said_so(tmp_path, root, capsys):
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert "Fitness-Head" not in summary["teachers"] and "Fitness-Head" not in summary
     assert "fitness" in summary["skipped_teachers"]["Fitness-Head"]
-    assert "Fitness-Head teacher skipped" in capsys.readouterr().out
+    assert "Fitness-Head teacher and the fitness probe skipped" in capsys.readouterr().out
     assert "teacher_spearman" not in summary["Random"]  # no labels, no downstream probe
 
 
