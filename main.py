@@ -279,7 +279,7 @@ def run(config: Config) -> dict:
             dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
             modes=("eager", "cuda_graph") if cuda else ("eager",),
             warmup=config.latency_warmup, repeats=config.latency_repeats,
-            budget_s=config.latency_budget_s, seed=config.seed)
+            budget_s=config.latency_budget_s, seed=stage_seed(config.seed, "latency"))
 
     # report
     centred = train.embeddings.double() - train.embeddings.double().mean(0)
