@@ -196,8 +196,8 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
     )
 
 
-def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
-    """Write the dict format that load_embeddings reads (plain tensors, lists and strings only)."""
+def embeddings_payload(data: EmbeddingSet) -> dict:
+    """The dict format that load_embeddings reads (plain tensors, lists and strings only)."""
     payload: dict = {"embeddings": data.embeddings.to(torch.float32).contiguous()}
     if data.fitness is not None:
         payload["fitness"] = data.fitness
@@ -206,7 +206,12 @@ def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
     if data.ids is not None:
         payload["ids"] = list(data.ids)
     payload["provenance"] = dict(data.provenance)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return payload
+
+
+def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
+    """Write one embedding file, atomically."""
+    atomic_write(path, lambda tmp: torch.save(embeddings_payload(data), tmp))
 
 
 # ----------------------------------------------------------------------------- choosing the data

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from distil_rank.config import resolve_device
-from distil_rank.data import EmbeddingSet, save_embeddings, split_indices
+from distil_rank.data import EmbeddingSet, embeddings_payload, save_embeddings, split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
-from distil_rank.files import check_writable_file, check_writable_folder
+from distil_rank.files import check_writable_file, check_writable_folder, write_together
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
 ESM2_MODELS = {
@@ -268,17 +268,16 @@ def run(args: argparse.Namespace) -> list[Path]:
         save_embeddings(out, EmbeddingSet(embeddings, ids=ids, provenance=provenance))
         return [out]
     train_rows, val_rows = split_indices(len(records), 1 - args.split, args.seed, min_rows=2)
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    writers = {}
     for name, rows in (("train", train_rows), ("val", val_rows)):
-        path = folder / f"embeddings_{name}.pt"
-        save_embeddings(path, EmbeddingSet(
+        payload = embeddings_payload(EmbeddingSet(
             embeddings[rows], ids=[ids[i] for i in rows],
             provenance=dict(provenance, split=name, split_fraction=args.split,
                             split_seed=args.seed)))
-        written.append(path)
-    return written
+        writers[Path(args.out) / f"embeddings_{name}.pt"] = \
+            lambda tmp, payload=payload: torch.save(payload, tmp)
+    write_together(writers)  # a train file never sits beside a val file of another run
+    return list(writers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,41 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_together(writers: dict[Path, object]) -> None:
+    """Write several files as one: each writer(temporary path) renders its file beside its
+    target, then all are swapped in with SIGINT and SIGTERM held off, and if a swap fails the
+    ones before it are rolled back from hard links of the old files. The targets keep their old
+    contents or all get the new ones, never a mix, and no temporary file survives."""
+    targets = [Path(target) for target in writers]
+    temporaries = [t.parent / f".{t.name}.partial" for t in targets]
+    backups = [t.parent / f".{t.name}.previous" for t in targets]
+    try:
+        for temporary, write in zip(temporaries, writers.values()):
+            temporary.parent.mkdir(parents=True, exist_ok=True)
+            write(temporary)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        swapped = []
+        try:
+            for target, backup in zip(targets, backups):
+                if target.exists():
+                    os.link(target, backup)
+            for temporary, target in zip(temporaries, targets):
+                os.replace(temporary, target)
+                swapped.append(target)
+        except BaseException:
+            for target, backup in zip(swapped, backups):
+                if backup.exists():
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    finally:
+        for leftover in (*temporaries, *backups):
+            leftover.unlink(missing_ok=True)
 
 
 def check_writable_folder(path: str | Path, what: str) -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import torch
 
-from distil_rank.files import atomic_write
+from distil_rank.files import atomic_write, write_together
 from distil_rank.lowrank import flop_ratio
 from distil_rank.teachers import HEAD_NAME
 
@@ -394,37 +392,9 @@ def _text_panel(ax, summary):
 
 
 def write_results(out: Path, summary: dict, curves: dict) -> tuple[Path, Path]:
-    """Render the JSON and the figure to temporary files beside their targets, then swap both in
-    with SIGINT and SIGTERM held off; if the second swap fails, the first is rolled back from a
-    hard link of the old file. `out` keeps the old pair or gets the new one, never a mix, and
-    no temporary file survives."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The JSON and the figure, written as a pair (files.write_together): `out` keeps the old
+    pair or gets the new one, never a mix."""
     targets = (out / SUMMARY_NAME, out / FIGURE_NAME)
-    temporaries = [out / f".{target.name}.partial" for target in targets]
-    backups = [out / f".{target.name}.previous" for target in targets]
-    try:
-        temporaries[0].write_text(json_text(summary))
-        render_figure(temporaries[1], summary, curves)
-        held = {signal.SIGINT, signal.SIGTERM}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        swapped = []
-        try:
-            for target, backup in zip(targets, backups):
-                if target.exists():
-                    os.link(target, backup)
-            for temporary, target in zip(temporaries, targets):
-                os.replace(temporary, target)
-                swapped.append(target)
-        except BaseException:
-            for target, backup in zip(swapped, backups):
-                if backup.exists():
-                    os.replace(backup, target)
-                else:
-                    target.unlink(missing_ok=True)
-            raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    finally:
-        for leftover in (*temporaries, *backups):
-            leftover.unlink(missing_ok=True)
+    write_together({targets[0]: lambda tmp: Path(tmp).write_text(json_text(summary)),
+                    targets[1]: lambda tmp: render_figure(tmp, summary, curves)})
     return targets

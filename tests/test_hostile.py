@@ -160,7 +160,7 @@ def test_validation_rows_that_do_not_vary_give_null_with_a_reason_and_a_figure(t
 
 def test_a_failure_between_the_two_writes_leaves_the_old_pair(tmp_path, root, old_results,
                                                               monkeypatch, capsys):
-    from distil_rank import report
+    from distil_rank import files
 
     real_replace = os.replace
     calls = []
@@ -171,7 +171,7 @@ def test_a_failure_between_the_two_writes_leaves_the_old_pair(tmp_path, root, ol
             raise OSError("disk full (injected)")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", second_fails)
+    monkeypatch.setattr(files.os, "replace", second_fails)
     before = snapshot(old_results)
     with pytest.raises(OSError, match="injected"):
         main.main(["--quick", "--no-sweep", "--seeds", "1", "--out", str(old_results)])
