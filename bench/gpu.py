@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distil_rank.report import write_json  # noqa: E402
 
 
 def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], list[str]]]:
@@ -100,8 +103,7 @@ def main() -> int:
         print(f"== {name}: exit {done.returncode} in {entry['seconds']} s; "
               f"{entry.get('error') or ', '.join(entry.get('files', []))}", flush=True)
     out = root / "bench" / "results" / f"gpu_run_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     print(f"wrote {out}; {failed} step(s) failed")
     return 1 if failed else 0
 

@@ -11,18 +11,9 @@ from distil_rank.errors import InputError
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call write(temporary path) in `path`'s folder, then rename over `path`: a failure leaves
-    the old file in place and no temporary behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call write(temporary path) beside `path`, then rename over it: a failure or an interrupt
+    leaves the old file in place and no temporary behind (write_together with one file)."""
+    write_together({Path(path): write})
 
 
 def write_together(writers: dict[Path, object]) -> None:
