@@ -13,8 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from distil_rank.config import stage_seed
-from distil_rank.distill import DistillResult, DistillSettings, distill
+from distil_rank.distill import DistillJob, DistillResult, DistillSettings, distill_together
 from distil_rank.lowrank import (
     DEFAULT_DAMPING,
     compress_data_aware,
@@ -27,7 +26,9 @@ from distil_rank.lowrank import (
 )
 from distil_rank.metrics import explained_variance, fidelity, fit_ridge, spearman
 from distil_rank.moments import input_moments, output_weight
-from distil_rank.stats import aggregate, smallest_rank_reaching
+from distil_rank.results import DistillRecord, TeacherEntry, method_scores
+from distil_rank.runtime import stage_seed
+from distil_rank.stats import smallest_rank_reaching
 from distil_rank.timing import LatencySettings, measure_latency
 
 
@@ -61,13 +62,31 @@ class FitContext:
 
 @dataclass
 class Student:
-    """A fitted compressor's output."""
+    """A compressor's output. A distilled student is fitted in two phases: its warm start and a
+    pending `job` here, then its distillation, trained with every other pending job at once
+    (`train_students`), which sets `module` and `run`."""
 
-    module: nn.Module  # on the CPU
-    fit_seconds: float  # wall time of the whole fit, warm start included
+    module: nn.Module | None  # on the CPU; None while its distillation is pending
+    fit_seconds: float  # the warm start's, plus its share of its training group's wall time
     details: dict = field(default_factory=dict)  # JSON-ready facts about the fit
     warm_start: nn.Module | None = None  # the closed form a distillation started from
     run: DistillResult | None = None  # the distillation, when there was one
+    job: DistillJob | None = None  # the distillation still to run
+
+    def finish(self, run: DistillResult) -> None:
+        self.module, self.run, self.job = run.student.cpu(), run, None
+        self.fit_seconds += run.fit_seconds
+        if run.checkpoints:
+            self.details.update(selection_mse_warm_start=run.checkpoints[0][1],
+                                selection_mse_chosen=min(m for _, m in run.checkpoints))
+
+
+def train_students(students, device: torch.device, desc: str = "distil") -> None:
+    """Every pending distillation among `students`, trained together (distill_together)."""
+    pending = [s for s in students if s.job is not None]
+    for student, run in zip(pending, distill_together([s.job for s in pending], device,
+                                                      desc=desc)):
+        student.finish(run)
 
 
 def _timed(fn):
@@ -89,25 +108,22 @@ def fit_data_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Studen
 
 def fit_distil(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The published recipe, the reference row: SVD warm start, every training row, the weights
-    after the last step."""
+    after the last step (no held-out rows, so no early stop: all `steps` run)."""
     start, start_seconds = _timed(lambda: compress_svd(teacher, rank))
-    run = distill(teacher, start, context.data.train, context.distill, seed=context.seed,
-                  device=context.device, desc=f"{context.name} distil r={rank}")
-    return Student(run.student.cpu(), start_seconds + run.fit_seconds, run=run)
+    job = DistillJob(teacher, start, context.data.train, context.distill, context.seed)
+    return Student(None, start_seconds, job=job)
 
 
 def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The project's student: the closed form fitted on the fit rows, distilled on them, and the
-    checkpoint (step 0 included) with the least MSE on the held-out selection rows."""
+    checkpoint (step 0 included) with the least MSE on the held-out selection rows; it stops
+    `patience` steps after its last improvement there."""
     data = context.data
     start, start_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(data.fit),
                                                               rank))
-    run = distill(teacher, start, data.fit, context.distill, device=context.device,
-                  seed=stage_seed(context.seed, "distil_da"), holdout_x=data.selection,
-                  desc=f"{context.name} distil_da r={rank}")
-    details = {"selection_mse_warm_start": run.checkpoints[0][1],
-               "selection_mse_chosen": min(m for _, m in run.checkpoints)}
-    return Student(run.student.cpu(), start_seconds + run.fit_seconds, details, start, run)
+    job = DistillJob(teacher, start, data.fit, context.distill,
+                     stage_seed(context.seed, "distil_da"), holdout_x=data.selection)
+    return Student(None, start_seconds, warm_start=start, job=job)
 
 
 def _task_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, context: FitContext):
@@ -127,16 +143,13 @@ def fit_task_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Studen
 def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """End-to-end distillation through the frozen rest of the head (MSE to the teacher head's
     output), from task_aware fitted on the fit rows, keeping the checkpoint with the least
-    held-out head-output MSE (step 0 included)."""
+    held-out head-output MSE (step 0 included), with the same early stop as distil_da."""
     data = context.data
     start, start_seconds = _timed(lambda: _task_aware(teacher, data.fit, rank, context))
-    run = distill(teacher, start, data.fit, replace(context.distill, alpha=0.0),
-                  device=context.device, seed=stage_seed(context.seed, "distil_task"),
-                  holdout_x=data.selection, readout=context.readout,
-                  desc=f"{context.name} distil_task r={rank}")
-    details = {"selection_mse_warm_start": run.checkpoints[0][1],
-               "selection_mse_chosen": min(m for _, m in run.checkpoints)}
-    return Student(run.student.cpu(), start_seconds + run.fit_seconds, details, start, run)
+    job = DistillJob(teacher, start, data.fit, replace(context.distill, alpha=0.0),
+                     stage_seed(context.seed, "distil_task"), holdout_x=data.selection,
+                     readout=context.readout)
+    return Student(None, start_seconds, warm_start=start, job=job)
 
 
 COMPRESSORS = {"svd": fit_svd, "data_aware": fit_data_aware, "distil": fit_distil,
@@ -146,7 +159,6 @@ SWEEP_METHODS = ("svd", "data_aware", "distil_da")
 HEAD_SWEEP_METHODS = SWEEP_METHODS + ("task_aware",)  # distil_task: at the target rank only
 STUDENT = "distil_da"  # a linear teacher's student: its numbers fill the published keys
 HEAD_STUDENT = "distil_task"  # a head's student
-PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints"})  # listed, never averaged
 
 
 def compressors_for(readout: nn.Module | None) -> dict:
@@ -154,12 +166,16 @@ def compressors_for(readout: nn.Module | None) -> dict:
     return COMPRESSORS if readout is None else {**COMPRESSORS, **HEAD_COMPRESSORS}
 
 
-def compress_teacher(teacher: nn.Linear, rank: int, context: FitContext,
-                     methods=None) -> dict[str, Student]:
-    """Every compressor that applies (or those named) applied to `teacher`."""
+def compress_teacher(teacher: nn.Linear, rank: int, context: FitContext, methods=None, *,
+                     train: bool = True) -> dict[str, Student]:
+    """Every compressor that applies (or those named) applied to `teacher`; with train=False
+    the distillations stay pending for one batched `train_students` over many teachers."""
     registry = compressors_for(context.readout)
-    return {method: registry[method](teacher, rank, context)
-            for method in (registry if methods is None else methods)}
+    students = {method: registry[method](teacher, rank, context)
+                for method in (registry if methods is None else methods)}
+    if train:
+        train_students(students.values(), context.device, f"{context.name} r={rank}")
+    return students
 
 
 def warm_up(dim: int, device: torch.device) -> None:
@@ -184,10 +200,9 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
                   rank: int, latency: LatencySettings, device: torch.device, ridge_alpha: float,
                   *, readout: nn.Module | None = None, sweep: dict | None = None,
                   denoising_loss: list[float] | None = None,
-                  head_training: dict | None = None) -> dict:
-    """A teacher's results for one seed, in the layout of results/distil_rank_summary.schema.json:
-    fidelity on validation, the downstream probe, sizes, latency, distillation, sweep; for a
-    head, also the head's output and the task."""
+                  head_training: dict | None = None) -> TeacherEntry:
+    """A teacher's results for one seed: fidelity on validation, the downstream probe, sizes,
+    latency, distillation, sweep; for a head, also the head's output and the task."""
     y_val = teacher(data.val)
     head_val = None if readout is None else readout(y_val).reshape(len(y_val), -1)
     probe = None
@@ -197,62 +212,35 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
     methods, distillation = {}, {}
     for method, student in students.items():
         y_hat = student.module(data.val)
-        entry = fidelity(y_val, y_hat)
-        entry.update(fit_seconds=student.fit_seconds, params=num_parameters(student.module),
-                     rank=rank)
+        scores = method_scores({**fidelity(y_val, y_hat), "fit_seconds": student.fit_seconds,
+                          "params": num_parameters(student.module), "rank": rank,
+                          **student.details})
         if probe is not None:
-            entry["spearman"] = spearman(probe(y_hat), data.val_fitness)
+            scores.spearman = spearman(probe(y_hat), data.val_fitness)
         if student.warm_start is not None:
-            entry["warm_start_val"] = fidelity(y_val, student.warm_start(data.val))
+            scores.warm_start_val = fidelity(y_val, student.warm_start(data.val))
         if readout is not None:
-            entry.update(_task_scores(readout, head_val, y_hat, data.val_fitness))
-        methods[method] = {**entry, **student.details}
+            scores.head_explained_variance, scores.task_spearman = _task_scores(
+                readout, head_val, y_hat, data.val_fitness).values()
+        methods[method] = scores
         if student.run is not None:
-            distillation[method] = {"final_loss": student.run.losses[-1],
-                                    "chosen_step": student.run.chosen_step,
-                                    "selection_checkpoints": student.run.checkpoints}
+            run = student.run
+            distillation[method] = DistillRecord(run.losses[-1], run.chosen_step, run.checkpoints,
+                                                 run.steps_run)
 
-    dim_in, dim_out = teacher.in_features, teacher.out_features
-    student = STUDENT if readout is None else HEAD_STUDENT
-    timed = {who: measure_latency(module, latency.latency_batch, dim_in, device,
+    best = STUDENT if readout is None else HEAD_STUDENT
+    timed = {who: measure_latency(module, latency.latency_batch, teacher.in_features, device,
                                   warmup=latency.latency_warmup, repeats=latency.latency_repeats)
-             for who, module in (("teacher", teacher), ("student", students[student].module))}
-    svd, best = methods["svd"], methods[student]
-    params_teacher = num_parameters(teacher)
-    result = {
-        "student_method": student,
-        # the published keys (student = student_method)
-        "svd_cosine": svd["cosine"],
-        "svd_rel_mse": svd["rel_mse"],
-        "student_cosine": best["cosine"],
-        "student_rel_mse": best["rel_mse"],
-        "cosine_improvement": best["cosine"] - svd["cosine"],
-        "mse_reduction": (svd["rel_mse"] - best["rel_mse"]) / svd["rel_mse"]
-        if svd["rel_mse"] > 0 else 0.0,
-        "latency_teacher_ms": timed["teacher"]["median_ms"],
-        "latency_student_ms": timed["student"]["median_ms"],
-        "speedup": timed["teacher"]["median_ms"] / timed["student"]["median_ms"],
-        "params_teacher": params_teacher,
-        "params_student": best["params"],
-        "compression": params_teacher / best["params"],
-        # what the published keys leave out
-        "svd_explained_variance": svd["explained_variance"],
-        "student_explained_variance": best["explained_variance"],
-        "flop_ratio": flop_ratio(dim_in, dim_out, rank),
-        "latency": timed,
-        "methods": methods,
-        "distillation": distillation,
-        "task_trained_denoising_loss": None if denoising_loss is None else
-        {"first": denoising_loss[0], "last": denoising_loss[-1]},
-        "head_training": head_training,
-    }
-    if probe is not None:
-        result["teacher_spearman"] = spearman(probe(y_val), data.val_fitness)
-    if readout is not None:
-        result["teacher_task_spearman"] = spearman(head_val[:, 0], data.val_fitness)
-    if sweep is not None:
-        result["sweep"] = sweep
-    return result
+             for who, module in (("teacher", teacher), ("student", students[best].module))}
+    return TeacherEntry(
+        best, methods, distillation, timed, num_parameters(teacher),
+        flop_ratio(teacher.in_features, teacher.out_features, rank),
+        teacher_spearman=None if probe is None else spearman(probe(y_val), data.val_fitness),
+        teacher_task_spearman=None if readout is None else spearman(head_val[:, 0],
+                                                                    data.val_fitness),
+        sweep=sweep, head_training=head_training,
+        task_trained_denoising_loss=None if denoising_loss is None else
+        {"first": denoising_loss[0], "last": denoising_loss[-1]})
 
 
 def _task_scores(readout: nn.Module, head_val: torch.Tensor, layer_out: torch.Tensor,
@@ -264,15 +252,6 @@ def _task_scores(readout: nn.Module, head_val: torch.Tensor, layer_out: torch.Te
             "task_spearman": spearman(predicted[:, 0], fitness)}
 
 
-def summarise_seeds(entries: list[dict]) -> dict:
-    """A teacher's entry over seeds: the mean (timings: the median) in the published places,
-    `std` of the same shape, and each seed's entry under `per_seed`. The speedup is the ratio of
-    the median times shown beside it, not a mean of per-seed ratios that could contradict them."""
-    mean, std = aggregate(entries, PER_SEED_KEYS)
-    mean["speedup"] = mean["latency_teacher_ms"] / mean["latency_student_ms"]
-    return {**mean, "std": std, "per_seed": entries}
-
-
 # ----------------------------------------------------------------------------- rank sweep
 
 
@@ -281,18 +260,36 @@ def sweep_ranks(dim: int, divisors=(80, 40, 20, 10, 5, 4)) -> list[int]:
     return sorted({max(1, dim // d) for d in divisors if max(1, dim // d) < dim})
 
 
+def fit_ranks(teacher: nn.Linear, ranks: list[int], context: FitContext,
+              fitted_at_rank: dict[int, dict[str, Student]] | None = None, *,
+              train: bool = True) -> dict[int, dict[str, Student]]:
+    """The swept compressors at every rank; `fitted_at_rank` maps a rank to students already
+    fitted there (the main run's), which are reused, not refitted."""
+    swept = SWEEP_METHODS if context.readout is None else HEAD_SWEEP_METHODS
+    built = dict(fitted_at_rank or {})
+    for rank in ranks:
+        if rank not in built:
+            built[rank] = compress_teacher(
+                teacher, rank, replace(context, seed=stage_seed(context.seed, f"rank/{rank}")),
+                swept, train=train)
+    return built
+
+
 @torch.no_grad()
 def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
-                  fitted_at_rank: dict[int, dict[str, Student]] | None = None) -> dict:
+                  built: dict[int, dict[str, Student]] | None = None) -> dict:
     """svd, data_aware and distil_da at every rank, on validation; and the exact closed-form
     curve for every rank 0..D from one eigendecomposition.
 
     The curve is the explained variance on the training rows, where the closed form is exactly
     optimal: `data_aware_train_explained_variance` measures the fitted students on those rows,
-    and the two must agree to rounding (`closed_form_max_abs_gap`). `fitted_at_rank` maps a rank
-    to students already fitted there (the main run's), which are reused, not refitted.
+    and the two must agree to rounding (`closed_form_max_abs_gap`). `built`: the students of
+    `fit_ranks`, trained (fitted here when None).
     """
     data, readout = context.data, context.readout
+    if built is None:
+        with torch.enable_grad():
+            built = fit_ranks(teacher, ranks, context)
     curve = explained_variance_curve(data_aware_error_curve(teacher.weight,
                                                             input_moments(data.train)))
     y_val, y_train = teacher(data.val), teacher(data.train)
@@ -303,19 +300,14 @@ def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
     head_val = None if readout is None else readout(y_val).reshape(len(y_val), -1)
     train_measured = []
     for rank in ranks:
-        built = (fitted_at_rank or {}).get(rank)
-        if built is None:
-            rank_context = replace(context, seed=stage_seed(context.seed, f"rank/{rank}"))
-            with torch.enable_grad():
-                built = compress_teacher(teacher, rank, rank_context, swept)
         for method in swept:
-            y_hat = built[method].module(data.val)
+            y_hat = built[rank][method].module(data.val)
             scores = fidelity(y_val, y_hat)
             if readout is not None:
                 scores.update(_task_scores(readout, head_val, y_hat, data.val_fitness))
             for key in methods[method]:
                 methods[method][key].append(scores[key])
-        train_measured.append(fidelity(y_train, built["data_aware"].module(data.train))
+        train_measured.append(fidelity(y_train, built[rank]["data_aware"].module(data.train))
                               ["explained_variance"])
     dim_in, dim_out = teacher.in_features, teacher.out_features
     return {

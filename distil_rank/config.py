@@ -4,12 +4,7 @@ beside the results."""
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from dataclasses import dataclass
-
-import torch
-
-from distil_rank.errors import InputError
 
 DEFAULT_TRAIN = "embeddings_train.pt"
 DEFAULT_VAL = "embeddings_val.pt"
@@ -55,6 +50,7 @@ class Config:
     weight_decay: float = 0.01  # AdamW's default decoupled weight decay
     selection_fraction: float = 0.15  # part of train held out to pick distil_da's checkpoint
     eval_every: int = 50  # steps between checkpoint evaluations on that held-out part
+    patience: int | None = 200  # a held-out student stops 200 steps after its best checkpoint
 
     # --- rank sweep and repetitions ---
     sweep: bool = True  # also sweep the rank for svd, data_aware and distil_da
@@ -132,28 +128,3 @@ def quick_overrides() -> dict:
         synthetic_train=600,
         synthetic_val=200,
     )
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """A seed per stage, so that changing one stage's draws does not shift another's."""
-    return (seed * 1_000_003 + zlib.crc32(stage.encode())) % (2**31)
-
-
-def resolve_device(name: str) -> torch.device:
-    """--device as a torch.device that exists here, or one line saying why not."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r}: unknown device, expected auto, cpu, cuda or "
-                         "cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
-    if not torch.cuda.is_available():
-        raise InputError(f"--device {name!r}: CUDA is not available on this machine")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device

@@ -20,6 +20,7 @@ equals one process distilling on the joined batches (tests/test_distributed.py c
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distil_rank.config import stage_seed
+from distil_rank.lowrank import LowRankLinear
+from distil_rank.runtime import stage_seed
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class DistillSettings:
     alpha: float  # loss = MSE + alpha * (1 - cosine)
     weight_decay: float  # AdamW's decoupled weight decay
     eval_every: int  # steps between held-out evaluations, when there are held-out rows
+    patience: int | None = None  # stop once `patience` steps pass without a held-out improvement
 
 
 @dataclass
@@ -48,7 +51,8 @@ class DistillResult:
     losses: list[float]  # training loss per step (this process's batches)
     checkpoints: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out MSE)
     chosen_step: int | None = None  # the step whose weights were kept; None: the last one
-    fit_seconds: float = 0.0
+    fit_seconds: float = 0.0  # batched: this student's share of its group's wall time
+    steps_run: int = 0  # optimiser steps taken before the run ended or stopped early
 
 
 def distill_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -148,6 +152,8 @@ def _distill(teacher, student, train_x, settings, generator, device, holdout_x, 
             checkpoints.append((step, holdout_mse()))
             if checkpoints[-1][1] < min(m for _, m in checkpoints[:-1]):
                 best_state, best_step = copy.deepcopy(model.state_dict()), step
+            if settings.patience is not None and step - best_step >= settings.patience:
+                break
 
     # Hand back a clean module: under DDP the wrapped one carries gradient hooks tied to the
     # process group, which abort the process at exit if they outlive it.
@@ -156,4 +162,227 @@ def _distill(teacher, student, train_x, settings, generator, device, holdout_x, 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return DistillResult(result.eval().requires_grad_(False), losses, checkpoints, best_step,
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, len(losses))
+
+
+# ----------------------------------------------------------------------------- many students
+
+
+@dataclass
+class DistillJob:
+    """One student to distil, as data: `distill`'s arguments, so that many train together."""
+
+    teacher: nn.Module
+    student: nn.Module  # a LowRankLinear warm start; left as it is
+    train_x: torch.Tensor
+    settings: DistillSettings
+    seed: int
+    holdout_x: torch.Tensor | None = None
+    readout: nn.Module | None = None  # the frozen rest of a head: distil end to end through it
+
+
+def _group_key(job: DistillJob) -> tuple:
+    """Students that can share one stacked step: same shapes, optimiser settings and loss
+    structure (alpha may differ), and the same number of held-out rows."""
+    s, st = job.student, job.settings
+    readout = None if job.readout is None else (
+        repr(job.readout), tuple((k, tuple(v.shape)) for k, v in job.readout.state_dict().items()))
+    return (s.in_features, s.out_features, s.rank, s.bias is not None, s.down.dtype, st.steps,
+            st.lr, st.batch_size, st.weight_decay, st.eval_every, st.patience, readout,
+            None if job.holdout_x is None else len(job.holdout_x))
+
+
+def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph: bool = True,
+                     desc: str = "distil") -> list[DistillResult]:
+    """Every job's `distill`, with the students stacked: students grouped by rank and settings
+    are trained as one batched model, one fused AdamW over the stacked factors (elementwise, so
+    each student's update is its own). Each student keeps its own seeded batch order, its own
+    loss (alpha, readout) and its own held-out checkpoint and early stop, all decided on the
+    device: nothing is read back to the host inside a step, and only once per evaluation to see
+    whether every student of a group has stopped. A stopped student's later steps are never
+    used. On CUDA the step is captured once in a CUDA graph and replayed (`cuda_graph=False`,
+    or any other device, runs it eagerly). Results come back in the jobs' order, as `distill`
+    would return them (tests/test_distill.py checks the two against each other)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if not isinstance(job.student, LowRankLinear):
+            raise TypeError(f"distill_together trains LowRankLinear students, got "
+                            f"{type(job.student).__name__}")
+        groups.setdefault(_group_key(job), []).append(i)
+    results: list[DistillResult | None] = [None] * len(jobs)
+    for members in groups.values():
+        for i, result in zip(members, _train_group([jobs[i] for i in members], device,
+                                                   cuda_graph, desc)):
+            results[i] = result
+    return results
+
+
+class _Bank:
+    """Rows of many tensors in one device tensor, each tensor stored once (by identity)."""
+
+    def __init__(self):
+        self.parts, self.offsets, self.size = [], {}, 0
+
+    def add(self, key, make) -> int:
+        if key not in self.offsets:
+            part = make()
+            self.parts.append(part)
+            self.offsets[key], self.size = self.size, self.size + len(part)
+        return self.offsets[key]
+
+    def tensor(self, device) -> torch.Tensor:
+        return torch.cat(self.parts).to(device)
+
+
+def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool, desc: str):
+    start = time.perf_counter()
+    first, settings, count = jobs[0], jobs[0].settings, len(jobs)
+    steps, held = settings.steps, first.holdout_x is not None
+    inputs, targets = _Bank(), _Bank()
+
+    @torch.no_grad()
+    def target(job, x):
+        y = job.teacher(x)
+        return (y if job.readout is None else job.readout(y)).reshape(len(x), -1)
+
+    def rows(job, x):  # bank offsets of x and of the teacher's outputs on it
+        return (inputs.add(id(x), lambda: x),
+                targets.add((id(job.teacher), id(job.readout), id(x)), lambda: target(job, x)))
+
+    # every step's batch for every student, drawn ahead from each student's own generator
+    x_rows, y_rows, hx_rows, hy_rows = [], [], [], []
+    for job in jobs:
+        x_at, y_at = rows(job, job.train_x)
+        batches = epoch_batches(len(job.train_x), settings.batch_size,
+                                torch.Generator().manual_seed(job.seed))
+        order = torch.stack([next(batches) for _ in range(steps)])
+        x_rows.append(order + x_at)
+        y_rows.append(order + y_at)
+        if held:
+            hx_at, hy_at = rows(job, job.holdout_x)
+            hx_rows.append(torch.arange(len(job.holdout_x)) + hx_at)
+            hy_rows.append(torch.arange(len(job.holdout_x)) + hy_at)
+    x_bank, y_bank = inputs.tensor(device), targets.tensor(device)
+    x_rows, y_rows = torch.stack(x_rows).to(device), torch.stack(y_rows).to(device)
+    if held:
+        hx, hy = x_bank[torch.stack(hx_rows).to(device)], y_bank[torch.stack(hy_rows).to(device)]
+
+    def stacked(name):
+        values = [getattr(job.student, name) for job in jobs]
+        return None if values[0] is None else nn.Parameter(
+            torch.stack([v.detach() for v in values]).to(device))
+
+    down, up, bias = stacked("down"), stacked("up"), stacked("bias")
+    params = [p for p in (down, up, bias) if p is not None]
+    alpha = torch.tensor([job.settings.alpha for job in jobs], dtype=down.dtype, device=device)
+    readout = None
+    if first.readout is not None:  # one functional readout, vmapped over each student's own
+        state = torch.func.stack_module_state([job.readout for job in jobs])
+        state = tuple({k: v.to(device) for k, v in part.items()} for part in state)
+        base = copy.deepcopy(first.readout).to("meta")
+        readout = torch.vmap(lambda p, b, h: torch.func.functional_call(base, (p, b), (h,)))
+
+    def forward(x):  # [students, rows, in] -> [students, rows, out (of the readout, if any)]
+        hidden = torch.bmm(torch.bmm(x, down.transpose(1, 2)), up.transpose(1, 2))
+        hidden = hidden if bias is None else hidden + bias.unsqueeze(1)
+        return hidden if readout is None else readout(*state, hidden).reshape(count, len(x[0]), -1)
+
+    use_graph = cuda_graph and device.type == "cuda"
+    optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=True, capturable=use_graph)
+    losses = torch.zeros(count, steps, dtype=down.dtype, device=device)
+    counter = torch.zeros(1, dtype=torch.long, device=device)  # the step, kept on the device
+
+    def step():
+        x = x_bank[x_rows.index_select(1, counter).squeeze(1)]
+        y = y_bank[y_rows.index_select(1, counter).squeeze(1)]
+        pred = forward(x)
+        cosine = F.cosine_similarity(pred, y, dim=-1).mean(1)
+        loss = (pred - y).pow(2).mean((1, 2)) + alpha * (1 - cosine)  # distill_loss, per student
+        loss.sum().backward()  # the students share no parameter: each gets its own gradient
+        optimiser.step()
+        losses.index_copy_(1, counter, loss.detach().unsqueeze(1))
+        counter.add_(1)
+
+    # held-out checkpoints: [students] tensors, updated on the device
+    evals = sorted({0, steps} | set(range(settings.eval_every, steps, settings.eval_every))) \
+        if held else [steps]
+    history = torch.full((count, len(evals)), math.nan, dtype=down.dtype, device=device)
+    best = [p.detach().clone() for p in params]
+    best_mse = torch.full((count,), math.inf, dtype=down.dtype, device=device)
+    best_step = torch.zeros(count, dtype=torch.long, device=device)
+    stopped_at = torch.full((count,), steps, dtype=torch.long, device=device)
+    active = torch.ones(count, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def evaluate(k: int, at: int) -> bool:
+        """The held-out MSE at step `at`; True while some student still trains."""
+        mse = (forward(hx) - hy).pow(2).mean((1, 2))
+        history[:, k] = torch.where(active, mse, history[:, k])
+        better = active & (mse < best_mse)
+        best_mse.copy_(torch.where(better, mse, best_mse))
+        best_step.copy_(torch.where(better, at, best_step))
+        for kept, p in zip(best, params):
+            kept.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p, kept))
+        if settings.patience is None:
+            return True
+        stop = active & (at - best_step >= settings.patience)
+        stopped_at.copy_(torch.where(stop, at, stopped_at))
+        active.copy_(active & ~stop)
+        return bool(active.any())  # the one read-back, once per evaluation
+
+    graph, done = None, 0
+    if held:
+        evaluate(0, 0)
+    for k, at in enumerate(tqdm(evals[1:] if held else evals, desc=desc, leave=False,
+                                disable=None), start=1):
+        while done < at:
+            if use_graph and graph is None and at - done > WARMUP_STEPS:
+                graph, done = _capture(step, optimiser), done + WARMUP_STEPS
+            elif graph is None:
+                optimiser.zero_grad(set_to_none=True)
+                step()
+                done += 1
+            else:
+                graph.replay()
+                done += 1
+        if held and not evaluate(k, at):
+            break
+
+    chosen = best if held else params
+    history, losses = history.cpu().tolist(), losses.cpu()
+    ran, chosen_steps = stopped_at.tolist(), best_step.tolist()
+    share = (time.perf_counter() - start) / count
+    results = []
+    for i, job in enumerate(jobs):
+        module = copy.deepcopy(job.student).to(device)
+        with torch.no_grad():
+            for p, value in zip(module.parameters(), chosen):
+                p.copy_(value[i])
+        ran_i = min(ran[i], done)
+        checkpoints = [(at, m) for at, m in zip(evals, history[i]) if held and at <= ran_i]
+        results.append(DistillResult(module.eval().requires_grad_(False),
+                                     losses[i, :ran_i].tolist(), checkpoints,
+                                     chosen_steps[i] if held else None, share, ran_i))
+    return results
+
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (optimiser state, workspaces)
+
+
+def _capture(step, optimiser) -> torch.cuda.CUDAGraph:
+    """Run WARMUP_STEPS real steps on a side stream, then capture one step as a CUDA graph
+    (PyTorch's whole-network capture recipe): gradients set to None first, so that backward
+    allocates them from the graph's pool, and replay overwrites them."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            optimiser.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimiser.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    return graph

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distil_rank.config import stage_seed
 from distil_rank.lowrank import seeded_linear
+from distil_rank.runtime import stage_seed
 
 TEACHER_NAMES = ("Random", "Task-Trained", "Spectral")
 HEAD_NAME = "Fitness-Head"

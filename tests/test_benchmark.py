@@ -7,12 +7,12 @@ from distil_rank.benchmark import (
     BenchmarkData,
     FitContext,
     compress_teacher,
-    summarise_seeds,
     sweep_ranks,
     sweep_teacher,
     teacher_entry,
 )
 from distil_rank.distill import DistillSettings
+from distil_rank.results import summarise_seeds
 from distil_rank.timing import LatencySettings
 
 CPU = torch.device("cpu")
@@ -69,6 +69,7 @@ def test_entries_over_seeds_keep_per_seed_facts_and_a_speedup_that_matches_the_t
                                      CPU, ridge_alpha=1e-2))
     assert not any(p.requires_grad for p in teacher.parameters())  # the caller's, untouched
     summary = summarise_seeds(entries)
+    entries = [e.to_json() for e in entries]
     per_seed = [e["methods"]["data_aware"]["explained_variance"] for e in entries]
     assert summary["methods"]["data_aware"]["explained_variance"] == pytest.approx(
         sum(per_seed) / 3)
@@ -76,6 +77,12 @@ def test_entries_over_seeds_keep_per_seed_facts_and_a_speedup_that_matches_the_t
     times = sorted(e["latency_teacher_ms"] for e in entries)
     assert summary["latency_teacher_ms"] == times[1]
     assert summary["speedup"] == summary["latency_teacher_ms"] / summary["latency_student_ms"]
+    # every derived figure comes from the combined scores, not from averaging per-seed ratios
+    svd, da = summary["methods"]["svd"], summary["methods"]["distil_da"]
+    assert summary["mse_reduction"] == (svd["rel_mse"] - da["rel_mse"]) / svd["rel_mse"]
+    assert summary["cosine_improvement"] == da["cosine"] - svd["cosine"]
+    # each seed's distillations say how many steps they ran
+    assert summary["distillation"]["distil"]["steps_run"] == [SETTINGS.steps] * 3
     # which checkpoint each seed kept: a per-seed list, never one seed's value
     chosen = summary["distillation"]["distil_da"]["chosen_step"]
     assert chosen == [e["distillation"]["distil_da"]["chosen_step"] for e in entries]

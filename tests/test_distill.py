@@ -6,7 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import correlated_inputs
-from distil_rank.distill import DistillSettings, distill, distill_loss, epoch_batches
+from distil_rank.distill import (
+    DistillJob,
+    DistillSettings,
+    distill,
+    distill_loss,
+    distill_together,
+    epoch_batches,
+)
 from distil_rank.lowrank import LowRankLinear, compress_data_aware, compress_svd
 
 SETTINGS = DistillSettings(steps=50, lr=3e-3, batch_size=32, alpha=0.1, weight_decay=0.0,
@@ -80,3 +87,73 @@ def test_the_teacher_and_student_stay_where_they_were():
     distill(teacher, start, x, SETTINGS, seed=0, device=CPU)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not teacher.weight.requires_grad
+
+
+def batched_jobs(steps: int, patience: int | None = None) -> list[DistillJob]:
+    """Students that differ in everything a stack must keep apart: teacher, rank, alpha, rows,
+    seed, held-out rows and a readout (end-to-end through a frozen head)."""
+    dim = 16
+    x = correlated_inputs(300, dim, seed=5, mean_scale=1.0)
+    fit, holdout = x[:250], x[250:]
+    settings = DistillSettings(steps=steps, lr=1e-2, batch_size=16, alpha=0.1, weight_decay=0.01,
+                               eval_every=5, patience=patience)
+    g = torch.Generator().manual_seed(0)
+    jobs = []
+    for i, (rank, alpha, rows, held, head) in enumerate([
+            (4, 0.1, x, None, False), (4, 0.0, fit, holdout, False), (4, 0.3, fit, holdout, False),
+            (2, 0.1, fit, holdout, False), (4, 0.0, fit, holdout, True),
+            (4, 0.0, fit, holdout, True)]):
+        teacher = nn.Linear(dim, dim).double().requires_grad_(False)
+        with torch.no_grad():
+            teacher.weight.copy_(torch.randn(dim, dim, generator=g, dtype=torch.float64) / 4)
+        readout = nn.Sequential(nn.GELU(), nn.Linear(dim, 1)).double().requires_grad_(False) \
+            if head else None
+        start = compress_data_aware(teacher, rows, rank)
+        jobs.append(DistillJob(teacher, start, rows, replace(settings, alpha=alpha), seed=10 + i,
+                               holdout_x=held, readout=readout))
+    return jobs
+
+
+def one_by_one(jobs):
+    return [distill(j.teacher, j.student, j.train_x, j.settings, seed=j.seed, device=CPU,
+                    holdout_x=j.holdout_x, readout=j.readout) for j in jobs]
+
+
+def test_batched_students_match_one_by_one_after_ten_steps_in_float64():
+    jobs = batched_jobs(steps=10)
+    for batched, reference in zip(distill_together(jobs, CPU), one_by_one(jobs)):
+        for got, want in zip(batched.student.parameters(), reference.student.parameters()):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+        assert batched.losses == pytest.approx(reference.losses, abs=1e-10)
+        assert batched.steps_run == reference.steps_run == 10
+
+
+def test_batched_full_run_keeps_the_same_checkpoint_and_the_same_early_stop():
+    jobs = batched_jobs(steps=120, patience=20)
+    for batched, reference in zip(distill_together(jobs, CPU), one_by_one(jobs)):
+        assert batched.chosen_step == reference.chosen_step
+        assert batched.steps_run == reference.steps_run
+        assert [s for s, _ in batched.checkpoints] == [s for s, _ in reference.checkpoints]
+        assert [m for _, m in batched.checkpoints] == pytest.approx(
+            [m for _, m in reference.checkpoints], rel=1e-9)
+        torch.testing.assert_close(batched.student.dense_weight(),
+                                   reference.student.dense_weight(), rtol=0, atol=1e-9)
+    held = [r for r, j in zip(distill_together(jobs, CPU), jobs) if j.holdout_x is not None]
+    # early stopping: a student stops `patience` steps after its best checkpoint, or at the end
+    for result in held:
+        assert result.steps_run == min(result.chosen_step + 20, 120) or result.steps_run == 120
+    assert any(r.steps_run < 120 for r in held) and any(r.chosen_step > 0 for r in held)
+
+
+def test_batched_cuda_graph_request_falls_back_to_eager_off_cuda():
+    jobs = batched_jobs(steps=10)[:2]
+    eager = distill_together(jobs, CPU, cuda_graph=False)
+    asked = distill_together(jobs, CPU, cuda_graph=True)
+    for a, b in zip(eager, asked):
+        assert torch.equal(a.student.dense_weight(), b.student.dense_weight())
+
+
+def test_batched_training_refuses_a_student_it_cannot_stack():
+    teacher, x = toy()
+    with pytest.raises(TypeError, match="LowRankLinear"):
+        distill_together([DistillJob(teacher, nn.Linear(24, 24), x, SETTINGS, seed=0)], CPU)

@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import correlated_inputs
 from distil_rank.api import compress_linear, compress_model
-from distil_rank.benchmark import BenchmarkData, FitContext, fit_distil_task
+from distil_rank.benchmark import BenchmarkData, FitContext, fit_distil_task, train_students
 from distil_rank.distill import DistillSettings
 from distil_rank.lowrank import compress_data_aware, data_aware_error_curve
 from distil_rank.moments import input_moments, output_weight
@@ -170,7 +170,8 @@ def test_distil_task_never_ends_worse_than_its_warm_start_on_the_selection_rows(
     settings = DistillSettings(steps=120, lr=5e-2, batch_size=32, alpha=0.1, weight_decay=0.0,
                                eval_every=20)  # a large step size, to make drifting likely
     context = FitContext(data, settings, torch.device("cpu"), seed=0, readout=readout)
-    student = fit_distil_task(first, 3, context)
+    student = fit_distil_task(first, 3, context)  # the warm start, its distillation pending
+    train_students([student], torch.device("cpu"))
     with torch.no_grad():
         target = readout(first(data.selection))
         warm = F.mse_loss(readout(student.warm_start(data.selection)), target).item()

@@ -1,0 +1,7 @@
+"""python -m distil_rank: the benchmark (see `python -m distil_rank --help`)."""
+
+import sys
+
+from distil_rank.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""The benchmark's command line: `python main.py`, `python -m distil_rank` and `distil-rank`
+all run `main`; the pipeline itself is distil_rank.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distil_rank.config import PRESET_ALIASES, PRESETS, Config, preset_overrides, quick_overrides
+from distil_rank.errors import OneLineParser, cli_exit_code
+
+
+def create_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    p = OneLineParser(
+        description="Compress dense layers on protein embeddings to rank r and measure what "
+                    "is kept.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train", default=defaults.train_path,
+                   help="training embeddings: .pt (dict with 'embeddings', or a 2-D tensor), "
+                        ".npy, .npz")
+    p.add_argument("--val", default=defaults.val_path,
+                   help="validation embeddings (same formats, same dimension D); all fidelity "
+                        "figures are measured on these")
+    p.add_argument("--preset", choices=sorted({*PRESETS, *PRESET_ALIASES}), default=None,
+                   help="start from a named preset (distil_rank/config.py's PRESETS); flags given "
+                        "beside it still win. published: 1280-d synthetic, rank 64, the published "
+                        "recipe, into results/published")
+    p.add_argument("--data", choices=("auto", "real", "synthetic"), default=None,
+                   help=f"auto: the files if present, synthetic 1280-d data if both default files "
+                        f"are absent; real: the files or an error; synthetic: always synthetic "
+                        f"(default: {defaults.data})")
+    p.add_argument("--rank", type=int, default=None,
+                   help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
+                        "parameters)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"distillation steps (default {defaults.steps}; "
+                        f"{quick_overrides()['steps']} with --quick)")
+    p.add_argument("--device", default=defaults.device,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seeds teachers, synthetic data, splits and distillation")
+    p.add_argument("--out", default=None,
+                   help=f"folder for the JSON summary and the figure (default: {defaults.out})")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"repetitions with seeds seed, seed+1, ... (default {defaults.num_seeds}; "
+                        f"{quick_overrides()['num_seeds']} with --quick); teachers, the selection "
+                        "split "
+                        "and distillation are reseeded, the JSON gives mean and std")
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
+                   help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da "
+                        "(default: on)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
+                        "not meant to be cited")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the preset, then --quick, then every flag given: the later wins."""
+    overrides = preset_overrides(args.preset) if args.preset else {}
+    if args.quick:
+        overrides.update(quick_overrides(), quick=True)
+    given = {"steps": args.steps, "num_seeds": args.seeds, "data": args.data, "rank": args.rank,
+             "out": args.out, "sweep": args.sweep}
+    overrides.update({key: value for key, value in given.items() if value is not None})
+    return Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed,
+                  **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = create_parser().parse_args(argv)
+    from distil_rank.pipeline import run  # after parsing: --help needs no torch start-up
+
+    return cli_exit_code(lambda: run(config_from_args(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

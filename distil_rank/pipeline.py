@@ -1,0 +1,313 @@
+"""The benchmark as phases, each over every seed at once:
+
+    data -> teachers -> closed forms and warm starts -> one batched distillation of every
+    student -> metrics -> report
+
+Splitting the fits into a closed-form phase and a training phase is what lets every student of
+the run (each seed, teacher, compressor and swept rank) train together in `train_students`,
+instead of one small model at a time waiting on Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from distil_rank.benchmark import (
+    COMPRESSORS,
+    HEAD_COMPRESSORS,
+    STUDENT,
+    BenchmarkData,
+    FitContext,
+    compress_teacher,
+    fit_ranks,
+    sweep_ranks,
+    sweep_teacher,
+    teacher_entry,
+    train_students,
+    warm_up,
+)
+from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config
+from distil_rank.data import Dataset, resolve_data, split_indices
+from distil_rank.distill import DistillSettings
+from distil_rank.errors import InputError
+from distil_rank.files import check_writable_folder
+from distil_rank.lowrank import check_rank
+from distil_rank.moments import input_moments
+from distil_rank.report import (
+    latency_table,
+    results_table,
+    task_table,
+    teacher_latency_table,
+    write_results,
+)
+from distil_rank.results import TeacherEntry, summarise_seeds
+from distil_rank.runtime import resolve_device, stage_seed
+from distil_rank.stats import effective_rank
+from distil_rank.teachers import (
+    HEAD_NAME,
+    HeadSettings,
+    TeacherSettings,
+    build_teachers,
+    fitness_head,
+)
+from distil_rank.timing import LatencySettings, environment, latency_matrix
+
+UNDEFINED_REASONS = {
+    "explained_variance": "0 / 0: the teacher's output does not vary on the validation rows "
+                          "(or varies below float32 resolution)",
+    "spearman": "the fitness or the prediction is constant on the validation rows",
+}
+
+
+@dataclass
+class SeedRun:
+    """One seed's rows, teachers and fitted students, filled phase by phase."""
+
+    seed: int
+    data: BenchmarkData
+    teachers: dict = field(default_factory=dict)  # name -> teachers.Teacher
+    denoising_loss: list[float] | None = None
+    head_training: dict | None = None
+    fits: dict = field(default_factory=dict)  # name -> {rank: {method: Student}}
+    entries: dict[str, TeacherEntry] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
+    if rank is None:
+        return max(1, dim // divisor)
+    try:
+        return check_rank(rank, dim - 1, "--rank")
+    except ValueError as err:
+        raise InputError(f"{err} for {dim}-d embeddings (a rank of D or more saves nothing)") \
+            from None
+
+
+def undefined_metrics(summary: dict) -> dict[str, str]:
+    """{metric key: why it is null} for every metric that is undefined (NaN, written as null)
+    somewhere in the summary."""
+    found = {}
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, float) and value != value:
+            family = "spearman" if "spearman" in key else "explained_variance" \
+                if "explained_variance" in key else key
+            found[key] = UNDEFINED_REASONS.get(family, "not defined for this data")
+
+    walk({t: summary[t] for t in summary["teachers"]})
+    return dict(sorted(found.items()))
+
+
+def fitness_usable(train_fitness, val_fitness) -> tuple[bool, str]:
+    """Whether both splits carry fitness labels a head can learn from, and if not, why."""
+    if train_fitness is None or val_fitness is None:
+        return False, "no fitness labels in both splits: a head trained on them cannot be built"
+    if bool((train_fitness == train_fitness[0]).all()):
+        return False, "fitness is the same for every training row: there is nothing to learn"
+    return True, ""
+
+
+def check_settings(config: Config) -> None:
+    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
+        if getattr(config, name) < 1:
+            raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
+    if config.patience is not None and config.patience < 1:
+        raise InputError(f"patience = {config.patience}: must be at least 1 (or None)")
+    check_writable_folder(config.out, "--out")  # now, not after minutes of work
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def load_data(config: Config) -> Dataset:
+    dataset = resolve_data(
+        config.train_path, config.val_path, config.data, (DEFAULT_TRAIN, DEFAULT_VAL),
+        synthetic=dict(n_train=config.synthetic_train, n_val=config.synthetic_val,
+                       dim=config.synthetic_dim, latent_dim=config.synthetic_latent_dim),
+        seed=stage_seed(config.seed, "synthetic"),
+    )
+    train = dataset.train
+    if bool((train.embeddings == train.embeddings[0]).all()):
+        raise InputError(f"{train.source}: every row is the same embedding: nothing varies, so "
+                         "there is nothing to calibrate a compressor on")
+    return dataset
+
+
+def seed_rows(dataset: Dataset, seed: int, config: Config, has_fitness: bool) -> BenchmarkData:
+    """The fit and held-out selection rows of one seed (the train/validation split is fixed)."""
+    train, val = dataset.train, dataset.val
+    fit_rows, selection_rows = split_indices(train.num_rows, config.selection_fraction,
+                                             stage_seed(seed, "selection"))
+    data = BenchmarkData(train=train.embeddings, fit=train.embeddings[fit_rows],
+                         selection=train.embeddings[selection_rows], val=val.embeddings)
+    if has_fitness:
+        data = replace(data, train_fitness=train.fitness, val_fitness=val.fitness,
+                       fit_fitness=train.fitness[fit_rows],
+                       selection_fitness=train.fitness[selection_rows])
+    return data
+
+
+def build_seed_teachers(run: SeedRun, config: Config) -> None:
+    data, seed = run.data, run.seed
+    run.teachers, run.denoising_loss = build_teachers(
+        data.train, config.settings(TeacherSettings), stage_seed(seed, "teachers"))
+    if data.fit_fitness is not None:
+        run.teachers[HEAD_NAME], (selection_mse, kept) = fitness_head(
+            data.fit, data.fit_fitness, data.selection, data.selection_fitness,
+            config.settings(HeadSettings), stage_seed(seed, f"teachers/{HEAD_NAME}"))
+        run.head_training = {"chosen_step": kept, "selection_mse": min(selection_mse)}
+
+
+def _context(run: SeedRun, name: str, config: Config, device: torch.device) -> FitContext:
+    return FitContext(run.data, config.settings(DistillSettings), device,
+                      stage_seed(run.seed, f"distil/{name}"), name, run.teachers[name].readout,
+                      config.task_damping, config.task_probes)
+
+
+def fit_closed_forms(run: SeedRun, rank: int, config: Config, device: torch.device) -> None:
+    """Every compressor at the target rank and, with the sweep, the swept ones at every rank:
+    closed forms fitted, distillations left pending for the training phase."""
+    ranks = sweep_ranks(run.data.train.shape[1], config.sweep_divisors)
+    for name, teacher in run.teachers.items():
+        context = _context(run, name, config, device)
+        fits = {rank: compress_teacher(teacher.layer, rank, context, train=False)}
+        if config.sweep:
+            fits = fit_ranks(teacher.layer, ranks, replace(context, seed=stage_seed(
+                run.seed, f"sweep/{name}")), fits, train=False)
+        run.fits[name] = fits
+
+
+def measure_seed(run: SeedRun, rank: int, config: Config, device: torch.device) -> None:
+    ranks = sweep_ranks(run.data.train.shape[1], config.sweep_divisors)
+    for name, teacher in run.teachers.items():
+        context = _context(run, name, config, device)
+        sweep = sweep_teacher(teacher.layer, ranks, context, run.fits[name]) \
+            if config.sweep else None
+        run.entries[name] = teacher_entry(
+            teacher.layer, run.fits[name][rank], run.data, rank,
+            config.settings(LatencySettings), device, config.ridge_alpha,
+            readout=teacher.readout, sweep=sweep,
+            denoising_loss=run.denoising_loss if name == "Task-Trained" else None,
+            head_training=run.head_training if name == HEAD_NAME else None)
+
+
+def latency_matrices(dim: int, rank: int, config: Config, device: torch.device) -> dict:
+    """Dense against factorised at several batch sizes: on the CPU, and on CUDA when used."""
+    matrices = {}
+    for where in [torch.device("cpu")] + ([device] if device.type == "cuda" else []):
+        cuda = where.type == "cuda"
+        matrices[where.type] = latency_matrix(
+            dim, dim, rank, where, batches=config.latency_batches,
+            dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
+            modes=("eager", "cuda_graph") if cuda else ("eager",),
+            warmup=config.latency_warmup, repeats=config.latency_repeats,
+            budget_s=config.latency_budget_s, seed=stage_seed(config.seed, "latency"))
+    return matrices
+
+
+def curves_of(run: SeedRun, rank: int) -> dict:
+    """The figure's per-step curves, from one seed."""
+    return {"distillation": {name: {m: s.run.losses for m, s in fits[rank].items() if s.run}
+                             for name, fits in run.fits.items()},
+            "teacher_singular_values": {name: torch.linalg.svdvals(t.layer.weight.double())
+                                        for name, t in run.teachers.items()}}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    check_settings(config)
+    device = resolve_device(config.device)
+    print("config:", json.dumps(config.as_dict()), flush=True)
+
+    # data
+    dataset = load_data(config)
+    train, val = dataset.train, dataset.val
+    dim = train.dim
+    rank = resolve_rank(config.rank, dim, config.rank_divisor)
+    print(f"data: {dataset.note}: train {tuple(train.embeddings.shape)}, "
+          f"val {tuple(val.embeddings.shape)}; rank {rank}; device {device}", flush=True)
+    if not dataset.real_data:
+        print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
+              flush=True)
+    has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
+    if not has_fitness:
+        print(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}",
+              flush=True)
+    embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
+    runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
+            for seed in config.seeds()]
+
+    warm_up(dim, device)
+    for seed_run in runs:  # teachers
+        build_seed_teachers(seed_run, config)
+    for seed_run in runs:  # closed forms and warm starts
+        fit_closed_forms(seed_run, rank, config, device)
+    students = [s for r in runs for fits in r.fits.values() for at_rank in fits.values()
+                for s in at_rank.values()]
+    train_students(students, device)  # every distillation of the run, together
+    for seed_run in runs:  # metrics
+        measure_seed(seed_run, rank, config, device)
+        print(f"seed {seed_run.seed}:", *results_table(_json(seed_run.entries)), "",
+              *task_table(_json(seed_run.entries)), sep="\n", flush=True)
+    names = list(runs[0].teachers)
+    teachers = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
+    matrices = latency_matrices(dim, rank, config, device)
+
+    # report
+    centred = train.embeddings.double() - train.embeddings.double().mean(0)
+    summary = {
+        "real_data": dataset.real_data,
+        "data_note": dataset.note,
+        "target_rank": rank,
+        "input_dim": dim,
+        "teachers": names,
+        "methods": list(COMPRESSORS) + (list(HEAD_COMPRESSORS) if has_fitness else []),
+        "student_method": STUDENT,
+        "skipped_teachers": {} if has_fitness else {HEAD_NAME: skipped_head},
+        "seeds": config.seeds(),
+        **teachers,
+        "latency_matrix": matrices,
+        "data": {
+            "train": {"source": train.source, "rows": train.num_rows,
+                      "selection_fraction": config.selection_fraction},
+            "val": {"source": val.source, "rows": val.num_rows},
+            "has_fitness": has_fitness,
+            "provenance": train.provenance,
+            "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
+            "embedding_spread_rms_norm": centred.norm(dim=1).pow(2).mean().sqrt().item(),
+            "effective_rank": effective_rank(embedding_spectrum),
+        },
+        "config": config.as_dict(),
+        "environment": {**environment(device),
+                        "run_seconds": time.perf_counter() - started},  # the figure excluded
+    }
+    summary["undefined"] = undefined_metrics(summary)
+    curves = {**curves_of(runs[0], rank), "embedding_eigenvalues": embedding_spectrum.clamp_min(0)}
+    json_path, figure_path = write_results(Path(config.out), summary, curves)
+    print(f"over seeds {config.seeds()} (mean ± std; timings: median):",
+          *results_table(teachers), "", *task_table(teachers), "", *teacher_latency_table(teachers),
+          *(line for m in matrices.values() for line in ["", *latency_table(m, "latency")]),
+          sep="\n", flush=True)
+    print(f"wrote {json_path} and {figure_path} "
+          f"({summary['environment']['run_seconds']:.1f} s)", flush=True)
+    return summary
+
+
+def _json(entries: dict[str, TeacherEntry]) -> dict[str, dict]:
+    return {name: entry.to_json() for name, entry in entries.items()}
