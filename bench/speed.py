@@ -8,6 +8,10 @@
    timed in the same process (goal: well under a second, and at least 20x faster).
 3. The `task_aware` fit (G from the head's Jacobian, S, the decomposition) beside `data_aware`,
    interleaved in the same loop (goal: at most 3x the data_aware fit).
+4. Twelve students distilled together (`distill_together`) against one by one (`distill`), at
+   320-d rank 16 (the shipped embeddings) and 1280-d rank 64 (synthetic), and twelve students of
+   the default sweep's ranks (4 .. 80) stacked as the trainer does (grouped by rank) against all
+   zero-padded to rank 80 in one stack (padding is exact: padded factors get zero gradients).
 On CUDA the device is synchronised before every clock read.
 """
 
@@ -21,9 +25,11 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +42,14 @@ from distil_rank.benchmark import (  # noqa: E402
     fit_task_aware,
 )
 from distil_rank.config import Config  # noqa: E402
-from distil_rank.data import load_embeddings  # noqa: E402
-from distil_rank.distill import DistillSettings, distill  # noqa: E402
-from distil_rank.lowrank import compress_data_aware, compress_svd, seeded_linear  # noqa: E402
+from distil_rank.data import load_embeddings, synthetic_embeddings  # noqa: E402
+from distil_rank.distill import DistillJob, DistillSettings, distill, distill_together  # noqa: E402
+from distil_rank.lowrank import (  # noqa: E402
+    LowRankLinear,
+    compress_data_aware,
+    compress_svd,
+    seeded_linear,
+)
 from distil_rank.moments import input_moments  # noqa: E402
 from distil_rank.report import write_json  # noqa: E402
 from distil_rank.teachers import random_teacher  # noqa: E402
@@ -104,6 +115,49 @@ def time_fits(device: torch.device, repeats: int = 7, steps: int | None = None) 
     }
 
 
+def _padded(student: LowRankLinear, rank: int) -> LowRankLinear:
+    """The same layer at a larger rank, the extra factors zero."""
+    extra = rank - student.rank
+    return LowRankLinear.from_factors(F.pad(student.up.detach(), (0, extra)),
+                                      F.pad(student.down.detach(), (0, 0, 0, extra)),
+                                      student.bias.detach())
+
+
+def _one_by_one(jobs: list[DistillJob], device: torch.device) -> None:
+    for j in jobs:
+        distill(j.teacher, j.student, j.train_x, j.settings, seed=j.seed, device=device)
+
+
+def time_batched(device: torch.device, steps: int, students: int = 12) -> dict:
+    """Seconds to distil `students` students one by one and together, each with its own teacher
+    and seed, on the published recipe's settings (no held-out rows: every step runs)."""
+    cfg = Config()
+    settings = replace(cfg.settings(DistillSettings), steps=steps)
+    shipped = load_embeddings(ROOT / cfg.train_path).embeddings
+    synthetic = synthetic_embeddings(n_train=4000, n_val=10, dim=1280, latent_dim=48, seed=0)[0]
+    report = {"students": students, "steps": steps}
+    cases = {"320d_r16": (shipped, [16] * students), "1280d_r64": (synthetic.embeddings,
+                                                                   [64] * students),
+             "320d_sweep_ranks": (shipped, [4, 8, 16, 32, 64, 80] * (students // 6))}
+    for name, (x, ranks) in cases.items():
+        x = x.to(device)
+        teachers = [random_teacher(x.shape[1], seed=i).to(device) for i in range(students)]
+        jobs = [DistillJob(t, compress_svd(t, r), x, settings, seed=i)
+                for i, (t, r) in enumerate(zip(teachers, ranks))]
+        distill_together(jobs[:2], device)  # one-time costs out
+        together = _seconds(partial(distill_together, jobs, device), device)
+        if name.endswith("sweep_ranks"):
+            padded = [replace(j, student=_padded(j.student, max(ranks))) for j in jobs]
+            report[name] = {"grouped_by_rank_seconds": together,
+                            "padded_to_max_rank_seconds":
+                                _seconds(partial(distill_together, padded, device), device)}
+            continue
+        alone = _seconds(partial(_one_by_one, jobs, device), device)
+        report[name] = {"one_by_one_seconds": alone, "together_seconds": together,
+                        "speedup": alone / together}
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -111,13 +165,16 @@ def main() -> None:
                    help="only the fit comparison (the default run's time is a CPU goal)")
     p.add_argument("--repeats", type=int, default=7, help="timed fits of each closed form")
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: 1000)")
+    p.add_argument("--batched-steps", type=int, default=300,
+                   help="steps per student in the batched comparison")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda: CUDA is not available on this machine")
     report = {"environment": environment(device),
-              "fits": time_fits(device, args.repeats, args.steps)}
+              "fits": time_fits(device, args.repeats, args.steps),
+              "batched": time_batched(device, args.batched_steps)}
     if not args.skip_default_run:
         report["default_run_seconds"] = time_default_run()
     slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")[:40]
@@ -133,6 +190,14 @@ def main() -> None:
           f"({fits['ratio_distill_over_data_aware_given_moments']:.0f}x given the moments)")
     print(f"task_aware fit: {fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
           f"{fits['ratio_task_aware_over_data_aware']:.2f}x the data_aware fit")
+    batched = report["batched"]
+    for case in ("320d_r16", "1280d_r64"):
+        print(f"{batched['students']} students at {case}, {batched['steps']} steps: one by one "
+              f"{batched[case]['one_by_one_seconds']:.2f} s, together "
+              f"{batched[case]['together_seconds']:.2f} s ({batched[case]['speedup']:.2f}x)")
+    sweep = batched["320d_sweep_ranks"]
+    print(f"ranks 4..80 stacked: grouped by rank {sweep['grouped_by_rank_seconds']:.2f} s, "
+          f"zero-padded to rank 80 {sweep['padded_to_max_rank_seconds']:.2f} s")
     print(f"wrote {path}")
 
 

@@ -10,8 +10,13 @@ With held-out rows, the student is evaluated every `eval_every` steps (and befor
 rows it never trains on, and the checkpoint with the least held-out MSE is returned. Step 0 is a
 candidate, so the result is never worse than its warm start on that held-out data.
 
-`distill_data_parallel` is the same algorithm under DistributedDataParallel (start the processes
-with torchrun): each process draws batches from its own rows, DDP averages the gradients so every
+With a `patience`, a student with held-out rows stops once that many steps have passed since
+its best checkpoint (its later steps could not be chosen anyway once it stops).
+
+One training loop serves every caller. `distill_together` stacks many students (the benchmark
+trains every student of a run at once); `distill` is a stack of one, and the API refines with
+it. `distill_data_parallel` is the same loop across processes (start them with torchrun): each
+process draws batches from its own rows, the gradients are averaged over processes so every
 process takes the same AdamW step, and the held-out MSE is summed over every process's held-out
 rows before a checkpoint is chosen, so all processes keep the same one. With equal batch sizes it
 equals one process distilling on the joined batches (tests/test_distributed.py checks this).
@@ -70,14 +75,27 @@ def epoch_batches(rows: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
+@dataclass
+class DistillJob:
+    """One student to distil, as data: `distill`'s arguments, so that many train together."""
+
+    teacher: nn.Module
+    student: LowRankLinear  # the warm start; left as it is
+    train_x: torch.Tensor
+    settings: DistillSettings
+    seed: int  # seeds this student's batch order
+    holdout_x: torch.Tensor | None = None
+    readout: nn.Module | None = None  # the frozen rest of a head: distil end to end through it
+
+
 def distill(teacher: nn.Module, student: nn.Module, train_x: torch.Tensor,
             settings: DistillSettings, *, seed: int, device: torch.device,
             holdout_x: torch.Tensor | None = None, readout: nn.Module | None = None,
             desc: str = "distil") -> DistillResult:
     """Train a copy of `student` to imitate `teacher` (through `readout` when given); teacher,
-    student, readout and inputs stay as they were."""
-    return _distill(teacher, student, train_x, settings, torch.Generator().manual_seed(seed),
-                    device, holdout_x, readout, desc, parallel=False)
+    student, readout and inputs stay as they were. One student: `distill_together` of one."""
+    job = DistillJob(teacher, student, train_x, settings, seed, holdout_x, readout)
+    return distill_together([job], device, desc=desc)[0]
 
 
 def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch.Tensor,
@@ -90,9 +108,9 @@ def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch
     if not dist.is_initialized():
         raise RuntimeError("distill_data_parallel needs torch.distributed to be initialised "
                            "(start with torchrun)")
-    generator = torch.Generator().manual_seed(process_seed(seed, dist.get_rank()))
-    return _distill(teacher, student, local_x, settings, generator, device, local_holdout_x,
-                    readout, "distil", parallel=True)
+    job = DistillJob(teacher, student, local_x, settings, process_seed(seed, dist.get_rank()),
+                     local_holdout_x, readout)
+    return distill_together([job], device, data_parallel=True)[0]
 
 
 def process_seed(seed: int, process_rank: int) -> int:
@@ -100,85 +118,7 @@ def process_seed(seed: int, process_rank: int) -> int:
     return stage_seed(seed, f"process/{process_rank}")
 
 
-def _distill(teacher, student, train_x, settings, generator, device, holdout_x, readout, desc,
-             parallel):
-    start = time.perf_counter()
-    teacher = copy.deepcopy(teacher).to(device)
-    model = copy.deepcopy(student).to(device).train()
-    trained = model
-    if readout is not None:
-        readout = copy.deepcopy(readout).to(device).eval().requires_grad_(False)
-        teacher = nn.Sequential(teacher, readout)
-        trained = nn.Sequential(model, readout)
-    x = train_x.to(device)
-    with torch.no_grad():
-        y = teacher(x)
-        if holdout_x is not None:
-            hx = holdout_x.to(device)
-            hy = teacher(hx)
-    if parallel:
-        for tensor in model.state_dict().values():  # start from process 0's weights everywhere
-            dist.broadcast(tensor, src=0)
-        trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None)
-
-    @torch.no_grad()
-    def holdout_mse() -> float:
-        predicted = model(hx) if readout is None else readout(model(hx))
-        error = torch.stack([F.mse_loss(predicted, hy, reduction="sum"),
-                             torch.tensor(float(hy.numel()), device=device)]).double()
-        if parallel:
-            dist.all_reduce(error)
-        return (error[0] / error[1]).item()
-
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr,  # fused: one kernel a step
-                                  weight_decay=settings.weight_decay, fused=True)
-    batches = epoch_batches(x.shape[0], settings.batch_size, generator)
-    losses: list[float] = []
-    checkpoints: list[tuple[int, float]] = []
-    best_state, best_step = None, None
-    if holdout_x is not None:
-        checkpoints.append((0, holdout_mse()))
-        best_state, best_step = copy.deepcopy(model.state_dict()), 0
-    steps = settings.steps
-    for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None):
-        idx = next(batches).to(device)
-        loss = distill_loss(trained(x[idx]), y[idx], settings.alpha)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP the gradients are averaged over processes here
-        optimiser.step()
-        losses.append(loss.item())
-        if holdout_x is not None and (step % settings.eval_every == 0 or step == steps):
-            checkpoints.append((step, holdout_mse()))
-            if checkpoints[-1][1] < min(m for _, m in checkpoints[:-1]):
-                best_state, best_step = copy.deepcopy(model.state_dict()), step
-            if settings.patience is not None and step - best_step >= settings.patience:
-                break
-
-    # Hand back a clean module: under DDP the wrapped one carries gradient hooks tied to the
-    # process group, which abort the process at exit if they outlive it.
-    result = copy.deepcopy(student).to(device)
-    result.load_state_dict(best_state if best_state is not None else model.state_dict())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return DistillResult(result.eval().requires_grad_(False), losses, checkpoints, best_step,
-                         time.perf_counter() - start, len(losses))
-
-
 # ----------------------------------------------------------------------------- many students
-
-
-@dataclass
-class DistillJob:
-    """One student to distil, as data: `distill`'s arguments, so that many train together."""
-
-    teacher: nn.Module
-    student: nn.Module  # a LowRankLinear warm start; left as it is
-    train_x: torch.Tensor
-    settings: DistillSettings
-    seed: int
-    holdout_x: torch.Tensor | None = None
-    readout: nn.Module | None = None  # the frozen rest of a head: distil end to end through it
 
 
 def _group_key(job: DistillJob) -> tuple:
@@ -193,7 +133,7 @@ def _group_key(job: DistillJob) -> tuple:
 
 
 def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph: bool = True,
-                     desc: str = "distil") -> list[DistillResult]:
+                     data_parallel: bool = False, desc: str = "distil") -> list[DistillResult]:
     """Every job's `distill`, with the students stacked: students grouped by rank and settings
     are trained as one batched model, one fused AdamW over the stacked factors (elementwise, so
     each student's update is its own). Each student keeps its own seeded batch order, its own
@@ -201,8 +141,9 @@ def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph
     device: nothing is read back to the host inside a step, and only once per evaluation to see
     whether every student of a group has stopped. A stopped student's later steps are never
     used. On CUDA the step is captured once in a CUDA graph and replayed (`cuda_graph=False`,
-    or any other device, runs it eagerly). Results come back in the jobs' order, as `distill`
-    would return them (tests/test_distill.py checks the two against each other)."""
+    another device, or data parallelism runs it eagerly). Results come back in the jobs' order;
+    each equals its student trained alone (tests/test_distill.py checks both against a plain
+    loop written out in the test)."""
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         if not isinstance(job.student, LowRankLinear):
@@ -211,8 +152,9 @@ def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph
         groups.setdefault(_group_key(job), []).append(i)
     results: list[DistillResult | None] = [None] * len(jobs)
     for members in groups.values():
-        for i, result in zip(members, _train_group([jobs[i] for i in members], device,
-                                                   cuda_graph, desc)):
+        group = [jobs[i] for i in members]
+        for i, result in zip(members, _train_group(group, device, cuda_graph, data_parallel,
+                                                   desc)):
             results[i] = result
     return results
 
@@ -234,7 +176,8 @@ class _Bank:
         return torch.cat(self.parts).to(device)
 
 
-def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool, desc: str):
+def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
+                 data_parallel: bool, desc: str):
     start = time.perf_counter()
     first, settings, count = jobs[0], jobs[0].settings, len(jobs)
     steps, held = settings.steps, first.holdout_x is not None
@@ -242,11 +185,13 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
 
     @torch.no_grad()
     def target(job, x):
-        y = job.teacher(x)
-        return (y if job.readout is None else job.readout(y)).reshape(len(x), -1)
+        y = copy.deepcopy(job.teacher).to(device)(x.to(device))
+        if job.readout is not None:
+            y = copy.deepcopy(job.readout).to(device)(y)
+        return y.reshape(len(x), -1)
 
     def rows(job, x):  # bank offsets of x and of the teacher's outputs on it
-        return (inputs.add(id(x), lambda: x),
+        return (inputs.add(id(x), lambda: x.to(device)),
                 targets.add((id(job.teacher), id(job.readout), id(x)), lambda: target(job, x)))
 
     # every step's batch for every student, drawn ahead from each student's own generator
@@ -274,6 +219,9 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
 
     down, up, bias = stacked("down"), stacked("up"), stacked("bias")
     params = [p for p in (down, up, bias) if p is not None]
+    if data_parallel:  # every process starts from process 0's students
+        for p in params:
+            dist.broadcast(p.data, src=0)
     alpha = torch.tensor([job.settings.alpha for job in jobs], dtype=down.dtype, device=device)
     readout = None
     if first.readout is not None:  # one functional readout, vmapped over each student's own
@@ -287,7 +235,7 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         hidden = hidden if bias is None else hidden + bias.unsqueeze(1)
         return hidden if readout is None else readout(*state, hidden).reshape(count, len(x[0]), -1)
 
-    use_graph = cuda_graph and device.type == "cuda"
+    use_graph = cuda_graph and device.type == "cuda" and not data_parallel
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
                                   fused=True, capturable=use_graph)
     losses = torch.zeros(count, steps, dtype=down.dtype, device=device)
@@ -300,6 +248,10 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         cosine = F.cosine_similarity(pred, y, dim=-1).mean(1)
         loss = (pred - y).pow(2).mean((1, 2)) + alpha * (1 - cosine)  # distill_loss, per student
         loss.sum().backward()  # the students share no parameter: each gets its own gradient
+        if data_parallel:  # the mean gradient over processes, as DistributedDataParallel takes
+            for p in params:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
         optimiser.step()
         losses.index_copy_(1, counter, loss.detach().unsqueeze(1))
         counter.add_(1)
@@ -317,7 +269,12 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
     @torch.no_grad()
     def evaluate(k: int, at: int) -> bool:
         """The held-out MSE at step `at`; True while some student still trains."""
-        mse = (forward(hx) - hy).pow(2).mean((1, 2))
+        error = torch.stack([(forward(hx) - hy).pow(2).sum((1, 2)).double(),
+                             torch.full((count,), float(hy[0].numel()), device=device,
+                                        dtype=torch.float64)])
+        if data_parallel:  # every process's held-out rows: all choose the same checkpoint
+            dist.all_reduce(error)
+        mse = (error[0] / error[1]).to(down.dtype)
         history[:, k] = torch.where(active, mse, history[:, k])
         better = active & (mse < best_mse)
         best_mse.copy_(torch.where(better, mse, best_mse))
