@@ -45,7 +45,7 @@ from distil_rank.report import (
     teacher_latency_table,
     write_results,
 )
-from distil_rank.results import TeacherEntry, summarise_seeds
+from distil_rank.results import Results, TeacherEntry, summarise_seeds
 from distil_rank.runtime import resolve_device, stage_seed
 from distil_rank.stats import effective_rank
 from distil_rank.teachers import (
@@ -263,8 +263,9 @@ def run(config: Config) -> dict:
     train_students(students, device)  # every distillation of the run, together
     for seed_run in runs:  # metrics
         measure_seed(seed_run, rank, config, device)
-        print(f"seed {seed_run.seed}:", *results_table(_json(seed_run.entries)), "",
-              *task_table(_json(seed_run.entries)), sep="\n", flush=True)
+        view = Results(seed_run.entries)
+        print(f"seed {seed_run.seed}:", *results_table(view), "", *task_table(view), sep="\n",
+              flush=True)
     names = list(runs[0].teachers)
     teachers = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
     matrices = latency_matrices(dim, rank, config, device)
@@ -300,14 +301,11 @@ def run(config: Config) -> dict:
     summary["undefined"] = undefined_metrics(summary)
     curves = {**curves_of(runs[0], rank), "embedding_eigenvalues": embedding_spectrum.clamp_min(0)}
     json_path, figure_path = write_results(Path(config.out), summary, curves)
+    view = Results(teachers)
     print(f"over seeds {config.seeds()} (mean ± std; timings: median):",
-          *results_table(teachers), "", *task_table(teachers), "", *teacher_latency_table(teachers),
+          *results_table(view), "", *task_table(view), "", *teacher_latency_table(view),
           *(line for m in matrices.values() for line in ["", *latency_table(m, "latency")]),
           sep="\n", flush=True)
     print(f"wrote {json_path} and {figure_path} "
           f"({summary['environment']['run_seconds']:.1f} s)", flush=True)
     return summary
-
-
-def _json(entries: dict[str, TeacherEntry]) -> dict[str, dict]:
-    return {name: entry.to_json() for name, entry in entries.items()}

@@ -10,7 +10,7 @@ import torch
 
 from distil_rank.files import atomic_write, write_together
 from distil_rank.lowrank import flop_ratio
-from distil_rank.teachers import HEAD_NAME
+from distil_rank.results import Results
 
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
@@ -88,51 +88,48 @@ def pm(mean, std, spec: str) -> str:
     return fmt(mean, spec) if not std else f"{format(mean, spec)} ± {format(std, '.1g')}"
 
 
-def results_table(teachers: dict[str, dict]) -> list[str]:
+def results_table(view: Results) -> list[str]:
     """Fidelity per teacher and compressor, explained variance first, as a Markdown table: one
     seed's entries or the entries over seeds (then with ± std). The console and the README."""
     lines = ["| teacher | compressor | explained variance | cosine (mean / min) | rel_mse | "
              "Spearman rho (teacher's probe) | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
-    for teacher, entry in teachers.items():
-        rho = fmt(entry.get("teacher_spearman"), ".3f")  # only where the data has fitness
+    for teacher, entry in view.entries.items():
+        rho = fmt(entry.teacher_spearman, ".3f")  # only where the data has fitness
         lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {rho} | |")
-        for method, m in entry["methods"].items():
-            ev_std = entry["std"]["methods"][method]["explained_variance"] \
-                if "std" in entry else None
+        for method, m in entry.methods.items():
+            ev_std = view.std(teacher, "methods", method, "explained_variance")
             lines.append(
                 f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
-                f"{pm(m['explained_variance'], ev_std, '.4g')} | "
-                f"{m['cosine']:.5f} / {m['cosine_min']:.4f} | {m['rel_mse']:.2e} | "
-                f"{fmt(m.get('spearman'), '.3f')} | {m['fit_seconds']:.3f} |")
+                f"{pm(m.explained_variance, ev_std, '.4g')} | "
+                f"{m.cosine:.5f} / {m.cosine_min:.4f} | {m.rel_mse:.2e} | "
+                f"{fmt(m.spearman, '.3f')} | {m.fit_seconds:.3f} |")
     return lines
 
 
-def task_table(teachers: dict[str, dict]) -> list[str]:
+def task_table(view: Results) -> list[str]:
     """For teachers inside a head: the task first (the compressed head's Spearman rho against
     measured fitness), then the head's output and the layer's own explained variance."""
     lines = ["| teacher | compressor | task Spearman rho | share of the teacher's | "
              "head output EV | layer EV | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
-    for teacher, entry in teachers.items():
-        if "teacher_task_spearman" not in entry:
-            continue
-        reference = entry["teacher_task_spearman"]
+    for teacher, entry in view.heads().items():
+        reference = entry.teacher_task_spearman
         lines.append(f"| {teacher} | teacher head itself | {reference:.3f} | 1 | 1 | 1 | |")
-        for method, m in entry["methods"].items():
-            rho_std = entry["std"]["methods"][method]["task_spearman"] if "std" in entry else None
+        for method, m in entry.methods.items():
+            rho_std = view.std(teacher, "methods", method, "task_spearman")
             lines.append(
                 f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
-                f"{pm(m['task_spearman'], rho_std, '.3f')} | "
-                f"{m['task_spearman'] / reference:.3f} | "
-                f"{m['head_explained_variance']:.4g} | {m['explained_variance']:.4g} | "
-                f"{m['fit_seconds']:.3f} |")
+                f"{pm(m.task_spearman, rho_std, '.3f')} | {m.task_spearman / reference:.3f} | "
+                f"{m.head_explained_variance:.4g} | {m.explained_variance:.4g} | "
+                f"{m.fit_seconds:.3f} |")
     return lines if len(lines) > 2 else []
 
 
-def teacher_latency_table(teachers: dict[str, dict]) -> list[str]:
+def teacher_latency_table(view: Results) -> list[str]:
     """Teacher against student latency at the run's latency batch, beside the FLOP ratio."""
     lines = ["| teacher | dense ms | rank-r ms | speedup | FLOP ratio |",
              "|---|---:|---:|---:|---:|"]
-    for teacher, e in teachers.items():
+    for teacher, entry in view.entries.items():
+        e = entry.derived()
         lines.append(f"| {teacher} | {e['latency_teacher_ms']:.4f} | {e['latency_student_ms']:.4f} "
                      f"| {e['speedup']:.2f}x | {e['flop_ratio']:.2f}x |")
     return lines
@@ -173,14 +170,13 @@ def _panel_losses(ax, summary, curves, colours):
     ax.legend(fontsize=7, ncol=2)
 
 
-def _panel_fidelity(ax, summary):
+def _panel_fidelity(ax, summary, view: Results):
     teachers, methods = summary["teachers"], summary["methods"]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        present = [j for j, t in enumerate(teachers) if method in summary[t]["methods"]]
-        means = [summary[teachers[j]]["methods"][method]["explained_variance"] for j in present]
-        stds = [summary[teachers[j]]["std"]["methods"][method]["explained_variance"]
-                for j in present]
+        present = [j for j, t in enumerate(teachers) if method in view.entries[t].methods]
+        means = [view.entries[teachers[j]].methods[method].explained_variance for j in present]
+        stds = [view.std(teachers[j], "methods", method, "explained_variance") for j in present]
         values = _unexplained(means)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
@@ -194,8 +190,8 @@ def _panel_fidelity(ax, summary):
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.text(len(teachers) - 0.55, 1.1, "= predicting the mean", fontsize=7, ha="right")
-    top = max(_finite(_unexplained([entry["explained_variance"] for t in teachers
-                                    for entry in summary[t]["methods"].values()]), 1.0))
+    top = max(_finite(_unexplained([m.explained_variance for e in view.entries.values()
+                                    for m in e.methods.values()]), 1.0))
     ax.set_ylim(top=max(top, 1.0) * 60)
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary["seeds"])
@@ -228,8 +224,8 @@ def _panel_latency(ax, summary):
     ax.legend(fontsize=7)
 
 
-def _panel_pareto(ax, summary, teacher, colour):
-    sweep = summary[teacher].get("sweep")
+def _panel_pareto(ax, summary, view: Results, teacher, colour):
+    sweep = view.entries[teacher].sweep
     if not sweep:
         ax.text(0.5, 0.5, "no rank sweep in this run (--no-sweep)", ha="center",
                 transform=ax.transAxes)
@@ -240,7 +236,7 @@ def _panel_pareto(ax, summary, teacher, colour):
     ranks = list(range(1, dim // 2 + 1))  # up to the rank where the factors stop saving
     ax.plot([flop_ratio(dim, dim, r) for r in ranks], _unexplained([curve[r] for r in ranks]),
             color="black", lw=1, label="closed form, exact (train rows)")
-    std = summary[teacher]["std"]["sweep"]
+    std = view.std(teacher, "sweep")
     markers = {"svd": dict(fmt="o-", ms=4), "data_aware": dict(fmt="s", ms=9, mfc="none"),
                "distil_da": dict(fmt="o-", ms=4)}
     for method in ("svd", "data_aware", "distil_da"):
@@ -314,29 +310,31 @@ def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    teachers = summary["teachers"]
+    teachers, view = summary["teachers"], Results.of_summary(summary)
     colours = dict(zip(teachers, TEACHER_COLOURS))
     fig, axes = plt.subplots(3, 3, figsize=(19, 16))
     data_word = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
     fig.suptitle(
         f"Distil-Rank: {summary['input_dim']}x{summary['input_dim']} layers at rank "
-        f"{summary['target_rank']} ({summary[teachers[0]]['compression']:.1f}x fewer parameters), "
+        f"{summary['target_rank']} "
+        f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters), "
         f"{data_word} embeddings ({summary['data']['train']['rows']} train / "
         f"{summary['data']['val']['rows']} validation rows), {len(summary['seeds'])} seed(s)",
         fontsize=13,
     )
     _panel_losses(axes[0, 0], summary, curves, colours)
-    _panel_fidelity(axes[0, 1], summary)
+    _panel_fidelity(axes[0, 1], summary, view)
     _panel_latency(axes[0, 2], summary)
     for ax, teacher in zip(axes[1], teachers):  # the linear teachers; a head's layer is below
-        _panel_pareto(ax, summary, teacher, colours[teacher])
+        _panel_pareto(ax, summary, view, teacher, colours[teacher])
     _panel_teacher_spectra(axes[2, 0], summary, curves, colours)
     _panel_embedding_spectrum(axes[2, 1], summary, curves)
-    if HEAD_NAME in teachers:
-        _panel_task(axes[2, 2], summary, HEAD_NAME)
+    heads = list(view.heads())  # a teacher judged by its task gets the panel; else the text
+    if heads:
+        _panel_task(axes[2, 2], summary, view, heads[0])
     else:
         axes[2, 2].set_axis_off()
-        _text_panel(axes[2, 2], summary)
+        _text_panel(axes[2, 2], summary, view)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     try:
         fig.savefig(path, dpi=100, format="png")
@@ -344,10 +342,10 @@ def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
         plt.close(fig)
 
 
-def _panel_task(ax, summary, teacher):
+def _panel_task(ax, summary, view: Results, teacher):
     """The task metric against rank for every method, the teacher head's as a line."""
-    entry = summary[teacher]
-    sweep, std = entry.get("sweep"), entry["std"].get("sweep")
+    entry = view.entries[teacher]
+    sweep, std = entry.sweep, view.std(teacher, "sweep")
     if sweep:
         for method, curve in sweep["methods"].items():
             ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2, marker="o", ms=4,
@@ -355,38 +353,37 @@ def _panel_task(ax, summary, teacher):
                         color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method))
         ax.set_xscale("log", base=2)
     else:
-        for i, (method, m) in enumerate(entry["methods"].items()):
-            ax.bar(i, m["task_spearman"], color=METHOD_COLOURS.get(method),
+        for i, (method, m) in enumerate(entry.methods.items()):
+            ax.bar(i, m.task_spearman, color=METHOD_COLOURS.get(method),
                    label=METHOD_LABELS.get(method, method))
         ax.set_xticks([])
-    if entry["teacher_task_spearman"] == entry["teacher_task_spearman"]:  # not NaN
-        ax.axhline(entry["teacher_task_spearman"], color="black", lw=1,
-                   label=f"teacher head {entry['teacher_task_spearman']:.3f}")
+    reference = entry.teacher_task_spearman
+    if reference == reference:  # not NaN
+        ax.axhline(reference, color="black", lw=1, label=f"teacher head {reference:.3f}")
     ax.axvline(summary["target_rank"], color="black", ls="--", lw=0.8)
     ax.set_xlabel("rank r of the head's first layer (log)")
     ax.set_ylabel("Spearman rho, head's prediction vs measured fitness (validation)")
     ax.set_title(f"{teacher}: the task against rank (mean over seeds)\n"
-                 f"{entry['student_method']} is the student; task_aware knows what the head reads",
+                 f"{entry.student_method} is the student; task_aware knows what the head reads",
                  fontsize=9.5)
     ax.legend(fontsize=7, loc="lower right")
 
 
-def _text_panel(ax, summary):
+def _text_panel(ax, summary, view: Results):
     """What a reader should take away, in numbers from this run."""
     rank, student = summary["target_rank"], summary["student_method"]
     lines = [f"At rank {rank}, explained variance on validation (mean over seeds):"]
-    for teacher in summary["teachers"]:
-        m = summary[teacher]["methods"]
-        lines.append(f"  {teacher:<13} svd {m['svd']['explained_variance']:>9.3g}   "
-                     f"data_aware {m['data_aware']['explained_variance']:.3f}   "
-                     f"{student} {m[student]['explained_variance']:.3f}")
+    for teacher, entry in view.entries.items():
+        m = entry.methods
+        lines.append(f"  {teacher:<13} svd {m['svd'].explained_variance:>9.3g}   "
+                     f"data_aware {m['data_aware'].explained_variance:.3f}   "
+                     f"{student} {m[student].explained_variance:.3f}")
     if summary["data"]["has_fitness"]:
         lines.append("")
         lines.append("Downstream: Spearman rho of a fitness probe fitted on the teacher:")
-        for teacher in summary["teachers"]:
-            e = summary[teacher]
-            lines.append(f"  {teacher:<13} teacher {e['teacher_spearman']:.3f}   "
-                         f"student {e['methods'][student]['spearman']:.3f}")
+        for teacher, entry in view.entries.items():
+            lines.append(f"  {teacher:<13} teacher {entry.teacher_spearman:.3f}   "
+                         f"student {entry.methods[student].spearman:.3f}")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5,
             transform=ax.transAxes)
 

@@ -62,7 +62,7 @@ class DistillRecord:
     final_loss: float  # training loss at the last step run
     chosen_step: int | None  # 0: the warm start; None: the last step (no held-out choice)
     selection_checkpoints: list  # [step, held-out MSE] at each evaluation
-    steps_run: int  # steps taken before the run ended or stopped early
+    steps_run: int | None = None  # steps taken before the end or an early stop (None: older runs)
 
 
 @dataclass
@@ -135,3 +135,28 @@ def summarise_seeds(entries: list[TeacherEntry]) -> dict:
     per_seed = [e.to_json() for e in entries]
     _, std = aggregate(per_seed, PER_SEED_KEYS)
     return {**TeacherEntry.from_json(mean).to_json(), "std": std, "per_seed": per_seed}
+
+
+class Results:
+    """Read access to teachers' entries, one seed's or combined over seeds (then with `std`): the
+    one place where the report, the console and the README generator learn where a figure
+    lives. `entries` are typed; `std` walks the spread tree, None where there is none."""
+
+    def __init__(self, teachers: dict):
+        self._json = {n: e.to_json() if isinstance(e, TeacherEntry) else e
+                      for n, e in teachers.items()}
+        self.entries = {n: TeacherEntry.from_json(e) for n, e in self._json.items()}
+
+    @classmethod
+    def of_summary(cls, summary: dict) -> Results:
+        return cls({name: summary[name] for name in summary["teachers"]})
+
+    def heads(self) -> dict[str, TeacherEntry]:
+        """The teachers judged by a task (a head's first layer)."""
+        return {n: e for n, e in self.entries.items() if e.teacher_task_spearman is not None}
+
+    def std(self, teacher: str, *path: str):
+        node = self._json[teacher].get("std")
+        for key in path:
+            node = None if node is None else node.get(key)
+        return node

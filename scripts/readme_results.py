@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +26,15 @@ from distil_rank.report import (  # noqa: E402
     task_table,
     teacher_latency_table,
 )
+from distil_rank.results import Results, TeacherEntry  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
-def sweep_tables(summary: dict) -> list[str]:
-    first = summary[summary["teachers"][0]].get("sweep")
+def sweep_tables(summary: dict, view: Results) -> list[str]:
+    first = view.entries[summary["teachers"][0]].sweep
     if not first:
         return ["(This run had no rank sweep: `python main.py --sweep`.)"]
     ranks = first["ranks"]
@@ -41,14 +43,14 @@ def sweep_tables(summary: dict) -> list[str]:
         "dense layer's weights over the factors', biases aside); the closed-form "
         "column is the exact optimum on the training rows from one eigendecomposition, which the "
         "fitted `data_aware` students match to "
-        f"{max(summary[t]['sweep']['closed_form_max_abs_gap'] for t in summary['teachers']):.1e}:",
+        f"{max(e.sweep['closed_form_max_abs_gap'] for e in view.entries.values()):.1e}:",
         "",
         "| teacher | method | " + " | ".join(f"r={r} ({c:.1f}x)" for r, c in
                                            zip(ranks, first["compression"])) + " |",
         "|---|---|" + "---:|" * len(ranks),
     ]
-    for teacher in summary["teachers"]:
-        sweep, std = summary[teacher]["sweep"], summary[teacher]["std"]["sweep"]
+    for teacher, entry in view.entries.items():
+        sweep, std = entry.sweep, view.std(teacher, "sweep")
         curve = sweep["closed_form_train_explained_variance"]
         lines.append(f"| {teacher} | closed form (train, exact) | "
                      + " | ".join(f"{curve[r]:.4f}" for r in ranks) + " |")
@@ -60,18 +62,15 @@ def sweep_tables(summary: dict) -> list[str]:
     lines += ["", "Smallest rank whose closed form reaches a target explained variance on the "
               "training rows (mean over seeds):", "",
               "| teacher | EV 0.95 | EV 0.99 | EV 0.999 |", "|---|---:|---:|---:|"]
-    for teacher in summary["teachers"]:
-        targets = summary[teacher]["sweep"]["smallest_rank_for_train_explained_variance"]
+    for teacher, entry in view.entries.items():
+        targets = entry.sweep["smallest_rank_for_train_explained_variance"]
         lines.append(f"| {teacher} | " + " | ".join(fmt(targets[t], ".0f") for t in
                                                       ("0.95", "0.99", "0.999")) + " |")
-    for teacher in summary["teachers"]:
-        entry = summary[teacher]
-        if "teacher_task_spearman" not in entry:
-            continue
-        sweep, std = entry["sweep"], entry["std"]["sweep"]
+    for teacher, entry in view.heads().items():
+        sweep, std = entry.sweep, view.std(teacher, "sweep")
         lines += ["", f"{teacher}: the task against rank, Spearman's rho of the compressed head's "
                   f"prediction against measured fitness on validation (the teacher head: "
-                  f"{entry['teacher_task_spearman']:.3f}):", "",
+                  f"{entry.teacher_task_spearman:.3f}):", "",
                   "| method | " + " | ".join(f"r={r}" for r in sweep["ranks"]) + " |",
                   "|---|" + "---:|" * len(sweep["ranks"])]
         for method, curve in sweep["methods"].items():
@@ -92,7 +91,8 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
     cfg = summary["config"]
     data = summary["data"]
     kind = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
-    first = summary[summary["teachers"][0]]
+    view = Results.of_summary(summary)
+    first = view.entries[summary["teachers"][0]].derived()
     lines = [
         f"Produced by `python main.py` (seeds {', '.join(map(str, summary['seeds']))}; "
         f"{cfg['steps']} distillation steps) on "
@@ -107,26 +107,27 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         f"root-mean-square distance from it is {data['embedding_spread_rms_norm']:.3g}.",
         "",
     ]
-    teachers = {name: summary[name] for name in summary["teachers"]}
-    lines += results_table(teachers)
-    task = task_table(teachers)
+    lines += results_table(view)
+    task = task_table(view)
     if task:
         lines += ["", "### A head judged by its task", "",
                   "The Fitness-Head teacher's first layer, compressed at the same rank, judged "
                   "by the whole head's prediction of measured fitness on validation (mean ± std "
                   "over seeds):", ""] + task
-        for name, entry in teachers.items():
-            if "teacher_task_spearman" in entry:
-                m, kept = entry["methods"], entry["distillation"]["distil_task"]["chosen_step"]
-                share = {k: m[k]["task_spearman"] / entry["teacher_task_spearman"] for k in m}
-                lines += ["", f"At rank {summary['target_rank']} the {name}'s `task_aware` keeps "
-                          f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
-                          f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
-                          f"in {kept.count(0)} of {len(kept)} seeds."]
-    lines += ["", "### Rank sweep", ""] + sweep_tables(summary)
+        for name, entry in view.heads().items():
+            m, run = entry.methods, entry.distillation["distil_task"]
+            share = {k: m[k].task_spearman / entry.teacher_task_spearman for k in m}
+            lines += ["", f"At rank {summary['target_rank']} the {name}'s `task_aware` keeps "
+                      f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
+                      f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
+                      f"in {run.chosen_step.count(0)} of {len(run.chosen_step)} seeds"
+                      + (f", stopping early after {', '.join(map(str, run.steps_run))} steps."
+                         if isinstance(run.steps_run, list) else ".")]
+    lines += ["", "### Rank sweep", ""] + sweep_tables(summary, view)
+    batch = view.entries[summary["teachers"][0]].latency["teacher"]["batch"]
     lines += ["", "### Latency", "", "Latency of one forward pass at batch "
-              f"{first['latency']['teacher']['batch']} (median of {cfg['latency_repeats']}):", "",
-              ] + teacher_latency_table(teachers)
+              f"{batch} (median of {cfg['latency_repeats']}):", "",
+              ] + teacher_latency_table(view)
     for matrix in summary.get("latency_matrix", {}).values():
         lines += [""] + latency_table(matrix, "The run's own latency matrix (`python main.py`)")
     for source, matrix in latencies:
@@ -183,7 +184,7 @@ def gpu_section(folder: Path) -> list[str]:
         return ["", "No GPU run of the benchmark is recorded yet: `bash bench/gpu.sh` on a CUDA "
                 "machine writes one (`results/cuda/`), and this section then shows it."]
     run = json.loads(path.read_text())
-    teachers = {name: run[name] for name in run["teachers"]}
+    teachers = Results.of_summary(run)
     lines = ["", "### On a GPU", "",
              f"`bash bench/gpu.sh` on {run['environment']['device_name']} (torch "
              f"{run['environment']['torch']}, CUDA {run['environment']['cuda']}): "
@@ -206,10 +207,7 @@ def gpu_section(folder: Path) -> list[str]:
 
 def recipe_figures(entry: dict) -> dict:
     """The published keys with the published recipe (`distil`) as the student."""
-    svd, student = entry["methods"]["svd"], entry["methods"][RECIPE]
-    return {"svd_cosine": svd["cosine"], "student_cosine": student["cosine"],
-            "cosine_improvement": student["cosine"] - svd["cosine"],
-            "mse_reduction": (svd["rel_mse"] - student["rel_mse"]) / svd["rel_mse"]}
+    return replace(TeacherEntry.from_json(entry), student_method=RECIPE).derived()
 
 
 def published_section(published: dict, same_recipe: dict, real: dict) -> str:
