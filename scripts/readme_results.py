@@ -95,7 +95,7 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
     first = view.entries[summary["teachers"][0]].derived()
     lines = [
         f"Produced by `python main.py` (seeds {', '.join(map(str, summary['seeds']))}; "
-        f"{cfg['steps']} distillation steps) on "
+        f"{cfg['steps']} distillation steps; {_run_time(summary)}) on "
         f"{env['device_name']} with {env['torch_threads']} threads, torch {env['torch']}; "
         f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} "
         "validation rows, "
@@ -173,6 +173,19 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
             f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
             f"beside it (goal: at most 3x).",
         ]
+        if "batched" in speed:
+            batched = speed["batched"]
+            cases = "; ".join(
+                f"{case.replace('_r', ' rank ')}: {batched[case]['one_by_one_seconds']:.2f} s one "
+                f"by one, {batched[case]['together_seconds']:.2f} s together "
+                f"({batched[case]['speedup']:.2f}x)" for case in ("320d_r16", "1280d_r64"))
+            sweep = batched["320d_sweep_ranks"]
+            lines += ["", f"Students trained together (same run): {batched['students']} "
+                      f"students, {batched['steps']} steps each, every student its own teacher "
+                      f"and seed. {cases}. Twelve students at the sweep's ranks 4 to 80: "
+                      f"{sweep['grouped_by_rank_seconds']:.2f} s grouped by rank, "
+                      f"{sweep['padded_to_max_rank_seconds']:.2f} s zero-padded to rank 80 in "
+                      f"one stack."]
     lines += gpu_section(ROOT / "results" / "cuda")
     return "\n".join(lines)
 
@@ -203,6 +216,11 @@ def gpu_section(folder: Path) -> list[str]:
                   f"{first['latency']['teacher']['batch']} {first['speedup']:.2f}x (FLOP ratio "
                   f"{first['flop_ratio']:.1f}x)."]
     return lines
+
+
+def _run_time(summary: dict) -> str:
+    seconds = summary["environment"].get("run_seconds")  # absent from runs before it was kept
+    return "wall time not recorded" if seconds is None else f"{seconds:.0f} s wall time"
 
 
 def recipe_figures(entry: dict) -> dict:
@@ -244,7 +262,9 @@ def published_section(published: dict, same_recipe: dict, real: dict) -> str:
                          + " | ".join(f"{c[teacher]['methods'][method]['explained_variance']:.4g}"
                                       for c in columns) + " |")
     seeds = " and ".join(str(len(c["seeds"])) for c in columns)
-    lines += ["", f"Our columns: `python main.py --preset published` and `python main.py`, the "
+    times = " and ".join(_run_time(c) for c in columns)
+    lines += ["", f"Our columns: `python main.py --preset published` and `python main.py` "
+              f"({times} on {columns[0]['environment']['device_name']}), the "
               f"means of {seeds} seeds, with the published recipe (`distil`: SVD warm start, AdamW "
               f"3e-3, batch 64, 1000 steps, MSE + 0.1 (1 - cos)) as the student, so that like is "
               f"compared with like; improvement is student minus SVD cosine, MSE reduction is "
