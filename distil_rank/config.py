@@ -26,11 +26,13 @@ class Config:
     rank_divisor: int = 20  # r = D / 20 gives about 10x fewer parameters for a square layer
 
     # --- teachers ---
-    teacher_steps: int = 500  # Adam steps of the denoising proxy task (Task-Trained)
+    teacher_steps: int = 500  # AdamW steps of the denoising proxy task (Task-Trained)
     teacher_lr: float = 1e-3  # Adam learning rate of the denoising task
     teacher_batch_size: int = 256  # rows per denoising step
     denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
     spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
+    teacher_init: str = "default"  # Task-Trained's start: default, small or zero (teachers.py)
+    teacher_weight_decay: float = 0.0  # AdamW weight decay of the denoising task
 
     # --- the Fitness-Head teacher (built when both splits carry fitness labels) ---
     head_steps: int = 1500  # Adam steps on the standardised fitness of the fit rows

@@ -231,8 +231,9 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         readout = torch.vmap(lambda p, b, h: torch.func.functional_call(base, (p, b), (h,)))
 
     def forward(x):  # [students, rows, in] -> [students, rows, out (of the readout, if any)]
-        hidden = torch.bmm(torch.bmm(x, down.transpose(1, 2)), up.transpose(1, 2))
-        hidden = hidden if bias is None else hidden + bias.unsqueeze(1)
+        low = torch.bmm(x, down.mT)
+        hidden = torch.bmm(low, up.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), low,
+                                                                          up.mT)
         return hidden if readout is None else readout(*state, hidden).reshape(count, len(x[0]), -1)
 
     use_graph = cuda_graph and device.type == "cuda" and not data_parallel

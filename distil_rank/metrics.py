@@ -75,3 +75,16 @@ def fit_ridge(features: torch.Tensor, target: torch.Tensor, alpha: float):
     eye = torch.eye(gram.shape[0], dtype=gram.dtype)
     coef = torch.linalg.solve(gram + penalty * eye, zc.T @ (t - t_mean))
     return lambda new: (new.double() - z_mean) @ coef + t_mean
+
+
+def energy_outside_data_span(weight: torch.Tensor, x: torch.Tensor,
+                             share: float = 0.999) -> float:
+    """||W (I - P)||_F^2 / ||W||_F^2, P the projector on the fewest principal directions of x
+    that hold `share` of its variance: the part of the layer that acts where the data does not
+    vary."""
+    centred = x.double() - x.double().mean(0)
+    eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred)
+    eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
+    k = int((eigenvalues.cumsum(0) / eigenvalues.sum() < share).sum()) + 1
+    inside = weight.double() @ vectors[:, :k]
+    return 1 - inside.pow(2).sum().item() / weight.double().pow(2).sum().item()

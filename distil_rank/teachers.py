@@ -50,6 +50,8 @@ class TeacherSettings:
     teacher_batch_size: int  # rows per denoising step
     denoise_noise: float  # noise std, relative to the embeddings' per-coordinate spread
     spectral_tau: float  # e-folding length of the Spectral teacher's singular values, / D
+    teacher_init: str = "default"  # Task-Trained's start: a key of TEACHER_INIT_SCALES
+    teacher_weight_decay: float = 0.0  # AdamW's decoupled weight decay on the denoising task
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,28 @@ def random_teacher(dim: int, seed: int) -> nn.Linear:
     return _freeze(seeded_linear(dim, dim, torch.Generator().manual_seed(seed)))
 
 
+# Task-Trained's initial weights: nn.Linear's default (Kaiming-uniform) init times this scale.
+TEACHER_INIT_SCALES = {"default": 1.0, "small": 1e-2, "zero": 0.0}
+
+
 def task_trained_teacher(train_x: torch.Tensor, settings: TeacherSettings,
                          seed: int) -> tuple[nn.Linear, list[float]]:
     """Denoising: minimise ||layer(x + e) - x||^2 with e ~ N(0, (noise * spread)^2 I), where
     spread is the root-mean-square per-coordinate deviation of the embeddings from their mean
-    (so the noise is on the scale of the data's own variation, not of its large common mean)."""
+    (so the noise is on the scale of the data's own variation, not of its large common mean),
+    by AdamW from nn.Linear's default init scaled by TEACHER_INIT_SCALES[teacher_init]."""
+    if settings.teacher_init not in TEACHER_INIT_SCALES:
+        raise ValueError(f"teacher_init {settings.teacher_init!r}: expected one of "
+                         f"{', '.join(TEACHER_INIT_SCALES)}")
     g = torch.Generator().manual_seed(seed)
     layer = seeded_linear(train_x.shape[1], train_x.shape[1], g)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(TEACHER_INIT_SCALES[settings.teacher_init])
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
-    optimiser = torch.optim.Adam(layer.parameters(), lr=settings.teacher_lr)
+    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.teacher_lr,
+                                  weight_decay=settings.teacher_weight_decay)
     losses = []
     for _ in range(settings.teacher_steps):
         idx = torch.randint(train_x.shape[0], (min(settings.teacher_batch_size, train_x.shape[0]),),

@@ -9,8 +9,10 @@ Reads results/distil_rank_summary.json and bench/results/{speed,latency,calibrat
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import statistics
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +31,7 @@ from distil_rank.report import (  # noqa: E402
 from distil_rank.results import Results, TeacherEntry  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
@@ -86,7 +89,7 @@ def sweep_tables(summary: dict, view: Results) -> list[str]:
 
 
 def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]],
-                    calibrations: list[dict]) -> str:
+                    calibrations: list[dict], source: Sources) -> str:
     env = summary["environment"]
     cfg = summary["config"]
     data = summary["data"]
@@ -130,8 +133,8 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
               ] + teacher_latency_table(view)
     for matrix in summary.get("latency_matrix", {}).values():
         lines += [""] + latency_table(matrix, "The run's own latency matrix (`python main.py`)")
-    for source, matrix in latencies:
-        lines += [""] + latency_table(matrix, f"`{source}`")
+    for label, matrix in latencies:
+        lines += [""] + latency_table(matrix, label)
     if not any("cpu" not in m["device"].lower() for _, m in latencies):
         lines += ["", "No GPU figure is recorded yet: `python bench/latency.py` on a CUDA machine "
                   "writes one (fp32 and bf16, eager and CUDA-graph replay)."]
@@ -155,6 +158,7 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         fits, env = speed["fits"], speed["environment"]
         where = env["device_name"] + (f", {env['torch_threads']} threads"
                                       if env["device_name"].startswith("CPU") else "")
+        where += _provenance(speed)
         default_run = (f"the default `python main.py` took {speed['default_run_seconds']:.1f} s "
                        f"(goal: at most 90 s); " if "default_run_seconds" in speed else "")
         lines += [
@@ -186,36 +190,41 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
                       f"{sweep['grouped_by_rank_seconds']:.2f} s grouped by rank, "
                       f"{sweep['padded_to_max_rank_seconds']:.2f} s zero-padded to rank 80 in "
                       f"one stack."]
-    lines += gpu_section(ROOT / "results" / "cuda")
+    lines += gpu_section(source)
     return "\n".join(lines)
 
 
-def gpu_section(folder: Path) -> list[str]:
+def gpu_section(source: Sources, folder: str = "results/cuda") -> list[str]:
     """The benchmark as `bash bench/gpu.sh` ran it on a GPU, when its results are committed."""
-    path = folder / "distil_rank_summary.json"
-    if not path.exists():
+    run = source.read(f"{folder}/distil_rank_summary.json")
+    if run is None:
         return ["", "No GPU run of the benchmark is recorded yet: `bash bench/gpu.sh` on a CUDA "
                 "machine writes one (`results/cuda/`), and this section then shows it."]
-    run = json.loads(path.read_text())
     teachers = Results.of_summary(run)
     lines = ["", "### On a GPU", "",
              f"`bash bench/gpu.sh` on {run['environment']['device_name']} (torch "
              f"{run['environment']['torch']}, CUDA {run['environment']['cuda']}): "
              f"`python main.py --device cuda`, the default data, {len(run['seeds'])} seeds, "
-             f"distillation on the GPU (`results/cuda/`).", ""]
+             f"distillation on the GPU (`results/cuda/`; {_run_time(run)}). Which commit it "
+             f"measured, and what its timings describe: `results/cuda/PROVENANCE.md`.", ""]
     lines += results_table(teachers) + [""] + task_table(teachers) + [""]
     lines += teacher_latency_table(teachers)
     for matrix in run["latency_matrix"].values():
         lines += [""] + latency_table(matrix, "That run's latency matrix")
-    published = folder / "published" / "distil_rank_summary.json"
-    if published.exists():
-        pub = json.loads(published.read_text())
+    pub = source.read(f"{folder}/published/distil_rank_summary.json")
+    if pub is not None:
         first = pub[pub["teachers"][0]]
         lines += ["", f"The published preset on that GPU (`results/cuda/published/`): rank "
                   f"{pub['target_rank']} of {pub['input_dim']}-d layers, speedup at batch "
                   f"{first['latency']['teacher']['batch']} {first['speedup']:.2f}x (FLOP ratio "
                   f"{first['flop_ratio']:.1f}x)."]
     return lines
+
+
+def _provenance(record: dict) -> str:
+    """Where a committed record came from, when it says (e.g. a GPU record of older code)."""
+    note = record.get("provenance", {}).get("note")
+    return f" ({note})" if note else ""
 
 
 def _run_time(summary: dict) -> str:
@@ -274,31 +283,84 @@ def published_section(published: dict, same_recipe: dict, real: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation_section(ablation: dict) -> str:
+    """The Task-Trained teacher's recipes, side by side on both settings."""
+    settings = ablation["settings"]
+    lines = ["| init | weight decay | steps | " + " | ".join(
+        f"{name}: SVD cos / SVD EV / closed-form EV / recipe cos / off-data energy"
+        for name in settings) + " |", "|---|---:|---:|" + "---:|" * len(settings)]
+    for i, recipe in enumerate(next(iter(settings.values()))["recipes"]):
+        cells = []
+        for result in settings.values():
+            r = result["recipes"][i]
+            cells.append(f"{r['svd_cosine']:.4f} / {r['svd_explained_variance']:.3g} / "
+                         f"{r['data_aware_explained_variance']:.4f} / {r['distil_cosine']:.4f} / "
+                         f"{r['energy_outside_data_span']:.3f}")
+        lines.append(f"| {recipe['init']} | {recipe['weight_decay']:g} | "
+                     f"{recipe['teacher_steps']} | " + " | ".join(cells) + " |")
+    described = ", ".join(f"{name}: {r['data']}, D = {r['input_dim']}, rank {r['rank']}"
+                          for name, r in settings.items())
+    lines += ["", f"`python scripts/task_trained_ablation.py` ({described}; seed 0 of the "
+              f"benchmark's teacher; the recipe's student: SVD start, "
+              f"{next(iter(settings.values()))['distil_steps']} steps). Cosine and explained "
+              "variance on validation; off-data energy is the share of ||W||_F^2 outside the "
+              "principal directions holding 99.9% of the training embeddings' variance."]
+    return "\n".join(lines)
+
+
 def replace_between(text: str, start: str, end: str, body: str) -> str:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+class Sources:
+    """The result files: as committed (git HEAD) for --check, so that a run that rewrites the
+    working copy (python main.py) cannot put the README out of step with what is committed; the
+    working copy otherwise, or where there is no git history."""
+
+    def __init__(self, committed: bool, root: Path = ROOT):
+        listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=root,
+                                capture_output=True, text=True) if committed else None
+        self.tracked = set(listed.stdout.split()) if listed and listed.returncode == 0 else None
+        self.root = root
+
+    def glob(self, pattern: str) -> list[str]:
+        if self.tracked is None:
+            return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern))
+        return sorted(p for p in self.tracked if fnmatch.fnmatch(p, pattern))
+
+    def read(self, path: str) -> dict | None:
+        if self.tracked is None:
+            file = self.root / path
+            return json.loads(file.read_text()) if file.exists() else None
+        if path not in self.tracked:
+            return None
+        return json.loads(subprocess.run(["git", "show", f"HEAD:{path}"], cwd=self.root,
+                                         check=True, capture_output=True, text=True).stdout)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
-    summary = json.loads((ROOT / "results" / "distil_rank_summary.json").read_text())
-    bench = ROOT / "bench" / "results"
-    speeds = [json.loads(f.read_text()) for f in sorted(bench.glob("speed_*.json"))]
-    latencies = [(f"bench/results/{f.name}", json.loads(f.read_text())["matrix"])
-                 for f in sorted(bench.glob("latency_*.json"))]
-    calibrations = [json.loads(f.read_text()) for f in sorted(bench.glob("calibrate_*.json"))]
+    source = Sources(committed=args.check)
+    summary = source.read("results/distil_rank_summary.json")
+    speeds = [source.read(f) for f in source.glob("bench/results/speed_*.json")]
+    latencies = [(f"`{f}`{_provenance(source.read(f))}", source.read(f)["matrix"])
+                 for f in source.glob("bench/results/latency_*.json")]
+    calibrations = [source.read(f) for f in source.glob("bench/results/calibrate_*.json")]
     readme = (ROOT / "README.md").read_text()
     updated = replace_between(readme, START, END,
-                              results_section(summary, speeds, latencies, calibrations))
-    published_run = ROOT / "results" / "published" / "distil_rank_summary.json"
-    if published_run.exists():
-        published = json.loads((ROOT / "bench" / "reference" /
-                                "published_distil_rank.json").read_text())
-        updated = replace_between(updated, PUBLISHED_START, PUBLISHED_END, published_section(
-            published, json.loads(published_run.read_text()), summary))
+                              results_section(summary, speeds, latencies, calibrations, source))
+    published_run = source.read("results/published/distil_rank_summary.json")
+    if published_run is not None:
+        published = source.read("bench/reference/published_distil_rank.json")
+        updated = replace_between(updated, PUBLISHED_START, PUBLISHED_END,
+                                  published_section(published, published_run, summary))
+    ablation = source.read("results/task_trained_ablation.json")
+    if ablation is not None:
+        updated = replace_between(updated, ABLATION_START, ABLATION_END, ablation_section(ablation))
     if args.check:
         if updated != readme:
             print("README.md results section is out of date: run python scripts/readme_results.py")

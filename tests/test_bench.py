@@ -70,11 +70,11 @@ def test_a_file_from_another_device_is_refused(root, tmp_path):
 
 def test_readme_sections_from_the_dry_run(root, dry_run):
     readme = load(root, "scripts/readme_results.py")
-    lines = readme.gpu_section(dry_run / "results" / "cpu")
+    lines = readme.gpu_section(readme.Sources(committed=False, root=dry_run), "results/cpu")
     text = "\n".join(lines)
     assert "### On a GPU" in text and "CPU" in text  # it names the device that ran, whatever it is
     assert "published preset on that GPU" in text
-    assert "No GPU run" in "\n".join(readme.gpu_section(dry_run / "nothing_here"))
+    assert "No GPU run" in "\n".join(readme.gpu_section(readme.Sources(False, dry_run), "none"))
 
     summary = json.loads((dry_run / "results" / "cpu" / "distil_rank_summary.json").read_text())
     published = json.loads((root / "bench" / "reference" /

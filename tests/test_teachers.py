@@ -1,7 +1,12 @@
+from dataclasses import replace
+
+import pytest
 import torch
 from torch import nn
 
 from conftest import correlated_inputs
+from distil_rank.lowrank import compress_svd
+from distil_rank.metrics import energy_outside_data_span, explained_variance
 from distil_rank.teachers import (
     HeadSettings,
     TeacherSettings,
@@ -73,3 +78,39 @@ def test_fitness_head_reads_raw_embeddings_after_folding_its_standardisation():
         predicted = teacher.readout(teacher.layer(x[1000:])).squeeze(-1)
     assert torch.corrcoef(torch.stack([predicted, y[1000:]]))[0, 1] > 0.95
     assert not any(p.requires_grad for p in teacher.readout.parameters())
+
+
+def test_energy_outside_data_span_is_the_share_of_the_weight_acting_off_the_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64) @ torch.eye(3, 6, dtype=torch.float64)
+    weight = torch.zeros(6, 6, dtype=torch.float64)
+    weight[0, 0], weight[1, 4] = 3.0, 4.0  # 9 of the energy on a data axis, 16 off it
+    assert energy_outside_data_span(weight, x) == pytest.approx(16 / 25)
+
+
+def test_task_trained_recipes_differ_in_the_weight_they_leave_outside_the_data():
+    """The property behind the recipe ablation: denoising gradients barely reach the directions
+    in which the embeddings do not vary, so what the initialisation puts there stays, and a
+    rank-r SVD must spend its rank on it. From a zero start there is nothing to keep."""
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(2000, 4, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5])
+    x = latent @ torch.randn(4, 24, generator=g) + 0.01 * torch.randn(2000, 24, generator=g) + 5.0
+    base = TeacherSettings(teacher_steps=400, teacher_lr=1e-2, teacher_batch_size=128,
+                           denoise_noise=0.5, spectral_tau=0.1)
+    outside, svd_ev = {}, {}
+    for init in ("default", "small", "zero"):
+        teacher, _ = task_trained_teacher(x, replace(base, teacher_init=init), seed=0)
+        outside[init] = energy_outside_data_span(teacher.weight, x)
+        with torch.no_grad():
+            y = teacher(x)
+            svd_ev[init] = explained_variance(y, compress_svd(teacher, 4)(x))
+    assert outside["default"] > 0.5 > 0.1 > outside["zero"]
+    assert outside["small"] < outside["default"]
+    assert svd_ev["zero"] > 0.99 > svd_ev["default"]
+
+
+def test_task_trained_teacher_refuses_an_unknown_initialisation():
+    settings = TeacherSettings(teacher_steps=1, teacher_lr=1e-3, teacher_batch_size=8,
+                               denoise_noise=0.5, spectral_tau=0.1, teacher_init="ones")
+    with pytest.raises(ValueError, match="teacher_init 'ones'"):
+        task_trained_teacher(torch.randn(10, 4), settings, seed=0)
