@@ -124,7 +124,16 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     Refinement needs the rows in memory (an iterable is concatenated) and distils the layer's
     own output, so it does not combine with output_weight.
     """
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"compress_linear takes an nn.Linear, got {type(linear).__name__}")
     what = _describe(linear)
+    if not all(torch.isfinite(p).all() for p in linear.parameters()):
+        raise ValueError(f"{what}: its weight or bias holds NaN or Inf")
+    if refine_steps > 0 and refine_batch_size < 1:
+        raise ValueError(f"refine_batch_size = {refine_batch_size}: must be at least 1")
+    if refine_steps > 0 and not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction = {holdout_fraction}: must be between 0 and 1 "
+                         "(exclusive): refinement needs rows to fit on and rows to choose with")
     if refine_steps <= 0:
         moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,

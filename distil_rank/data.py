@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,11 +51,13 @@ class EmbeddingSet:
 def _read_pt(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only=True refuses any object that would need code to rebuild; say so briefly.
-        raise InputError(f"{path}: refused to unpickle (not plain tensors): "
-                         f"{first_line(err)}") from None
     except Exception as err:  # a corrupt file can fail anywhere inside the unpickler
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is not one
+            raise InputError(f"{path}: not a tensor file written by torch.save (text, or another "
+                             "format?)") from None
+        if isinstance(err, pickle.UnpicklingError):  # objects that would need code to rebuild
+            raise InputError(f"{path}: holds Python objects, not plain tensors: refused (an "
+                             "embedding file must not be able to run code)") from None
         raise InputError(f"{path}: not a readable torch file ({first_line(err)})") from None
 
 
@@ -66,7 +69,11 @@ def _read_numpy(path: Path):
     if isinstance(loaded, np.ndarray):
         return loaded
     with loaded:
-        return {name: loaded[name] for name in loaded.files}
+        try:  # members are read lazily: an object array is refused only here
+            return {name: loaded[name] for name in loaded.files}
+        except Exception as err:
+            raise InputError(f"{path}: an array in it cannot be read without unpickling "
+                             f"objects, or is corrupt ({first_line(err)})") from None
 
 
 MAX_ABS_VALUE = 1e15  # beyond this, squares and sums in float32 are no longer trustworthy
@@ -98,6 +105,9 @@ def _as_tensor(path: Path, name: str, value) -> torch.Tensor:
                          "tensor, expected a dense one")
     if value.is_quantized:
         raise InputError(f"{path}: '{name}' is a quantized tensor, expected plain numbers")
+    if value.device.type != "cpu":  # e.g. a meta tensor: a shape with no numbers behind it
+        raise InputError(f"{path}: '{name}' is a tensor on the {value.device.type} device, which "
+                         "holds no readable values; expected a CPU tensor")
     if value.is_complex() or value.dtype == torch.bool:
         raise InputError(f"{path}: '{name}' has dtype {value.dtype}, expected real numbers")
     return value.detach()  # a tensor saved with requires_grad brings no graph along

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,17 @@ def read_fasta(path: str | Path) -> list[Record]:
     records: list[Record] = []
     seen: dict[str, int] = {}
     current: Record | None = None
-    chunks: list[str] = []
+    chunks: list[tuple[int, str]] = []  # (line number, residues)
 
     def close():
         if current is None:
             return
-        sequence = "".join(chunks)
+        sequence = "".join(residues for _, residues in chunks)
         sequence = sequence[:-1] if sequence.endswith("*") else sequence
         if "*" in sequence:
-            raise InputError(f"{path}:{current.line}: record '{current.id}' has a stop mark '*' "
+            at, ends = sequence.index("*"), itertools.accumulate(len(r) for _, r in chunks)
+            line = next(number for (number, _), end in zip(chunks, ends) if at < end)
+            raise InputError(f"{path}:{line}: record '{current.id}' has a stop mark '*' "
                              "inside its sequence")
         if not sequence:
             raise InputError(f"{path}:{current.line}: record '{current.id}' has an empty sequence")
@@ -106,7 +109,7 @@ def read_fasta(path: str | Path) -> list[Record]:
             if bad:
                 raise InputError(f"{path}:{number}: record '{current.id}' has characters outside "
                                  f"the amino-acid alphabet: {''.join(bad)!r}")
-            chunks.append(residues)
+            chunks.append((number, residues))
     close()
     if not records:
         raise InputError(f"{path}: no FASTA records (no line starts with '>')")

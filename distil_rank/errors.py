@@ -6,8 +6,9 @@ import sys
 import threading
 
 
-class InputError(Exception):
-    """Bad input from the user (a file, a shape, a flag). The message names what and where."""
+class InputError(ValueError):
+    """Bad input from the user (a file, a shape, a flag). The message names what and where. A
+    ValueError, so that API callers can catch the one type the README promises."""
 
 
 class OneLineParser(argparse.ArgumentParser):

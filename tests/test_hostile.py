@@ -73,6 +73,8 @@ def main_cases(tmp, root):
     (tmp / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     raw = (root / "embeddings_val.pt").read_bytes()
     (tmp / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp / "text.pt").write_text("id,fitness\nP1,0.3\n")
+    np.savez(tmp / "objects.npz", embeddings=np.array([None, {}], dtype=object))
     files = {
         "same rows": save("same.pt", x[:1].repeat(100, 1)),
         "huge values": save("huge.pt", x * 1e20),
@@ -98,6 +100,9 @@ def main_cases(tmp, root):
         "a folder": str(tmp),
         "missing": str(tmp / "nope.pt"),
         "unknown suffix": save("x.csv", x),
+        "text named .pt": str(tmp / "text.pt"),
+        "object array in an npz": str(tmp / "objects.npz"),
+        "meta-device tensor": save("meta.pt", {"embeddings": torch.empty(20, 8, device="meta")}),
     }
     cases = {name: ["--train", path, "--val", val] for name, path in files.items()}
     train = str(root / "embeddings_train.pt")
@@ -222,6 +227,7 @@ def test_the_embedding_tool_refuses_hostile_input_in_one_line(tmp_path, old_resu
         "empty sequence": b">a\n>b\nMK\n",
         "duplicate ids": b">a\nMK\n>a\nTA\n",
         "bad letters": b">a\nMK9TAY\n",
+        "stop on a later line": b">a\nMKT\nAY*W\nGG\n",
     }
     cases = {}
     for name, content in fastas.items():
@@ -256,7 +262,9 @@ def test_the_embedding_tool_refuses_hostile_input_in_one_line(tmp_path, old_resu
         "dtype": [*common, *out_file, "--dtype", "float8"],
     })
     for case, argv in cases.items():
-        assert_refused(embed.main, argv, old_results, capsys, case)
+        line = assert_refused(embed.main, argv, old_results, capsys, case)
+        if case == "stop on a later line":  # the line that holds the '*', not the header's
+            assert f"{cases[case][1]}:3: record 'a' has a stop mark" in line
 
 
 def test_fasta_with_a_byte_order_mark_and_a_wrapped_stop_mark(tmp_path):
@@ -415,3 +423,34 @@ def test_compress_refuses_bad_calibration_naming_the_layer():
     with pytest.raises(ValueError, match="layer 'proj': rank"):
         compress_model(model, [x], layers=["proj"], rank={"proj": 3.5})
     assert isinstance(model.proj, nn.Linear)
+
+
+def test_main_says_in_plain_words_what_a_file_that_is_not_a_tensor_file_is(tmp_path, root,
+                                                                           old_results, capsys):
+    text = tmp_path / "notes.pt"
+    text.write_text("id,fitness\nP1,0.3\n")
+    line = assert_refused(main.main, ["--quick", "--train", str(text), "--val", str(text),
+                                      "--out", str(old_results)], old_results, capsys, "text")
+    assert "not a tensor file written by torch.save" in line
+    assert "weights_only" not in line  # never the advice to load it unsafely
+
+
+def test_the_api_refuses_layers_and_settings_it_cannot_use_with_the_promised_types():
+    torch.manual_seed(2)
+    x = torch.randn(80, 6)
+    with pytest.raises(TypeError, match="takes an nn.Linear, got Conv1d"):
+        compress_linear(nn.Conv1d(6, 6, 1), x, rank=2)
+    broken = nn.Linear(6, 6)
+    with torch.no_grad():
+        broken.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"Linear\(6 -> 6\): its weight or bias holds NaN"):
+        compress_linear(broken, x, rank=2)
+    layer = nn.Linear(6, 6)
+    with pytest.raises(ValueError, match="refine_batch_size = 0"):
+        compress_linear(layer, x, rank=2, refine_steps=5, refine_batch_size=0)
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="holdout_fraction"):
+            compress_linear(layer, x, rank=2, refine_steps=5, holdout_fraction=fraction)
+    from distil_rank import InputError
+    assert issubclass(InputError, ValueError)  # what the README promises API callers
+

@@ -89,24 +89,28 @@ def test_energy_outside_data_span_is_the_share_of_the_weight_acting_off_the_data
 
 
 def test_task_trained_recipes_differ_in_the_weight_they_leave_outside_the_data():
-    """The property behind the recipe ablation: denoising gradients barely reach the directions
-    in which the embeddings do not vary, so what the initialisation puts there stays, and a
-    rank-r SVD must spend its rank on it. From a zero start there is nothing to keep."""
+    """The property behind the recipe ablation: in the benchmark's regime (AdamW at 1e-3 for a
+    few hundred steps) the denoising gradient pulls only slowly on the directions in which the
+    embeddings do not vary, so what the initialisation put there stays, and a rank-r SVD must
+    spend its rank on it. From a zero or small start there is little to keep; more steps shrink
+    the default start's leftover."""
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(2000, 4, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5])
-    x = latent @ torch.randn(4, 24, generator=g) + 0.01 * torch.randn(2000, 24, generator=g) + 5.0
-    base = TeacherSettings(teacher_steps=400, teacher_lr=1e-2, teacher_batch_size=128,
+    x = latent @ torch.randn(4, 48, generator=g) + 0.01 * torch.randn(2000, 48, generator=g) + 5.0
+    base = TeacherSettings(teacher_steps=300, teacher_lr=1e-3, teacher_batch_size=128,
                            denoise_noise=0.5, spectral_tau=0.1)
     outside, svd_ev = {}, {}
-    for init in ("default", "small", "zero"):
-        teacher, _ = task_trained_teacher(x, replace(base, teacher_init=init), seed=0)
-        outside[init] = energy_outside_data_span(teacher.weight, x)
+    for init, steps in (("default", 300), ("small", 300), ("zero", 300), ("default", 1200)):
+        teacher, _ = task_trained_teacher(x, replace(base, teacher_init=init,
+                                                     teacher_steps=steps), seed=0)
+        outside[init, steps] = energy_outside_data_span(teacher.weight, x)
         with torch.no_grad():
-            y = teacher(x)
-            svd_ev[init] = explained_variance(y, compress_svd(teacher, 4)(x))
-    assert outside["default"] > 0.5 > 0.1 > outside["zero"]
-    assert outside["small"] < outside["default"]
-    assert svd_ev["zero"] > 0.99 > svd_ev["default"]
+            svd_ev[init, steps] = explained_variance(teacher(x), compress_svd(teacher, 4)(x))
+    assert outside["default", 300] > 0.6 > 0.4 > outside["zero", 300]
+    assert outside["small", 300] < 0.4
+    assert outside["zero", 300] < outside["default", 1200] < outside["default", 300]
+    assert svd_ev["zero", 300] > 0.99 and svd_ev["small", 300] > 0.99
+    assert svd_ev["default", 300] < 0.8
 
 
 def test_task_trained_teacher_refuses_an_unknown_initialisation():
