@@ -3,4 +3,5 @@
 from distil_rank.errors import InputError
 from distil_rank.lowrank import LowRankLinear
 
-__all__ = ["InputError", "LowRankLinear"]
+__version__ = "0.3.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+__all__ = ["InputError", "LowRankLinear", "__version__"]

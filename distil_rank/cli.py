@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distil_rank import __version__
 from distil_rank.config import PRESET_ALIASES, PRESETS, Config, preset_overrides, quick_overrides
 from distil_rank.errors import OneLineParser, cli_exit_code
 
@@ -13,16 +14,16 @@ from distil_rank.errors import OneLineParser, cli_exit_code
 def create_parser() -> argparse.ArgumentParser:
     defaults = Config()
     p = OneLineParser(
+        prog="distil-rank",
         description="Compress dense layers on protein embeddings to rank r and measure what "
-                    "is kept.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+                    "is kept. The same as python main.py and python -m distil_rank.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--train", default=defaults.train_path,
                    help="training embeddings: .pt (dict with 'embeddings', or a 2-D tensor), "
-                        ".npy, .npz")
+                        f".npy, .npz (default: {defaults.train_path})")
     p.add_argument("--val", default=defaults.val_path,
                    help="validation embeddings (same formats, same dimension D); all fidelity "
-                        "figures are measured on these")
+                        f"figures are measured on these (default: {defaults.val_path})")
     p.add_argument("--preset", choices=sorted({*PRESETS, *PRESET_ALIASES}), default=None,
                    help="start from a named preset (distil_rank/config.py's PRESETS); flags given "
                         "beside it still win. published: 1280-d synthetic, rank 64, the published "
@@ -38,11 +39,19 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"distillation steps (default {defaults.steps}; "
                         f"{quick_overrides()['steps']} with --quick)")
     p.add_argument("--device", default=defaults.device,
-                   help="auto (CUDA when available), cpu, cuda or cuda:N")
+                   help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=defaults.seed,
-                   help="seeds teachers, synthetic data, splits and distillation")
+                   help=f"seeds teachers, synthetic data, splits and distillation (default: "
+                        f"{defaults.seed})")
     p.add_argument("--out", default=None,
-                   help=f"folder for the JSON summary and the figure (default: {defaults.out})")
+                   help=f"folder for the JSON summary and the figure (default: {defaults.out}; "
+                        f"{quick_overrides()['out']} with --quick, so a smoke run never "
+                        "overwrites the cited results)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's choice); the JSON records "
+                        "the count, and latency figures from a busy machine are flagged noisy")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only errors and the last line (where the results went)")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"repetitions with seeds seed, seed+1, ... (default {defaults.num_seeds}; "
                         f"{quick_overrides()['num_seeds']} with --quick); teachers, the selection "
@@ -63,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.quick:
         overrides.update(quick_overrides(), quick=True)
     given = {"steps": args.steps, "num_seeds": args.seeds, "data": args.data, "rank": args.rank,
-             "out": args.out, "sweep": args.sweep}
+             "out": args.out, "sweep": args.sweep, "threads": args.threads,
+             "quiet": args.quiet or None}
     overrides.update({key: value for key, value in given.items() if value is not None})
     return Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed,
                   **overrides)

@@ -73,6 +73,8 @@ class Config:
     device: str = "auto"  # auto: CUDA when available, else CPU
     seed: int = 0  # seeds teachers, synthetic data, splits and distillation
     out: str = "results"  # where the JSON summary and the figure go
+    threads: int | None = None  # PyTorch's CPU threads; None: its own choice
+    quiet: bool = False  # print only errors and where the results went
     quick: bool = False  # a smoke run of a few seconds (fewer steps and timing repeats)
     preset: str | None = None  # the named preset the run started from, if any (PRESETS)
 
@@ -116,6 +118,7 @@ def preset_overrides(name: str) -> dict:
 def quick_overrides() -> dict:
     """What --quick changes: enough to exercise every stage, not enough to mean anything."""
     return dict(
+        out="results/quick",  # never over the cited results
         teacher_steps=50,
         steps=60,
         eval_every=20,

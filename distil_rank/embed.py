@@ -21,8 +21,10 @@ truncated to the limit (the default, reported with the count) or, with --on-long
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import itertools
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,53 @@ def read_fasta(path: str | Path) -> list[Record]:
     return records
 
 
+def read_labels(path: str | Path, records: list[Record]) -> torch.Tensor:
+    """Measured fitness for every FASTA record, from a CSV whose header has the columns `id`
+    (the record's id) and `fitness` (others are ignored): one value per record, in the
+    records' order. A missing, duplicate, non-numeric or non-finite label is one line naming
+    the record and the line; labels for ids not in the FASTA are left out, and counted."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if "id" not in header or "fitness" not in header:
+        raise InputError(f"{path}:1: expected a header with the columns id and fitness, found "
+                         f"{','.join(header) or 'nothing'}")
+    at_id, at_fitness = header.index("id"), header.index("fitness")
+    labels: dict[str, tuple[float, int]] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(at_id, at_fitness):
+            raise InputError(f"{path}:{number}: {len(row)} columns, the header has {len(header)}")
+        record_id, text = row[at_id].strip(), row[at_fitness].strip()
+        if record_id in labels:
+            raise InputError(f"{path}:{number}: a second label for '{record_id}' (first at line "
+                             f"{labels[record_id][1]})")
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(f"{path}:{number}: the fitness of '{record_id}' is {text!r}, not a "
+                             "number") from None
+        if not math.isfinite(value):
+            raise InputError(f"{path}:{number}: the fitness of '{record_id}' is {text}")
+        labels[record_id] = (value, number)
+    missing = [r for r in records if r.id not in labels]
+    if missing:
+        more = f" and {len(missing) - 1} other record(s)" if len(missing) > 1 else ""
+        raise InputError(f"{path}: no fitness for record '{missing[0].id}' (FASTA line "
+                         f"{missing[0].line}){more}")
+    extra = len(labels) - len(records)
+    if extra:
+        print(f"note: {extra} label(s) in {path} name no FASTA record and are not used",
+              file=sys.stderr)
+    return torch.tensor([labels[r.id][0] for r in records], dtype=torch.float32)
+
+
 def resolve_model_name(name: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local directory)."""
     if Path(name).is_dir():
@@ -201,8 +250,7 @@ def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def create_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        description="Mean-pooled ESM-2 embeddings of a FASTA file, in the format main.py reads.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Mean-pooled ESM-2 embeddings of a FASTA file, in the format main.py reads.")
     p.add_argument("--fasta", required=True, help="input FASTA file")
     p.add_argument("--model", required=True,
                    help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers "
@@ -210,18 +258,24 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output .pt file (its folder must exist); with --split, a folder for "
                         "embeddings_{train,val}.pt (created if missing)")
+    p.add_argument("--labels", default=None,
+                   help="a CSV with the columns id,fitness (id: the FASTA record's): stores the "
+                        "measured fitness with the embeddings, so that the benchmark builds its "
+                        "Fitness-Head teacher on your own deep mutational scan")
     p.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (0 = token embeddings); default: the final layer")
     p.add_argument("--max-tokens", type=int, default=4096,
-                   help="tokens per batch, padding included")
+                   help="tokens per batch, padding included (default: 4096)")
     p.add_argument("--on-long", choices=("truncate", "reject"), default="truncate",
-                   help="sequences longer than the model's limit: keep the first residues, or stop")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+                   help="sequences longer than the model's limit: keep the first residues "
+                        "(the default), or stop")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available; the default), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: bf16 (or fp16) on CUDA, float32 on the CPU")
     p.add_argument("--split", type=float, default=None,
                    help="fraction for training: write a seeded train/validation pair")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --split shuffle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --split shuffle (default: 0)")
     return p
 
 
@@ -237,6 +291,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     records = read_fasta(args.fasta)
     if args.split is not None and len(records) < 4:
         raise InputError(f"{args.fasta}: {len(records)} records, need at least 4 to split")
+    fitness = None if args.labels is None else read_labels(args.labels, records)  # before the model
     device = resolve_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
     tokenizer, model, source = load_esm(args.model, device, dtype)
@@ -265,16 +320,20 @@ def run(args: argparse.Namespace) -> list[Path]:
         "truncated": len(long), "max_residues": limit,
         "tool": "python -m distil_rank.embed",
     }
+    if args.labels is not None:
+        provenance["labels"] = str(args.labels)
     ids = [r.id for r in records]
     if args.split is None:
         out = Path(args.out)
-        save_embeddings(out, EmbeddingSet(embeddings, ids=ids, provenance=provenance))
+        save_embeddings(out, EmbeddingSet(embeddings, fitness=fitness, ids=ids,
+                                          provenance=provenance))
         return [out]
     train_rows, val_rows = split_indices(len(records), 1 - args.split, args.seed, min_rows=2)
     writers = {}
     for name, rows in (("train", train_rows), ("val", val_rows)):
         payload = embeddings_payload(EmbeddingSet(
-            embeddings[rows], ids=[ids[i] for i in rows],
+            embeddings[rows], fitness=None if fitness is None else fitness[rows],
+            ids=[ids[i] for i in rows],
             provenance=dict(provenance, split=name, split_fraction=args.split,
                             split_seed=args.seed)))
         writers[Path(args.out) / f"embeddings_{name}.pt"] = \

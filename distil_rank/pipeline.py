@@ -229,46 +229,78 @@ def curves_of(run: SeedRun, rank: int) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 
+class Progress:
+    """A line per stage, with the seconds since the start and the stages still to come, printed
+    and flushed as it happens, so that a log file or a pipe follows the run as a terminal does
+    (tqdm's bars appear only on a terminal). Silent with quiet."""
+
+    def __init__(self, stages: list[str], quiet: bool):
+        self.started, self.stages, self.quiet = time.perf_counter(), stages, quiet
+
+    def say(self, *lines: str) -> None:
+        if not self.quiet:
+            print(*lines, sep="\n", flush=True)
+
+    def stage(self, name: str, detail: str = "") -> None:
+        left = self.stages[self.stages.index(name) + 1:]
+        self.say(f"[{time.perf_counter() - self.started:6.1f} s] {name}{detail}"
+                 + (f"; then {', '.join(left)}" if left else ""))
+
+
+STAGES = ["data", "teachers", "closed forms", "training", "metrics", "latency", "report"]
+
+
 def run(config: Config) -> dict:
-    started = time.perf_counter()
     check_settings(config)
     device = resolve_device(config.device)
-    print("config:", json.dumps(config.as_dict()), flush=True)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    progress = Progress(STAGES, config.quiet)
+    started = progress.started
 
     # data
     dataset = load_data(config)
     train, val = dataset.train, dataset.val
     dim = train.dim
     rank = resolve_rank(config.rank, dim, config.rank_divisor)
-    print(f"data: {dataset.note}: train {tuple(train.embeddings.shape)}, "
-          f"val {tuple(val.embeddings.shape)}; rank {rank}; device {device}", flush=True)
+    progress.say("config: " + json.dumps(config.as_dict()))  # validated: no error can follow it
+    progress.stage("data", f": {dataset.note}: train {tuple(train.embeddings.shape)}, val "
+                           f"{tuple(val.embeddings.shape)}; rank {rank}; device {device}")
     if not dataset.real_data:
-        print("note: synthetic data stands in for real embeddings; the JSON says real_data: false",
-              flush=True)
+        progress.say("note: synthetic data stands in for real embeddings; the JSON says "
+                     "real_data: false")
     has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
     if not has_fitness:
-        print(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}",
-              flush=True)
+        progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")
     embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
     runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
             for seed in config.seeds()]
 
     warm_up(dim, device)
-    for seed_run in runs:  # teachers
+    for i, seed_run in enumerate(runs, 1):
+        progress.stage("teachers", f", seed {seed_run.seed} ({i} of {len(runs)})")
         build_seed_teachers(seed_run, config)
-    for seed_run in runs:  # closed forms and warm starts
+    for i, seed_run in enumerate(runs, 1):
+        progress.stage("closed forms", f" and warm starts, seed {seed_run.seed} ({i} of "
+                                       f"{len(runs)})")
         fit_closed_forms(seed_run, rank, config, device)
     students = [s for r in runs for fits in r.fits.values() for at_rank in fits.values()
                 for s in at_rank.values()]
+    progress.stage("training", f": {sum(s.job is not None for s in students)} students "
+                               "distilled together")
     train_students(students, device)  # every distillation of the run, together
-    for seed_run in runs:  # metrics
+    for seed_run in runs:
+        progress.stage("metrics", f", seed {seed_run.seed}")
         measure_seed(seed_run, rank, config, device)
         view = Results(seed_run.entries)
-        print(f"seed {seed_run.seed}:", *results_table(view), "", *task_table(view), sep="\n",
-              flush=True)
+        progress.say(f"seed {seed_run.seed}:", *results_table(view, console=True), "",
+                     *task_table(view, console=True))
     names = list(runs[0].teachers)
     teachers = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
+    progress.stage("latency", ": dense against rank-r, batch "
+                              f"{', '.join(map(str, config.latency_batches))}")
     matrices = latency_matrices(dim, rank, config, device)
+    progress.stage("report")
 
     # report
     centred = train.embeddings.double() - train.embeddings.double().mean(0)
@@ -302,10 +334,11 @@ def run(config: Config) -> dict:
     curves = {**curves_of(runs[0], rank), "embedding_eigenvalues": embedding_spectrum.clamp_min(0)}
     json_path, figure_path = write_results(Path(config.out), summary, curves)
     view = Results(teachers)
-    print(f"over seeds {config.seeds()} (mean ± std; timings: median):",
-          *results_table(view), "", *task_table(view), "", *teacher_latency_table(view),
-          *(line for m in matrices.values() for line in ["", *latency_table(m, "latency")]),
-          sep="\n", flush=True)
+    progress.say(f"over seeds {config.seeds()} (mean ± std; timings: median):",
+                 *results_table(view, console=True), "", *task_table(view, console=True), "",
+                 *teacher_latency_table(view, console=True),
+                 *(line for m in matrices.values()
+                   for line in ["", *latency_table(m, "latency", console=True)]))
     print(f"wrote {json_path} and {figure_path} "
           f"({summary['environment']['run_seconds']:.1f} s)", flush=True)
     return summary

@@ -11,6 +11,7 @@ import torch
 from distil_rank.files import atomic_write, write_together
 from distil_rank.lowrank import flop_ratio
 from distil_rank.results import Results
+from distil_rank.timing import NOISY_RELATIVE_IQR
 
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
@@ -48,30 +49,51 @@ def write_json(path: Path, payload: dict) -> None:
 
 # ----------------------------------------------------------------------------- console
 
+CONSOLE_WIDTH = 100  # console tables are aligned columns that fit this; the README's are Markdown
 
-def latency_table(matrix: dict, source: str) -> list[str]:
-    """The dense-versus-rank-r latency matrix as a Markdown table, with what it was measured on
-    and the break-even batch: the one renderer for the console, bench/ and the README."""
-    lines = [
-        f"{source}: {matrix['device']}"
-        + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
-        + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, "
-        f"FLOP ratio {matrix['flop_ratio']:.1f}x.",
-        "",
-        "| dtype | mode | batch | dense ms (IQR) | rank-r ms (IQR) | speedup |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+
+def _table(header: tuple[str, ...], align: str, rows: list[list[str]],
+           console: bool) -> list[str]:
+    """Markdown (align: l or r per column), or for the console aligned columns."""
+    if not console:
+        rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+        return ["| " + " | ".join(header) + " |", rule,
+                *("| " + " | ".join(row) + " |" for row in rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return [line(header), "-" * min(CONSOLE_WIDTH, len(line(header))), *map(line, rows)]
+
+
+def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]:
+    """The dense-versus-rank-r latency matrix as a table, with what it was measured on and the
+    break-even batch: the one renderer for the console, bench/ and the README."""
+    rows = []
     for row in matrix["rows"]:
         d, f = row["dense"], row["factorised"]
-        lines.append(
-            f"| {row['dtype']} | {row['mode']} | {row['batch']} | {d['median_ms']:.4g} "
-            f"({d['p25_ms']:.3g}-{d['p75_ms']:.3g}) | {f['median_ms']:.4g} "
-            f"({f['p25_ms']:.3g}-{f['p75_ms']:.3g}) | {row['speedup']:.2f}x |")
+        noisy = " (noisy)" if row.get("noisy") else ""  # absent from records before it was kept
+        rows.append([row["dtype"], row["mode"], str(row["batch"]),
+                     f"{d['median_ms']:.4g} ({d['p25_ms']:.3g}-{d['p75_ms']:.3g})",
+                     f"{f['median_ms']:.4g} ({f['p25_ms']:.3g}-{f['p75_ms']:.3g})",
+                     f"{row['speedup']:.2f}x{noisy}"])
+    lines = [f"{source}: {matrix['device']}"
+             + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
+             + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, "
+             f"FLOP ratio {matrix['flop_ratio']:.1f}x.", "",
+             *_table(("dtype", "mode", "batch", "dense ms (IQR)", "rank-r ms (IQR)", "speedup"),
+                     "llrrrr", rows, console)]
     for key, batch in matrix["break_even_batch"].items():
         word = "not reached in the grid" if batch is None else (
             f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
             else str(batch))
         lines.append(f"\nBreak-even batch ({key}): {word}.")
+    if any(row.get("noisy") for row in matrix["rows"]):
+        lines.append(f"\n(noisy): the interquartile range of a time exceeds "
+                     f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "
+                     "speedup is not a finding.")
     for skip in matrix.get("skipped", []):
         lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
                      f"{skip['why']}.")
@@ -88,51 +110,53 @@ def pm(mean, std, spec: str) -> str:
     return fmt(mean, spec) if not std else f"{format(mean, spec)} ± {format(std, '.1g')}"
 
 
-def results_table(view: Results) -> list[str]:
-    """Fidelity per teacher and compressor, explained variance first, as a Markdown table: one
-    seed's entries or the entries over seeds (then with ± std). The console and the README."""
-    lines = ["| teacher | compressor | explained variance | cosine (mean / min) | rel_mse | "
-             "Spearman rho (teacher's probe) | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
+def results_table(view: Results, console: bool = False) -> list[str]:
+    """Fidelity per teacher and compressor, explained variance first: one seed's entries or the
+    entries over seeds (then with ± std). The console (short names) and the README."""
+    header = ("teacher", "method", "EV", "cosine mean / min", "rel_mse", "probe rho", "fit s") \
+        if console else ("teacher", "compressor", "explained variance", "cosine (mean / min)",
+                         "rel_mse", "Spearman rho (teacher's probe)", "fit s")
+    rows = []
     for teacher, entry in view.entries.items():
-        rho = fmt(entry.teacher_spearman, ".3f")  # only where the data has fitness
-        lines.append(f"| {teacher} | teacher itself | 1 | 1 / 1 | 0 | {rho} | |")
+        rows.append([teacher, "teacher itself", "1", "1 / 1", "0",
+                     fmt(entry.teacher_spearman, ".3f"), ""])  # rho: where there is fitness
         for method, m in entry.methods.items():
             ev_std = view.std(teacher, "methods", method, "explained_variance")
-            lines.append(
-                f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
-                f"{pm(m.explained_variance, ev_std, '.4g')} | "
-                f"{m.cosine:.5f} / {m.cosine_min:.4f} | {m.rel_mse:.2e} | "
-                f"{fmt(m.spearman, '.3f')} | {m.fit_seconds:.3f} |")
-    return lines
+            rows.append([teacher, method if console else METHOD_LABELS.get(method, method),
+                         pm(m.explained_variance, ev_std, ".4g"),
+                         f"{m.cosine:.5f} / {m.cosine_min:.4f}", f"{m.rel_mse:.2e}",
+                         fmt(m.spearman, ".3f"), f"{m.fit_seconds:.3f}"])
+    return _table(header, "llrrrrr", rows, console)
 
 
-def task_table(view: Results) -> list[str]:
+def task_table(view: Results, console: bool = False) -> list[str]:
     """For teachers inside a head: the task first (the compressed head's Spearman rho against
     measured fitness), then the head's output and the layer's own explained variance."""
-    lines = ["| teacher | compressor | task Spearman rho | share of the teacher's | "
-             "head output EV | layer EV | fit s |", "|---|---|---:|---:|---:|---:|---:|"]
+    header = ("teacher", "method", "task rho", "share", "head EV", "layer EV", "fit s") \
+        if console else ("teacher", "compressor", "task Spearman rho", "share of the teacher's",
+                         "head output EV", "layer EV", "fit s")
+    rows = []
     for teacher, entry in view.heads().items():
         reference = entry.teacher_task_spearman
-        lines.append(f"| {teacher} | teacher head itself | {reference:.3f} | 1 | 1 | 1 | |")
+        rows.append([teacher, "teacher head itself", f"{reference:.3f}", "1", "1", "1", ""])
         for method, m in entry.methods.items():
             rho_std = view.std(teacher, "methods", method, "task_spearman")
-            lines.append(
-                f"| {teacher} | {METHOD_LABELS.get(method, method)} | "
-                f"{pm(m.task_spearman, rho_std, '.3f')} | {m.task_spearman / reference:.3f} | "
-                f"{m.head_explained_variance:.4g} | {m.explained_variance:.4g} | "
-                f"{m.fit_seconds:.3f} |")
-    return lines if len(lines) > 2 else []
+            rows.append([teacher, method if console else METHOD_LABELS.get(method, method),
+                         pm(m.task_spearman, rho_std, ".3f"), f"{m.task_spearman / reference:.3f}",
+                         f"{m.head_explained_variance:.4g}", f"{m.explained_variance:.4g}",
+                         f"{m.fit_seconds:.3f}"])
+    return _table(header, "llrrrrr", rows, console) if rows else []
 
 
-def teacher_latency_table(view: Results) -> list[str]:
+def teacher_latency_table(view: Results, console: bool = False) -> list[str]:
     """Teacher against student latency at the run's latency batch, beside the FLOP ratio."""
-    lines = ["| teacher | dense ms | rank-r ms | speedup | FLOP ratio |",
-             "|---|---:|---:|---:|---:|"]
+    rows = []
     for teacher, entry in view.entries.items():
         e = entry.derived()
-        lines.append(f"| {teacher} | {e['latency_teacher_ms']:.4f} | {e['latency_student_ms']:.4f} "
-                     f"| {e['speedup']:.2f}x | {e['flop_ratio']:.2f}x |")
-    return lines
+        rows.append([teacher, f"{e['latency_teacher_ms']:.4f}", f"{e['latency_student_ms']:.4f}",
+                     f"{e['speedup']:.2f}x", f"{e['flop_ratio']:.2f}x"])
+    return _table(("teacher", "dense ms", "rank-r ms", "speedup", "FLOP ratio"), "lrrrr", rows,
+                  console)
 
 
 # ----------------------------------------------------------------------------- figure

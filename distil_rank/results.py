@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from distil_rank.stats import aggregate
 
-PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints", "steps_run"})  # never averaged
+PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints", "steps_run", "noisy"})  # listed
 
 
 def _present(record) -> dict:

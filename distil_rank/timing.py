@@ -34,10 +34,15 @@ class LatencySettings:
     latency_repeats: int  # timed calls; the median is reported
 
 
+NOISY_RELATIVE_IQR = 0.25  # a timing whose interquartile range exceeds 25% of its median
+
+
 def _summary(times_ms: list[float]) -> dict:
     quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else times_ms * 3
-    return {"median_ms": statistics.median(times_ms), "p25_ms": quartiles[0],
-            "p75_ms": quartiles[2], "repeats": len(times_ms)}
+    median = statistics.median(times_ms)
+    return {"median_ms": median, "p25_ms": quartiles[0], "p75_ms": quartiles[2],
+            "repeats": len(times_ms), "noisy": quartiles[2] - quartiles[0] > NOISY_RELATIVE_IQR
+            * median}
 
 
 def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
@@ -155,7 +160,8 @@ def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *
                 f = measure_latency(factorised, batch, dim_in, device, **common)
                 rows.append({"batch": batch, "dtype": d["dtype"], "mode": mode, "dense": d,
                              "factorised": f, "speedup": d["median_ms"] / f["median_ms"],
-                             "flop_ratio": flop_ratio(dim_in, dim_out, rank)})
+                             "flop_ratio": flop_ratio(dim_in, dim_out, rank),
+                             "noisy": d["noisy"] or f["noisy"]})
     groups = {}
     for row in rows:
         groups.setdefault(f"{row['dtype']}/{row['mode']}", []).append(row)

@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from distil_rank.data import load_embeddings  # noqa: E402
-from distil_rank.embed import length_batches, main, read_fasta  # noqa: E402
+from distil_rank.embed import length_batches, main, read_fasta, read_labels  # noqa: E402
 from distil_rank.errors import InputError  # noqa: E402
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
@@ -138,3 +138,46 @@ def test_length_batches_respect_the_budget_and_cover_everything():
     for batch in batches:
         width = max(lengths[i] for i in batch) + 2
         assert width * len(batch) <= 64 or len(batch) == 1
+
+
+def test_labels_travel_with_the_split_and_the_benchmark_builds_the_fitness_head(tiny_esm, fasta,
+                                                                                tmp_path):
+    import json
+
+    import main as benchmark
+
+    labels = tmp_path / "dms.csv"
+    values = {"p1": 0.3, "p2": -1.2, "p3": 2.5, "p4": 0.0, "p5": 1.1, "p6": -0.4}
+    labels.write_text("id,score_note,fitness\n" + "".join(
+        f"{k},x,{v}\n" for k, v in values.items()) + "p99,x,7\n")  # p99 names no record
+    folder = tmp_path / "pair"
+    assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(folder),
+                 "--split", "0.5", "--labels", str(labels)]) == 0
+    train = load_embeddings(folder / "embeddings_train.pt")
+    val = load_embeddings(folder / "embeddings_val.pt")
+    for part in (train, val):
+        assert part.fitness.tolist() == pytest.approx([values[i] for i in part.ids])
+    out = tmp_path / "res"
+    assert benchmark.main(["--quick", "--no-sweep", "--seeds", "1", "--out", str(out),
+                           "--train", str(folder / "embeddings_train.pt"),
+                           "--val", str(folder / "embeddings_val.pt")]) == 0
+    summary = json.loads((out / "distil_rank_summary.json").read_text())
+    assert "Fitness-Head" in summary["teachers"] and summary["data"]["has_fitness"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,fitness\np1,0.1\np2,0.2\np3,0.3\np4,0.4\np5,0.5\n",
+     "no fitness for record 'p6' (FASTA line 15)"),
+    ("id,fitness\np1,0.1\np1,0.2\n", ":3: a second label for 'p1' (first at line 2)"),
+    ("id,fitness\np1,high\n", ":2: the fitness of 'p1' is 'high', not a number"),
+    ("id,fitness\np1,nan\n", ":2: the fitness of 'p1' is nan"),
+    ("name,score\np1,1\n", ":1: expected a header with the columns id and fitness"),
+    ("id,fitness\np1\n", ":2: 1 columns, the header has 2"),
+])
+def test_label_problems_name_the_record_and_line(fasta, tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        read_labels(path, read_fasta(fasta))
+    assert message in str(err.value) and str(path) in str(err.value)
+
