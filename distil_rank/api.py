@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from distil_rank.data import split_indices
 from distil_rank.distill import DistillSettings, distill
@@ -215,17 +216,25 @@ class _Probes:
 
 
 def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probes=None,
-            on_grad=None) -> None:
+            on_grad=None, skip_padding: bool = True, desc: str = "calibrating") -> None:
     """Run the model over `batches`; call on_input(name, input rows) at every target layer.
     With `probes`, also call on_grad(name, rows of J^T v) for each Gaussian probe v of the
     output, J the Jacobian of the output with respect to that layer's output. Gradients are
     taken with respect to the layers' outputs only: no parameter's .grad or requires_grad flag
-    is touched."""
+    is touched. With skip_padding, a dict batch's `attention_mask` [batch, tokens] selects the
+    rows of every layer whose input is [batch, tokens, features]: padding positions are not
+    calibration data."""
     taps: dict[str, list[torch.Tensor]] = {}
+    mask: torch.Tensor | None = None  # the current batch's, while it runs
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        if mask is not None and x.shape[:-1] == mask.shape:
+            return x[mask.to(x.device)]
+        return x.reshape(-1, x.shape[-1])
 
     def input_hook(name):
         def hook(module, args):
-            on_input(name, args[0].reshape(-1, args[0].shape[-1]))
+            on_input(name, rows(args[0]))
         return hook  # returning None leaves the layer's input unchanged
 
     def output_hook(name):
@@ -241,8 +250,10 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
     if probes is not None:
         handles += [m.register_forward_hook(output_hook(n)) for n, m in targets.items()]
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc=desc, leave=False, disable=None):
             taps.clear()
+            mask = torch.as_tensor(batch["attention_mask"]).bool() if skip_padding and \
+                isinstance(batch, dict) and "attention_mask" in batch else None
             with torch.set_grad_enabled(probes is not None):
                 output = _forward(model, batch, call)
             if probes is None:
@@ -259,7 +270,7 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
                                             retain_graph=k < probes.probes - 1)
                 for name, grad in zip(names, grads):
                     if grad is not None:
-                        on_grad(name, grad.reshape(-1, grad.shape[-1]))
+                        on_grad(name, rows(grad))
     finally:
         for handle in handles:
             handle.remove()
@@ -276,7 +287,9 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                    target_explained_variance: float | None = None, objective: str = "layer",
                    output_fn: Callable | None = None, probes: int = 4, seed: int = 0,
                    damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
-                   call: Callable | None = None, min_params_saved: int = 1) -> list[LayerReport]:
+                   call: Callable | None = None, min_params_saved: int = 1,
+                   skip_padding: bool = True,
+                   gram_dtype: torch.dtype | None = None) -> list[LayerReport]:
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
 
     layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
@@ -289,9 +302,13 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
     returns its output.
     A layer whose chosen rank would not save at least `min_params_saved` parameters is left dense
-    and not reported. Every layer's statistics are recorded from the original model in one pass;
-    the model comes back unchanged apart from the replaced layers. Returns one LayerReport per
-    replaced layer; explained variance is measured on the holdout batches when given.
+    and not reported. skip_padding: a dict batch's `attention_mask` (as a Hugging Face tokenizer
+    returns it) keeps padding positions out of every layer's statistics; False counts every
+    token. Each batch's Gram product is computed in `gram_dtype` (default: float32, or float64
+    for a float64 layer) and merged in float64. Every layer's statistics are recorded from the
+    original model in one pass; the model comes back unchanged apart from the replaced layers.
+    Returns one LayerReport per replaced layer; explained variance is measured on the holdout
+    batches when given.
     """
     if objective not in ("layer", "output"):
         raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
@@ -302,20 +319,22 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         raise ValueError("no nn.Linear layer selected")
     if isinstance(rank, dict) and (missing := [n for n in targets if n not in rank]):
         raise ValueError(f"rank dict has no rank for layers {missing}")
-    accumulators = {n: MomentAccumulator(m.in_features, m.weight.device)
+    gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
+            for n, m in targets.items()}
+    accumulators = {n: MomentAccumulator(m.in_features, m.weight.device, gram[n])
                     for n, m in targets.items()}
     sensitivity = {n: [torch.zeros(m.out_features, m.out_features, dtype=torch.float64), 0]
                    for n, m in targets.items()}
 
     def on_grad(name, rows):
-        rows = rows.detach().double().cpu()
-        sensitivity[name][0] += rows.T @ rows
+        rows = rows.detach().to(gram[name])
+        sensitivity[name][0] += (rows.T @ rows).double().cpu()
         sensitivity[name][1] += rows.shape[0]
 
     prober = None if objective == "layer" else \
         _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
     _record(model, targets, calibration, call, lambda n, x: accumulators[n].update(x), prober,
-            on_grad)
+            on_grad, skip_padding)
 
     replaced = {}
     for name, linear in targets.items():
@@ -346,7 +365,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     if holdout is not None and replaced:
         squared_error = {n: 0.0 for n in replaced}
         output_moments = {n: MomentAccumulator(replaced[n][0].out_features,
-                                               replaced[n][0].weight.device) for n in replaced}
+                                               replaced[n][0].weight.device, gram[n])
+                          for n in replaced}
 
         def on_input(name, x):
             if name not in replaced:
@@ -358,7 +378,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
             output_moments[name].update(y)
 
         with torch.no_grad():
-            _record(model, {n: targets[n] for n in replaced}, holdout, call, on_input)
+            _record(model, {n: targets[n] for n in replaced}, holdout, call, on_input,
+                    skip_padding=skip_padding, desc="measuring on holdout")
         for name, (_, _, report) in replaced.items():
             outputs = output_moments[name].moments()
             spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2

@@ -47,6 +47,9 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"folder for the JSON summary and the figure (default: {defaults.out}; "
                         f"{quick_overrides()['out']} with --quick, so a smoke run never "
                         "overwrites the cited results)")
+    p.add_argument("--teacher-init", choices=("zero", "small", "default"), default=None,
+                   help=f"the Task-Trained teacher's start (default: {defaults.teacher_init}); "
+                        "default is PyTorch's init, the recipe before the ablation in the README")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch (default: PyTorch's choice); the JSON records "
                         "the count, and latency figures from a busy machine are flagged noisy")
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.update(quick_overrides(), quick=True)
     given = {"steps": args.steps, "num_seeds": args.seeds, "data": args.data, "rank": args.rank,
              "out": args.out, "sweep": args.sweep, "threads": args.threads,
+             "teacher_init": args.teacher_init,
              "quiet": args.quiet or None}
     overrides.update({key: value for key, value in given.items() if value is not None})
     return Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed,

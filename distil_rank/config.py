@@ -31,7 +31,7 @@ class Config:
     teacher_batch_size: int = 256  # rows per denoising step
     denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
     spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
-    teacher_init: str = "default"  # Task-Trained's start: default, small or zero (teachers.py)
+    teacher_init: str = "zero"  # Task-Trained's start: zero, small or default (README: ablation)
     teacher_weight_decay: float = 0.0  # AdamW weight decay of the denoising task
 
     # --- the Fitness-Head teacher (built when both splits carry fitness labels) ---

@@ -52,12 +52,14 @@ def _read_pt(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt file can fail anywhere inside the unpickler
+        with path.open("rb") as handle:
+            pickled = handle.read(1) == b"\x80"  # a pickle's protocol mark
+        if isinstance(err, pickle.UnpicklingError) and (pickled or zipfile.is_zipfile(path)):
+            raise InputError(f"{path}: holds Python objects, not plain tensors: refused to "
+                             "unpickle (an embedding file must not be able to run code)") from None
         if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is not one
             raise InputError(f"{path}: not a tensor file written by torch.save (text, or another "
                              "format?)") from None
-        if isinstance(err, pickle.UnpicklingError):  # objects that would need code to rebuild
-            raise InputError(f"{path}: holds Python objects, not plain tensors: refused (an "
-                             "embedding file must not be able to run code)") from None
         raise InputError(f"{path}: not a readable torch file ({first_line(err)})") from None
 
 

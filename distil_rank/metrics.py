@@ -78,7 +78,7 @@ def fit_ridge(features: torch.Tensor, target: torch.Tensor, alpha: float):
 
 
 def energy_outside_data_span(weight: torch.Tensor, x: torch.Tensor,
-                             share: float = 0.999) -> float:
+                             share: float = 0.99) -> float:
     """||W (I - P)||_F^2 / ||W||_F^2, P the projector on the fewest principal directions of x
     that hold `share` of its variance: the part of the layer that acts where the data does not
     vary."""
@@ -88,3 +88,9 @@ def energy_outside_data_span(weight: torch.Tensor, x: torch.Tensor,
     k = int((eigenvalues.cumsum(0) / eigenvalues.sum() < share).sum()) + 1
     inside = weight.double() @ vectors[:, :k]
     return 1 - inside.pow(2).sum().item() / weight.double().pow(2).sum().item()
+
+
+def svd_discarded_energy(weight: torch.Tensor, rank: int) -> float:
+    """sum_{i > r} s_i^2 / sum_i s_i^2: the share of ||W||_F^2 a rank-r SVD throws away."""
+    energy = torch.linalg.svdvals(weight.double()).pow(2)
+    return (energy[rank:].sum() / energy.sum()).item()

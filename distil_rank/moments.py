@@ -49,9 +49,14 @@ def input_moments(x: torch.Tensor) -> InputMoments:
 class MomentAccumulator:
     """Count, mean and M2 of every row seen so far, updated batch by batch (O(D^2) memory)."""
 
-    def __init__(self, dim: int, device: torch.device | str = "cpu"):
+    def __init__(self, dim: int, device: torch.device | str = "cpu",
+                 gram_dtype: torch.dtype = torch.float64):
+        """gram_dtype: the precision of each batch's Gram product, the O(B D^2) part. Merging
+        is always in float64; a batch is centred on its own mean first, so float32 products
+        lose little (tests/test_api.py bounds what it changes in a closed form)."""
         self.dim = dim
         self.count = 0
+        self.gram_dtype = gram_dtype
         self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
@@ -62,10 +67,10 @@ class MomentAccumulator:
             raise ValueError(f"batch has dimension {batch.shape[-1]}, expected {self.dim}")
         if batch.shape[0] == 0:
             return self
-        x = batch.to(device=self.mean.device, dtype=torch.float64)
-        mean = x.mean(dim=0)
-        centred = x - mean
-        return self._merge(x.shape[0], mean, centred.T @ centred)
+        x = batch.to(device=self.mean.device)
+        mean = x.to(torch.float64).mean(dim=0)
+        centred = x.to(self.gram_dtype) - mean.to(self.gram_dtype)
+        return self._merge(x.shape[0], mean, (centred.T @ centred).to(torch.float64))
 
     def merge(self, other: MomentAccumulator) -> MomentAccumulator:
         if other.dim != self.dim:

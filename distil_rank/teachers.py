@@ -3,10 +3,12 @@ and a trained head whose first layer is compressed and judged by the task.
 
 Random        PyTorch's default initialisation (Kaiming-uniform weight, uniform bias): a layer
               with a flat spectrum, the hardest case for any low-rank method.
-Task-Trained  trained by Adam on a denoising proxy task over the training embeddings,
-              x + noise -> x, from the Random-style initialisation. What a head trained on
-              embeddings looks like: its action on the data's directions is learned, the rest
-              stays close to its initialisation.
+Task-Trained  trained by AdamW on a denoising proxy task over the training embeddings,
+              x + noise -> x, from zero by default: a layer learned on the embeddings, all of
+              whose weight the data asked for. From PyTorch's default init instead
+              (teacher_init="default", the recipe before), the random part in directions the
+              embeddings do not vary in stays, and a rank-r SVD spends its rank on it
+              (scripts/task_trained_ablation.py measures both).
 Spectral      orthogonal U, V and singular values exp(-i / (tau * D)): a layer that truly is
               nearly low rank, the easy case.
 

@@ -77,7 +77,7 @@ class RunsCode:
     ("one_d", "expected 2-D"),
     ("three_d", "expected 2-D"),
     ("one_row", "need at least 2"),
-    ("garbage", "not a readable torch file"),
+    ("garbage", "not a tensor file written by torch.save"),
     ("bad_suffix", "unknown file type"),
     ("fitness_length", "'fitness' has 3 values for 6"),
     ("object_npy", "not a readable numpy file"),

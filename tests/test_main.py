@@ -3,6 +3,9 @@ user mistake ends with one line on stderr, exit code 2 and nothing in --out touc
 
 import json
 import math
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -175,6 +178,30 @@ def test_bad_input_is_one_line_exit_2_and_out_untouched(tmp_path, root, capsys):
         assert "Traceback" not in err
     assert (out / SUMMARY_NAME).read_text() == "previous results"
     assert sorted(p.name for p in out.iterdir()) == [SUMMARY_NAME]
+
+
+def test_a_piped_run_shows_its_stages_before_its_first_table_and_quiet_shows_only_the_end(
+        tmp_path, root):
+    args = [sys.executable, "main.py", "--quick", "--no-sweep", "--seeds", "1", "--out",
+            str(tmp_path / "piped")]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("teacher "))
+    stages = [line for line in lines[:first_table] if re.match(r"\[ *\d+\.\d s\] ", line)]
+    assert len(stages) >= 3 and "then" in stages[0]
+    assert all(len(line) <= 100 for line in lines[first_table:] if "  " in line)  # aligned
+    assert not any(line.startswith("|") for line in lines)  # no Markdown on the console
+    quiet = subprocess.run([*args, "--quiet"], cwd=root, capture_output=True, text=True,
+                           timeout=600)
+    assert quiet.returncode == 0 and quiet.stdout.strip().startswith("wrote ")
+    assert len(quiet.stdout.strip().splitlines()) == 1
+
+
+def test_quick_writes_to_its_own_folder_by_default():
+    assert main.config_from_args(main.create_parser().parse_args(["--quick"])).out == \
+        "results/quick"
+    assert main.config_from_args(main.create_parser().parse_args([])).out == "results"
 
 
 def test_help_documents_every_option(capsys):

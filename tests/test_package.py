@@ -30,9 +30,28 @@ def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(target))
-    for script in ("distil-rank-embed", "distil-rank-calibrate"):
+    for script in ("distil-rank", "distil-rank-embed", "distil-rank-calibrate"):
         path = target / "bin" / script
         assert path.exists(), script
         ran = subprocess.run([sys.executable, str(path), "--help"], cwd=elsewhere, env=env,
                              capture_output=True, text=True)
         assert ran.returncode == 0 and "usage:" in ran.stdout, ran.stderr
+    version = subprocess.run([sys.executable, str(target / "bin" / "distil-rank"), "--version"],
+                             cwd=elsewhere, env=env, capture_output=True, text=True)
+    from distil_rank import __version__
+    assert version.stdout.strip() == f"distil-rank {__version__}"
+    metadata = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
+                               "print(m.version('distil-rank'))"], cwd=elsewhere, env=env,
+                              capture_output=True, text=True)
+    assert metadata.stdout.strip() == __version__  # pyproject.toml reads the package's
+
+
+def test_python_dash_m_runs_the_benchmark_command_line(root):
+    done = subprocess.run([sys.executable, "-m", "distil_rank", "--version"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("distil-rank "), done.stderr
+    done = subprocess.run([sys.executable, "-m", "distil_rank", "--help"], cwd=root,
+                          capture_output=True, text=True)
+    assert "--threads" in done.stdout and "--quiet" in done.stdout
+    for line in done.stdout.splitlines():  # each default said once, not twice
+        assert line.count("default") <= 1, line

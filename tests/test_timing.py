@@ -37,3 +37,19 @@ def test_latency_matrix_rows_and_flop_ratio():
     for row in matrix["rows"]:
         assert row["speedup"] == row["dense"]["median_ms"] / row["factorised"]["median_ms"]
     assert set(matrix["break_even_batch"]) == {"float32/eager"}
+
+
+def test_a_wide_interquartile_range_is_flagged_noisy_and_said_so_in_the_table():
+    from distil_rank.report import latency_table
+    from distil_rank.timing import NOISY_RELATIVE_IQR, _summary
+
+    steady, busy = _summary([1.0] * 9 + [1.01]), _summary([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0])
+    assert not steady["noisy"] and busy["noisy"]
+    assert busy["p75_ms"] - busy["p25_ms"] > NOISY_RELATIVE_IQR * busy["median_ms"]
+    row = {"batch": 8, "dtype": "float32", "mode": "eager", "dense": busy, "factorised": steady,
+           "speedup": 2.0, "flop_ratio": 10.0, "noisy": True}
+    matrix = {"device": "CPU", "threads": 2, "dim_in": 8, "dim_out": 8, "rank": 2,
+              "flop_ratio": 10.0, "rows": [row], "break_even_batch": {"float32/eager": 8}}
+    for console in (False, True):
+        text = "\n".join(latency_table(matrix, "test", console=console))
+        assert "2.00x (noisy)" in text and "not a finding" in text
