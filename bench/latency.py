@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distil_rank.report import latency_table, write_json  # noqa: E402
-from distil_rank.timing import environment, latency_matrix  # noqa: E402
+from distil_rank.timing import environment, latency_matrix, modes_for  # noqa: E402
 
 
 def slug(text: str) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
         matrix = latency_matrix(
             args.dim, args.dim, args.rank, device, batches=batches,
             dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
-            modes=("eager", "cuda_graph") if cuda else ("eager",),
+            modes=modes_for(device),
             repeats=args.repeats, budget_s=args.budget,
         )
         report = {"environment": environment(device), "matrix": matrix}

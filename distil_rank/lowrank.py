@@ -42,7 +42,14 @@ from distil_rank.moments import InputMoments, input_moments
 
 
 class LowRankLinear(nn.Module):
-    """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`."""
+    """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`.
+
+    `fused`: "auto" (the default) runs inference on CUDA through one Triton kernel when Triton
+    is there and the kernel measured faster for the shape; "on" forces it where it can run,
+    "off" keeps the two matrix products (distil_rank/fused.py). Training always takes the two
+    products, through autograd."""
+
+    fused = "auto"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None, generator: torch.Generator | None = None,
@@ -72,6 +79,11 @@ class LowRankLinear(nn.Module):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused != "off" and (x.is_cuda or self.fused == "on"):
+            from distil_rank import fused  # Triton only where it may be used
+
+            if fused.use_fused(self.fused, x, self.down, self.up, self.bias):
+                return fused.fused_lowrank(x, self.down, self.up, self.bias)
         return F.linear(F.linear(x, self.down), self.up, self.bias)
 
     def dense_weight(self) -> torch.Tensor:

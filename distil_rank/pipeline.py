@@ -55,7 +55,7 @@ from distil_rank.teachers import (
     build_teachers,
     fitness_head,
 )
-from distil_rank.timing import LatencySettings, environment, latency_matrix
+from distil_rank.timing import LatencySettings, environment, latency_matrix, modes_for
 
 UNDEFINED_REASONS = {
     "explained_variance": "0 / 0: the teacher's output does not vary on the validation rows "
@@ -212,7 +212,7 @@ def latency_matrices(dim: int, rank: int, config: Config, device: torch.device) 
         matrices[where.type] = latency_matrix(
             dim, dim, rank, where, batches=config.latency_batches,
             dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
-            modes=("eager", "cuda_graph") if cuda else ("eager",),
+            modes=modes_for(where),
             warmup=config.latency_warmup, repeats=config.latency_repeats,
             budget_s=config.latency_budget_s, seed=stage_seed(config.seed, "latency"))
     return matrices

@@ -6,7 +6,10 @@ perf_counter around the call, with the thread count recorded. The median of many
 figure, the quartiles say how noisy it was.
 
 CUDA-graph replay (mode "cuda_graph") captures one forward pass and replays it, which removes the
-per-kernel launch cost: it is what a serving stack that uses graphs would see. A factorised layer
+per-kernel launch cost: it is what a serving stack that uses graphs would see. Modes "fused" and
+"fused_graph" are the same with LowRankLinear's one-kernel forward (distil_rank/fused.py); the
+dense layer is timed the same way in every mode, and "eager" and "cuda_graph" keep the
+factorised layer's two products. A factorised layer
 is two kernels instead of one, so at small batches on a GPU it can be slower than the dense layer
 in eager mode; the matrix shows where that flips (the break-even batch size).
 """
@@ -25,6 +28,18 @@ import torch
 from torch import nn
 
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
+
+MODES = ("eager", "cuda_graph", "fused", "fused_graph")
+
+
+def modes_for(device: torch.device) -> tuple[str, ...]:
+    """What a latency matrix measures on `device`: eager on the CPU; on CUDA also graph replay,
+    and the fused kernel's two modes where Triton is installed."""
+    if device.type != "cuda":
+        return ("eager",)
+    from distil_rank.fused import triton_available
+
+    return MODES if triton_available() else MODES[:2]
 
 
 @dataclass(frozen=True)
@@ -89,14 +104,16 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
     With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
     that `repeats` of them would take longer than the budget (at least 5 are always made).
     """
-    if mode not in ("eager", "cuda_graph"):
+    if mode not in MODES:
         raise ValueError(f"unknown timing mode {mode!r}")
-    if mode == "cuda_graph" and device.type != "cuda":
-        raise ValueError("CUDA-graph replay needs a CUDA device")
+    if mode != "eager" and device.type != "cuda":
+        raise ValueError(f"mode {mode} needs a CUDA device")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
-    module = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
-    fn = (lambda: module(x)) if mode == "eager" else _graph_replay(module, x)
+    module = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if isinstance(module, LowRankLinear):
+        module.fused = "on" if mode.startswith("fused") else "off"
+    fn = _graph_replay(module, x) if mode.endswith("graph") else (lambda: module(x))
     for _ in range(warmup):
         fn()
     if budget_s is not None:
