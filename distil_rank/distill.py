@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from distil_rank.errors import first_line
 from distil_rank.lowrank import LowRankLinear
 from distil_rank.runtime import stage_seed
 
@@ -297,6 +299,7 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         while done < at:
             if use_graph and graph is None and at - done > WARMUP_STEPS:
                 graph, done = _capture(step, optimiser), done + WARMUP_STEPS
+                use_graph = graph is not None  # a failed capture: eager from here on
             elif graph is None:
                 optimiser.zero_grad(set_to_none=True)
                 step()
@@ -328,7 +331,7 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (optimiser state, workspaces)
 
 
-def _capture(step, optimiser) -> torch.cuda.CUDAGraph:
+def _capture(step, optimiser) -> torch.cuda.CUDAGraph | None:
     """Run WARMUP_STEPS real steps on a side stream, then capture one step as a CUDA graph
     (PyTorch's whole-network capture recipe): gradients set to None first, so that backward
     allocates them from the graph's pool, and replay overwrites them."""
@@ -341,6 +344,11 @@ def _capture(step, optimiser) -> torch.cuda.CUDAGraph:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     optimiser.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        step()
+    try:  # capture runs nothing: on failure no state has moved, and the loop goes on eagerly
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as err:
+        warnings.warn(f"CUDA-graph capture of the training step failed, training eagerly: "
+                      f"{first_line(err)}", stacklevel=2)
+        return None
     return graph
