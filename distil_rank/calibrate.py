@@ -153,12 +153,12 @@ def shards_for_process(paths: list[str], process_rank: int, world_size: int) -> 
 
 
 def create_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(description="Streamed input statistics for the closed form.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description="Streamed input statistics for the closed form.")
     p.add_argument("--shards", nargs="+", required=True,
                    help="shard files or glob patterns (.npy read in batches, .npz, .pt)")
     p.add_argument("--out", required=True, help="output .pt with count, mean, covariance")
-    p.add_argument("--batch-rows", type=int, default=16384, help="rows read at a time")
+    p.add_argument("--batch-rows", type=int, default=16384,
+                   help="rows read at a time (default: 16384)")
     return p
 
 
