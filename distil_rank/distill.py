@@ -153,10 +153,11 @@ def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph
                             f"{type(job.student).__name__}")
         groups.setdefault(_group_key(job), []).append(i)
     results: list[DistillResult | None] = [None] * len(jobs)
+    targets: dict = {}  # the teachers' outputs, computed once for every group that needs them
     for members in groups.values():
         group = [jobs[i] for i in members]
         for i, result in zip(members, _train_group(group, device, cuda_graph, data_parallel,
-                                                   desc)):
+                                                   targets, desc)):
             results[i] = result
     return results
 
@@ -179,22 +180,25 @@ class _Bank:
 
 
 def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
-                 data_parallel: bool, desc: str):
+                 data_parallel: bool, computed: dict, desc: str):
     start = time.perf_counter()
     first, settings, count = jobs[0], jobs[0].settings, len(jobs)
     steps, held = settings.steps, first.holdout_x is not None
     inputs, targets = _Bank(), _Bank()
 
     @torch.no_grad()
-    def target(job, x):
-        y = copy.deepcopy(job.teacher).to(device)(x.to(device))
-        if job.readout is not None:
-            y = copy.deepcopy(job.readout).to(device)(y)
-        return y.reshape(len(x), -1)
+    def target(key, job, x):
+        if key not in computed:
+            y = copy.deepcopy(job.teacher).to(device)(x.to(device))
+            if job.readout is not None:
+                y = copy.deepcopy(job.readout).to(device)(y)
+            computed[key] = y.reshape(len(x), -1)
+        return computed[key]
 
     def rows(job, x):  # bank offsets of x and of the teacher's outputs on it
+        key = (id(job.teacher), id(job.readout), id(x))
         return (inputs.add(id(x), lambda: x.to(device)),
-                targets.add((id(job.teacher), id(job.readout), id(x)), lambda: target(job, x)))
+                targets.add(key, lambda: target(key, job, x)))
 
     # every step's batch for every student, drawn ahead from each student's own generator
     x_rows, y_rows, hx_rows, hy_rows = [], [], [], []

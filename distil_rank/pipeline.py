@@ -124,6 +124,8 @@ def check_settings(config: Config) -> None:
     for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads {config.threads}: must be at least 1")
     if config.patience is not None and config.patience < 1:
         raise InputError(f"patience = {config.patience}: must be at least 1 (or None)")
     check_writable_folder(config.out, "--out")  # now, not after minutes of work

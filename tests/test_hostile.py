@@ -110,6 +110,7 @@ def main_cases(tmp, root):
         "rank text": ["--rank", "abc"], "rank 2.5": ["--rank", "2.5"], "rank 0": ["--rank", "0"],
         "rank D": ["--train", train, "--val", val, "--rank", "320"],
         "no seeds": ["--seeds", "0"], "negative steps": ["--steps", "-3"],
+        "no threads": ["--threads", "0"],
         "device": ["--device", "cuda:abc"], "device word": ["--device", "banana"],
         "preset": ["--preset", "nope"], "unknown flag": ["--frobnicate"],
         "out is a file": ["--out", str(root / "README.md")],
