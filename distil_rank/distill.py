@@ -62,9 +62,11 @@ class DistillResult:
     steps_run: int = 0  # optimiser steps taken before the run ended or stopped early
 
 
-def distill_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
-    cosine = F.cosine_similarity(pred, target, dim=-1).mean()
-    return F.mse_loss(pred, target) + alpha * (1 - cosine)
+def distill_loss(pred: torch.Tensor, target: torch.Tensor, alpha) -> torch.Tensor:
+    """MSE + alpha (1 - mean cosine) over [rows, features]; leading dimensions (stacked
+    students) are kept, one loss each, and alpha may be a tensor of one value per student."""
+    cosine = F.cosine_similarity(pred, target, dim=-1).mean(-1)
+    return (pred - target).pow(2).mean((-2, -1)) + alpha * (1 - cosine)
 
 
 def epoch_batches(rows: int, batch_size: int, generator: torch.Generator):
@@ -252,8 +254,7 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         x = x_bank[x_rows.index_select(1, counter).squeeze(1)]
         y = y_bank[y_rows.index_select(1, counter).squeeze(1)]
         pred = forward(x)
-        cosine = F.cosine_similarity(pred, y, dim=-1).mean(1)
-        loss = (pred - y).pow(2).mean((1, 2)) + alpha * (1 - cosine)  # distill_loss, per student
+        loss = distill_loss(pred, y, alpha)  # [students]
         loss.sum().backward()  # the students share no parameter: each gets its own gradient
         if data_parallel:  # the mean gradient over processes, as DistributedDataParallel takes
             for p in params:

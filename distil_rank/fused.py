@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -208,13 +209,8 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 
 
 def _median_ms(fn, *args, repeats: int = 20) -> float:
-    for _ in range(3):
+    from distil_rank.timing import time_calls
+
+    for _ in range(3):  # warm-up: compilation and caches
         fn(*args)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]
-    for start, end in events:
-        start.record()
-        fn(*args)
-        end.record()
-    torch.cuda.synchronize()
-    return sorted(start.elapsed_time(end) for start, end in events)[repeats // 2]
+    return statistics.median(time_calls(lambda: fn(*args), args[0].device, repeats))

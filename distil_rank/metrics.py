@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distil_rank.moments import input_moments
+
 
 def explained_variance(y: torch.Tensor, y_hat: torch.Tensor) -> float:
     """1 - sum||y - y_hat||^2 / sum||y - mean(y)||^2 over rows; NaN when y does not vary."""
@@ -82,8 +84,7 @@ def energy_outside_data_span(weight: torch.Tensor, x: torch.Tensor,
     """||W (I - P)||_F^2 / ||W||_F^2, P the projector on the fewest principal directions of x
     that hold `share` of its variance: the part of the layer that acts where the data does not
     vary."""
-    centred = x.double() - x.double().mean(0)
-    eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred)
+    eigenvalues, vectors = torch.linalg.eigh(input_moments(x).covariance)
     eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
     k = int((eigenvalues.cumsum(0) / eigenvalues.sum() < share).sum()) + 1
     inside = weight.double() @ vectors[:, :k]
