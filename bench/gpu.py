@@ -5,8 +5,9 @@
 
 The steps, each in its own process (one failing does not hide the others):
   main        python main.py --device D --out results/D            (the default data)
-  latency     python bench/latency.py --devices D                  (fp32 and bf16, eager and
-              CUDA-graph replay on CUDA; batch 1 to 65536; 1280 x 1280 at rank 64)
+  latency     python bench/latency.py --devices D                  (fp32 and bf16, eager,
+              CUDA-graph replay and the fused kernel on CUDA, with the memory floor and the
+              kernel's error; batch 1 to 65536; 1280 x 1280 at rank 64)
   speed       python bench/speed.py --device D --skip-default-run  (the closed forms against
               distillation, timed on the device)
   published   python main.py --preset published --device D --out results/D/published

@@ -5,9 +5,10 @@
 
 Writes bench/results/latency_<device>.json per device: median and interquartile range of each
 (batch, dtype, mode), the speedup, the theoretical FLOP ratio, and the break-even batch size.
-On CUDA it runs fp32 and bf16, eager and CUDA-graph replay; on the CPU fp32 eager with the
-thread count fixed (--threads) and recorded. Batches that would not fit in memory are skipped
-and listed.
+On CUDA it runs fp32 and bf16, eager, CUDA-graph replay (10 passes per graph) and the fused
+kernel's two modes, and records the copy bandwidth, each row's memory floor and the kernel's
+error; on the CPU fp32 eager with the thread count fixed (--threads) and recorded. Batches
+that would not fit in memory are skipped and listed.
 """
 
 from __future__ import annotations

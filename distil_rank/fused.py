@@ -15,10 +15,15 @@ programs than the GPU has multiprocessors, the output is split into spans, each 
 recomputing its rows' h (cheap: BLOCK_M x D_in x r), so that a batch of one still uses the
 whole chip. Ranks above MAX_RANK keep the two-product path (h would not fit in registers).
 
+Which blocks are fastest depends on the chip, the dtype and the batch, so `plan` is a first
+guess and `candidates` adds a few neighbours of it (a row block one size down and up, a longer
+input slice, deeper pipelining). On CUDA the first call for a shape times each, and the two
+products, and caches the result (`tuning`), as Triton's autotuner and cuDNN's benchmark mode do;
+never during CUDA-graph capture, where the first guess is used.
+
 Inference only: autograd never sees the kernel. LowRankLinear uses it (its `fused` attribute)
-when it is "on", or when it is "auto" (the default), on CUDA with Triton, no gradient wanted,
-and the kernel measured faster than the two-product path for the shape (timed once per shape,
-cached, like cuDNN's benchmark mode; never during CUDA-graph capture).
+when it is "on" (with the fastest plan), or when it is "auto" (the default), on CUDA with
+Triton, no gradient wanted, and the kernel's fastest plan beat the two-product path.
 
 Tests run the kernel on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which computes
 tl.dot on bfloat16 wrongly; there the operands are upcast to fp32 first (UPCAST), and the
@@ -28,6 +33,7 @@ kernel's tiling in plain PyTorch, so that the blocking logic is tested where Tri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -43,7 +49,7 @@ MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class Plan:
-    """Block sizes and grid of one launch."""
+    """Block sizes, grid and launch options of one launch."""
 
     block_m: int
     block_k: int
@@ -52,22 +58,58 @@ class Plan:
     n_span: int  # output columns per program (a multiple of block_n)
     grid: tuple[int, int]  # (row blocks, output spans)
     num_warps: int
+    num_stages: int = 3  # input slices in flight (software pipelining)
 
 
-def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132) -> Plan | None:
-    """Blocks for a [rows, dim_in] input at `rank`; None when the rank is too large to fuse."""
+ACCUMULATORS_PER_THREAD = 128  # fp32 values of h and one output tile a thread may hold
+SHARED_BYTES = 200 * 1024  # staged input and A slices, below a Hopper or Ampere SM's ~227 KiB
+
+
+def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132, *,
+         block_m: int | None = None, block_k: int | None = None,
+         num_stages: int = 3) -> Plan | None:
+    """Blocks for a [rows, dim_in] input at `rank` (row block and input slice chosen from the
+    rows and the rank unless given); None when the rank is too large to fuse."""
     if rank > MAX_RANK:
         return None
     block_r = max(16, 1 << (rank - 1).bit_length())
-    block_m = 16 if rows <= 16 else 32 if rows <= 1024 or block_r >= 128 else 64
+    if block_m is None:
+        block_m = 16 if rows <= 16 else 32 if rows <= 1024 or block_r >= 128 else 64
     block_n = 64 if block_r >= 128 else 128
-    block_k = 64
+    block_k = block_k or (32 if block_r >= 128 else 64)  # A's slice is [block_k, block_r]
     row_blocks = math.ceil(rows / block_m)
     n_blocks = math.ceil(dim_out / block_n)
     spans = min(n_blocks, max(1, processors // row_blocks))  # fill the chip at small batches
     n_span = math.ceil(n_blocks / spans) * block_n
     return Plan(block_m, block_k, block_n, block_r, n_span,
-                (row_blocks, math.ceil(dim_out / n_span)), 4 if block_m <= 32 else 8)
+                (row_blocks, math.ceil(dim_out / n_span)), 4 if block_m <= 32 else 8, num_stages)
+
+
+def fits(p: Plan, element_bytes: int) -> bool:
+    """Whether a plan's accumulators fit in registers and its staged slices in shared memory."""
+    accumulators = p.block_m * (p.block_r + p.block_n) / (32 * p.num_warps)
+    staged = p.num_stages * (p.block_m + p.block_r) * p.block_k * element_bytes
+    return accumulators <= ACCUMULATORS_PER_THREAD and staged <= SHARED_BYTES
+
+
+def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
+               element_bytes: int = 4) -> list[Plan]:
+    """The plans timed for a shape on first use, `plan`'s guess first: the row block one size
+    down and (when there are more rows than it holds) one size up, a twice longer input slice,
+    and one more slice in flight; only those that fit (`fits`), each once."""
+    first = plan(rows, dim_in, dim_out, rank, processors)
+    if first is None:
+        return []
+    shape = (rows, dim_in, dim_out, rank, processors)
+    variants = [plan(*shape, block_m=max(16, first.block_m // 2)),
+                plan(*shape, block_m=first.block_m * 2) if rows > first.block_m else None,
+                plan(*shape, block_m=first.block_m, block_k=2 * first.block_k),
+                plan(*shape, block_m=first.block_m, num_stages=first.num_stages + 1)]
+    chosen = [first]
+    for p in variants:
+        if p is not None and p not in chosen and fits(p, element_bytes):
+            chosen.append(p)
+    return chosen
 
 
 def blocked_reference(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
@@ -114,10 +156,12 @@ def _kernel():
         h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         for k0 in range(0, dim_in, BLOCK_K):  # h = x A^T, over the input in slices
             rk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,
-                        mask=(rm[:, None] < rows) & (rk[None, :] < dim_in), other=0.0)
-            a = tl.load(down_ptr + rr[None, :] * sdr + rk[:, None] * sdk,
-                        mask=(rr[None, :] < rank) & (rk[:, None] < dim_in), other=0.0)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,  # read once: stream it
+                        mask=(rm[:, None] < rows) & (rk[None, :] < dim_in), other=0.0,
+                        eviction_policy="evict_first")
+            a = tl.load(down_ptr + rr[None, :] * sdr + rk[:, None] * sdk,  # every program's
+                        mask=(rr[None, :] < rank) & (rk[:, None] < dim_in), other=0.0,
+                        eviction_policy="evict_last")
             if UPCAST:
                 x = x.to(tl.float32)
                 a = a.to(tl.float32)
@@ -128,7 +172,8 @@ def _kernel():
         for n0 in range(0, n_span, BLOCK_N):  # this program's span of the output
             rn = pn * n_span + n0 + tl.arange(0, BLOCK_N)
             b = tl.load(up_ptr + rn[None, :] * sun + rr[:, None] * sur,
-                        mask=(rn[None, :] < dim_out) & (rr[:, None] < rank), other=0.0)
+                        mask=(rn[None, :] < dim_out) & (rr[:, None] < rank), other=0.0,
+                        eviction_policy="evict_last")
             if UPCAST:
                 b = b.to(tl.float32)
             y = tl.dot(h_in, b, input_precision=PRECISION)
@@ -150,15 +195,19 @@ def triton_available() -> bool:
 
 
 def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-    """(x down^T) up^T + bias in one launch; any leading batch shape. Raises ValueError when
-    the rank is above MAX_RANK (the caller keeps the two-product path)."""
+                  bias: torch.Tensor | None, p: Plan | None = None) -> torch.Tensor:
+    """(x down^T) up^T + bias in one launch; any leading batch shape. Blocks from `p`, else the
+    shape's tuned plan (`tuning`), else `plan`'s guess. Raises ValueError when the rank is above
+    MAX_RANK (the caller keeps the two-product path)."""
     leading, dim_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, dim_in)
     dim_out, rank = up.shape
-    p = plan(x2.shape[0], dim_in, dim_out, rank, _processors(x.device))
-    if p is None:
+    if rank > MAX_RANK:
         raise ValueError(f"rank {rank} is above the fused kernel's {MAX_RANK}")
+    if p is None:
+        tuned = tuning(x, down, up, bias)
+        p = tuned.plan if tuned else plan(x2.shape[0], dim_in, dim_out, rank,
+                                          _processors(x.device))
     y = torch.empty(x2.shape[0], dim_out, dtype=x.dtype, device=x.device)
     if x2.shape[0] == 0:
         return y.reshape(*leading, dim_out)
@@ -168,7 +217,7 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
         y.stride(0), y.stride(1), p.n_span, HAS_BIAS=bias is not None, UPCAST=_interpreting(),
         PRECISION=precision, BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n,
-        BLOCK_R=p.block_r, num_warps=p.num_warps)
+        BLOCK_R=p.block_r, num_warps=p.num_warps, num_stages=p.num_stages)
     return y.reshape(*leading, dim_out)
 
 
@@ -182,7 +231,46 @@ def _two_products(x, down, up, bias):
     return F.linear(F.linear(x, down), up, bias)
 
 
-_FASTER: dict[tuple, bool] = {}  # (rows, dim_in, dim_out, rank, dtype, device) -> fused wins
+@dataclass(frozen=True)
+class Tuning:
+    """What the first call for a shape measured: its fastest plan, and the two products."""
+
+    plan: Plan
+    fused_ms: float
+    two_products_ms: float
+    tried: int  # plans that compiled and ran (0: none fitted; fused_ms is then infinite)
+
+
+_TUNED: dict[tuple, Tuning] = {}  # (rows, dim_in, dim_out, rank, bias, dtype, device) -> Tuning
+
+
+def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+           bias: torch.Tensor | None) -> Tuning | None:
+    """The shape's Tuning, measured on its first call on CUDA and cached; None where there is no
+    clock to ask (not CUDA, or inside CUDA-graph capture before the shape was seen)."""
+    rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
+    key = (rows, x.shape[-1], dim_out, rank, bias is not None, x.dtype, x.device)
+    if key not in _TUNED:
+        if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+            return None
+        _TUNED[key] = measure_plans(x, down, up, bias, _processors(x.device))
+    return _TUNED[key]
+
+
+def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                  bias: torch.Tensor | None, processors: int) -> Tuning:
+    """Time every candidate plan on x, skipping those the chip cannot hold, and the two
+    products; the fastest plan wins."""
+    from triton.runtime.errors import OutOfResources
+
+    rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
+    plans = candidates(rows, x.shape[-1], dim_out, rank, processors, x.element_size())
+    timed = []
+    for p in plans:
+        with contextlib.suppress(OutOfResources):  # more shared memory or registers than it has
+            timed.append((_median_ms(fused_lowrank, x, down, up, bias, p), p))
+    fused_ms, best = min(timed, key=lambda pair: pair[0], default=(math.inf, plans[0]))
+    return Tuning(best, fused_ms, _median_ms(_two_products, x, down, up, bias), len(timed))
 
 
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
@@ -199,13 +287,8 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         return False
     if mode == "on":
         return True
-    key = (x.numel() // x.shape[-1], x.shape[-1], up.shape[0], up.shape[1], x.dtype, x.device)
-    if key not in _FASTER:
-        if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-            return False  # no clock to ask: keep the two-product path
-        _FASTER[key] = _median_ms(fused_lowrank, x, down, up, bias) < _median_ms(
-            _two_products, x, down, up, bias)
-    return _FASTER[key]
+    tuned = tuning(x, down, up, bias)
+    return tuned is not None and tuned.fused_ms < tuned.two_products_ms
 
 
 def _median_ms(fn, *args, repeats: int = 20) -> float:

@@ -70,7 +70,9 @@ def _table(header: tuple[str, ...], align: str, rows: list[list[str]],
 
 def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]:
     """The dense-versus-rank-r latency matrix as a table, with what it was measured on and the
-    break-even batch: the one renderer for the console, bench/ and the README."""
+    break-even batch: the one renderer for the console, bench/ and the README. On CUDA a column
+    says how far the rank-r time is from the memory floor (reading x and writing y once)."""
+    floor = matrix.get("copy_bandwidth_gb_s")  # absent or null off CUDA and in older records
     rows = []
     for row in matrix["rows"]:
         d, f = row["dense"], row["factorised"]
@@ -78,18 +80,35 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
         rows.append([row["dtype"], row["mode"], str(row["batch"]),
                      f"{d['median_ms']:.4g} ({d['p25_ms']:.3g}-{d['p75_ms']:.3g})",
                      f"{f['median_ms']:.4g} ({f['p25_ms']:.3g}-{f['p75_ms']:.3g})",
-                     f"{row['speedup']:.2f}x{noisy}"])
+                     f"{row['speedup']:.2f}x{noisy}"]
+                    + ([f"{f['median_ms'] / row['memory_bound_ms']:.1f}x"] if floor else []))
+    header = ("dtype", "mode", "batch", "dense ms (IQR)", "rank-r ms (IQR)", "speedup")
     lines = [f"{source}: {matrix['device']}"
              + (f", {matrix['threads']} threads" if matrix.get("threads") else "")
              + f"; D = {matrix['dim_in']}, r = {matrix['rank']}, "
              f"FLOP ratio {matrix['flop_ratio']:.1f}x.", "",
-             *_table(("dtype", "mode", "batch", "dense ms (IQR)", "rank-r ms (IQR)", "speedup"),
-                     "llrrrr", rows, console)]
+             *_table(header + (("/ floor",) if floor else ()), "llrrrr" + ("r" if floor else ""),
+                     rows, console)]
     for key, batch in matrix["break_even_batch"].items():
         word = "not reached in the grid" if batch is None else (
             f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
             else str(batch))
         lines.append(f"\nBreak-even batch ({key}): {word}.")
+    if matrix.get("graph_calls_per_replay"):
+        lines.append(f"\nGraph modes capture {matrix['graph_calls_per_replay']} passes per graph "
+                     "and report the time per pass.")
+    if floor:
+        lines.append(f"\n/ floor: the rank-r time over the time to read x and write y once at "
+                     f"the copy bandwidth measured on this device ({floor:.0f} GB/s).")
+    checks = {}
+    for row in matrix["rows"]:
+        if "fused" in row:
+            worst = checks.setdefault(row["dtype"], [0.0, 0.0])
+            worst[0] = max(worst[0], row["fused"]["max_relative_error"])
+            worst[1] = max(worst[1], row["fused"]["two_products_error"])
+    for dtype, (fused, two) in checks.items():
+        lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
+                     f"{fused:.2g} of the largest output (the two products' own: {two:.2g}).")
     if any(row.get("noisy") for row in matrix["rows"]):
         lines.append(f"\n(noisy): the interquartile range of a time exceeds "
                      f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "

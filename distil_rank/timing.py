@@ -5,8 +5,11 @@ launch overhead and kernel time both count, nothing is lost to asynchrony); on t
 perf_counter around the call, with the thread count recorded. The median of many calls is the
 figure, the quartiles say how noisy it was.
 
-CUDA-graph replay (mode "cuda_graph") captures one forward pass and replays it, which removes the
-per-kernel launch cost: it is what a serving stack that uses graphs would see. Modes "fused" and
+CUDA-graph replay (mode "cuda_graph") captures `graph_calls` forward passes (10) in one graph and
+replays it, reporting the time per pass: this removes the per-kernel launch cost, and spreads the
+graph's own launch over the passes, as a serving stack that captures a whole model would see.
+(With one pass per graph, a replay of anything costs about 14 us on an H200: every small batch
+then measures that floor, not the layer.) Modes "fused" and
 "fused_graph" are the same with LowRankLinear's one-kernel forward (distil_rank/fused.py); the
 dense layer is timed the same way in every mode, and "eager" and "cuda_graph" keep the
 factorised layer's two products. A factorised layer
@@ -17,6 +20,7 @@ in eager mode; the matrix shows where that flips (the break-even batch size).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -80,8 +84,8 @@ def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
     return times_ms
 
 
-def _graph_replay(module: nn.Module, x: torch.Tensor):
-    """Capture module(x) in a CUDA graph; return a function that replays it."""
+def _graph_replay(module: nn.Module, x: torch.Tensor, calls: int):
+    """Capture `calls` passes of module(x) in one CUDA graph; return a function that replays it."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up on a side stream, as graph capture requires
@@ -90,16 +94,24 @@ def _graph_replay(module: nn.Module, x: torch.Tensor):
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        module(x)
+        for _ in range(calls):
+            module(x)
     return graph.replay
+
+
+def _input(batch: int, in_features: int, device: torch.device, dtype: torch.dtype,
+           seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
 
 
 @torch.inference_mode()
 def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device, *,
                     warmup: int, repeats: int, dtype: torch.dtype = torch.float32,
-                    mode: str = "eager", seed: int = 0, budget_s: float | None = None) -> dict:
+                    mode: str = "eager", seed: int = 0, budget_s: float | None = None,
+                    graph_calls: int = 10) -> dict:
     """Milliseconds per forward pass of a copy of `module` on a [batch, in_features] input
-    (the caller's module is never moved).
+    (the caller's module is never moved). Graph modes replay `graph_calls` passes at a time.
 
     With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
     that `repeats` of them would take longer than the budget (at least 5 are always made).
@@ -108,22 +120,62 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
         raise ValueError(f"unknown timing mode {mode!r}")
     if mode != "eager" and device.type != "cuda":
         raise ValueError(f"mode {mode} needs a CUDA device")
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
+    x = _input(batch, in_features, device, dtype, seed)
     module = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
     if isinstance(module, LowRankLinear):
         module.fused = "on" if mode.startswith("fused") else "off"
-    fn = _graph_replay(module, x) if mode.endswith("graph") else (lambda: module(x))
+    calls = graph_calls if mode.endswith("graph") else 1
+    fn = _graph_replay(module, x, calls) if mode.endswith("graph") else (lambda: module(x))
     for _ in range(warmup):
         fn()
     if budget_s is not None:
         one_call_s = statistics.median(time_calls(fn, device, 3)) / 1e3
         repeats = max(5, min(repeats, int(budget_s / max(one_call_s, 1e-9))))
-    result = _summary(time_calls(fn, device, repeats))
+    result = _summary([t / calls for t in time_calls(fn, device, repeats)])
     result.update(batch=batch, dtype=str(dtype).replace("torch.", ""), mode=mode,
-                  device=device_name(device),
+                  device=device_name(device), calls_per_replay=calls,
                   threads=torch.get_num_threads() if device.type == "cpu" else None)
     return result
+
+
+def copy_bandwidth_gb_s(device: torch.device, megabytes: int = 1024, repeats: int = 10) -> float:
+    """The device's memory bandwidth as a large copy sees it (bytes read plus bytes written, per
+    second): the ceiling for any layer that must read its input and write its output once."""
+    src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    ms = statistics.median(time_calls(lambda: dst.copy_(src), device, repeats))
+    return 2 * src.numel() / (ms / 1e3) / 1e9
+
+
+@torch.inference_mode()
+def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: torch.dtype,
+                seed: int = 0) -> dict:
+    """What the fused kernel does at one shape on this device: the plan its tuning chose (and of
+    how many that ran; off CUDA, under Triton's interpreter, no tuning: `plan`'s guess and 0),
+    whether "auto" takes it, and its largest error, relative to the largest
+    output, against the two products in fp32; beside it the two products' own error in `dtype`,
+    the yardstick for rounding."""
+    from distil_rank import fused
+
+    x = _input(batch, module.in_features, device, dtype, seed)
+    m = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    f32 = [None if t is None else t.float() for t in (x, m.down, m.up, m.bias)]
+    want = fused._two_products(*f32)
+
+    def error(got: torch.Tensor) -> float:
+        return ((got.float() - want).abs().max() / want.abs().max()).item()
+
+    tuned = fused.tuning(x, m.down, m.up, m.bias)  # None off CUDA: the first guess is used
+    first = fused.plan(batch, m.in_features, m.out_features, m.rank)
+    return {"plan": dataclasses.asdict(tuned.plan if tuned else first),
+            "plans_tried": tuned.tried if tuned else 0,
+            "fused_ms": tuned.fused_ms if tuned else None,
+            "two_products_ms": tuned.two_products_ms if tuned else None,
+            "auto_takes_kernel": fused.use_fused("auto", x, m.down, m.up, m.bias),
+            "max_relative_error": error(fused.fused_lowrank(x, m.down, m.up, m.bias)),
+            "two_products_error": error(fused._two_products(x, m.down, m.up, m.bias))}
 
 
 def _fits_in_memory(batch: int, dim_in: int, dim_out: int, rank: int, dtype: torch.dtype,
@@ -157,12 +209,15 @@ def break_even_batch(rows: list[dict]) -> int | None:
 def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *,
                    batches=(1, 32, 256, 4096, 65536), dtypes=(torch.float32,),
                    modes=("eager",), warmup: int = 10, repeats: int = 100,
-                   budget_s: float = 1.0, seed: int = 0) -> dict:
+                   budget_s: float = 1.0, seed: int = 0, graph_calls: int = 10) -> dict:
     """Dense nn.Linear against LowRankLinear of the same shape, for every batch, dtype and mode.
-    Weights are random: the time of a matmul does not depend on the values."""
+    Weights are random: the time of a matmul does not depend on the values. On CUDA each row
+    also has the memory-bound time (reading x and writing y once at the copy bandwidth measured
+    here), and the fused modes' rows what the kernel did (`fused_check`)."""
     g = torch.Generator().manual_seed(seed)
     dense = seeded_linear(dim_in, dim_out, g)
     factorised = LowRankLinear(dim_in, dim_out, rank, generator=g)
+    bandwidth = copy_bandwidth_gb_s(device) if device.type == "cuda" else None
     rows, skipped = [], []
     for dtype in dtypes:
         for mode in modes:
@@ -172,13 +227,19 @@ def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *
                                     "why": "would not fit in memory"})
                     continue
                 common = dict(warmup=warmup, repeats=repeats, dtype=dtype, mode=mode, seed=seed,
-                              budget_s=budget_s)
+                              budget_s=budget_s, graph_calls=graph_calls)
                 d = measure_latency(dense, batch, dim_in, device, **common)
                 f = measure_latency(factorised, batch, dim_in, device, **common)
-                rows.append({"batch": batch, "dtype": d["dtype"], "mode": mode, "dense": d,
-                             "factorised": f, "speedup": d["median_ms"] / f["median_ms"],
-                             "flop_ratio": flop_ratio(dim_in, dim_out, rank),
-                             "noisy": d["noisy"] or f["noisy"]})
+                row = {"batch": batch, "dtype": d["dtype"], "mode": mode, "dense": d,
+                       "factorised": f, "speedup": d["median_ms"] / f["median_ms"],
+                       "flop_ratio": flop_ratio(dim_in, dim_out, rank),
+                       "noisy": d["noisy"] or f["noisy"]}
+                if bandwidth:
+                    moved = batch * (dim_in + dim_out) * torch.finfo(dtype).bits // 8
+                    row["memory_bound_ms"] = moved / (bandwidth * 1e9) * 1e3
+                if mode.startswith("fused"):
+                    row["fused"] = fused_check(factorised, batch, device, dtype, seed)
+                rows.append(row)
     groups = {}
     for row in rows:
         groups.setdefault(f"{row['dtype']}/{row['mode']}", []).append(row)
@@ -187,6 +248,8 @@ def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dim_in": dim_in, "dim_out": dim_out, "rank": rank,
         "flop_ratio": flop_ratio(dim_in, dim_out, rank),
+        "copy_bandwidth_gb_s": bandwidth,
+        "graph_calls_per_replay": graph_calls if any(m.endswith("graph") for m in modes) else None,
         "rows": rows,
         "skipped": skipped,
         "break_even_batch": {key: break_even_batch(group) for key, group in groups.items()},

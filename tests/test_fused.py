@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_rank.fused import MAX_RANK, blocked_reference, plan
+from distil_rank.fused import MAX_RANK, blocked_reference, candidates, fits, plan
 from distil_rank.lowrank import LowRankLinear
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
@@ -37,24 +37,57 @@ def test_fused_blocking_logic_reproduces_the_two_products(dtype, with_bias):
     for shape in SHAPES:
         x, down, up, bias = factors(*shape, dtype)
         bias = bias if with_bias else None
+        want = two_products(x.float(), down.float(), up.float(),
+                            None if bias is None else bias.float())
         for processors in (1, 132):  # one output span per row block, or split to fill a chip
-            got = blocked_reference(x, down, up, bias, plan(*shape, processors=processors))
-            want = two_products(x.float(), down.float(), up.float(),
-                                None if bias is None else bias.float())
-            error = (got.float() - want).abs().max() / want.abs().max()
-            assert error < TOLERANCE[dtype], (shape, dtype, processors, error.item())
+            for p in candidates(*shape, processors, x.element_size()):  # every plan tuning tries
+                got = blocked_reference(x, down, up, bias, p)
+                error = (got.float() - want).abs().max() / want.abs().max()
+                assert error < TOLERANCE[dtype], (shape, dtype, p, error.item())
 
 
-def test_fused_plans_cover_every_row_and_column_and_refuse_large_ranks():
-    for rows, dim_in, dim_out, rank in SHAPES + [(65536, 1280, 1280, 64), (1, 1280, 1280, 64)]:
-        p = plan(rows, dim_in, dim_out, rank)
-        assert p.block_r >= max(rank, 16) and p.block_r & (p.block_r - 1) == 0
-        assert p.grid[0] * p.block_m >= rows > (p.grid[0] - 1) * p.block_m
-        assert p.grid[1] * p.n_span >= dim_out > (p.grid[1] - 1) * p.n_span
-        assert p.n_span % p.block_n == 0
+def test_fused_plans_cover_every_row_and_column_fit_the_chip_and_refuse_large_ranks():
+    for rows, dim_in, dim_out, rank in SHAPES + [(65536, 1280, 1280, 64), (1, 1280, 1280, 64),
+                                                 (65536, 1280, 1280, 256), (8, 1280, 640, 200)]:
+        for element_bytes in (4, 2):
+            tried = candidates(rows, dim_in, dim_out, rank, element_bytes=element_bytes)
+            assert tried[0] == plan(rows, dim_in, dim_out, rank)  # the first guess leads
+            assert len(set(tried)) == len(tried)
+            for p in tried:
+                assert fits(p, element_bytes), p
+                assert p.block_r >= max(rank, 16) and p.block_r & (p.block_r - 1) == 0
+                assert p.grid[0] * p.block_m >= rows > (p.grid[0] - 1) * p.block_m
+                assert p.grid[1] * p.n_span >= dim_out > (p.grid[1] - 1) * p.n_span
+                assert p.n_span % p.block_n == 0 and min(p.block_k, p.block_m) >= 16
+    assert len(candidates(65536, 1280, 1280, 64)) >= 4  # something to choose between
     assert plan(1, 1280, 1280, 64).grid[1] > 1  # a batch of one still spreads over the chip
     assert plan(65536, 1280, 1280, 64).grid[1] == 1  # enough row blocks: no recomputation
-    assert plan(8, 1280, 1280, MAX_RANK + 1) is None
+    assert plan(8, 1280, 1280, MAX_RANK + 1) is None and not candidates(8, 1280, 1280, 300)
+
+
+def test_fused_tuning_keeps_the_fastest_plan_and_skips_those_the_chip_cannot_hold(monkeypatch):
+    errors = pytest.importorskip("triton.runtime.errors", reason="Triton is not installed here")
+    from distil_rank import fused
+
+    x, down, up, bias = factors(4096, 1280, 1280, 64, torch.float32)
+    plans = candidates(4096, 1280, 1280, 64, 132, 4)
+    slow_first = {p: 10.0 - i for i, p in enumerate(plans)}  # the last plan is the fastest...
+    too_big = plans[-1]  # ...but does not fit this chip
+
+    def fake_median_ms(fn, *args):
+        if fn is fused._two_products:
+            return 7.5
+        if args[-1] == too_big:
+            raise errors.OutOfResources(300_000, 232_448, "shared memory")
+        return slow_first[args[-1]]
+
+    monkeypatch.setattr(fused, "_median_ms", fake_median_ms)
+    tuned = fused.measure_plans(x, down, up, bias, 132)
+    assert tuned.plan == plans[-2] and tuned.fused_ms == slow_first[plans[-2]]
+    assert tuned.tried == len(plans) - 1 and tuned.two_products_ms == 7.5
+    monkeypatch.setattr(fused, "candidates", lambda *shape: [too_big])
+    nothing_fits = fused.measure_plans(x, down, up, bias, 132)
+    assert nothing_fits.tried == 0 and nothing_fits.fused_ms == float("inf")
 
 
 INTERPRETED = r"""
@@ -64,19 +97,22 @@ import torch
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from test_fused import SHAPES, TOLERANCE, factors, two_products
-from distil_rank.fused import fused_lowrank
+from distil_rank.fused import candidates, fused_lowrank
 from distil_rank.lowrank import LowRankLinear
-errors = []
+errors, launches = [], 0
 for dtype in TOLERANCE:
     for shape in SHAPES:
         for with_bias in (True, False):
             x, down, up, bias = factors(*shape, dtype)
             bias = bias if with_bias else None
-            got = fused_lowrank(x, down, up, bias)
             want = two_products(x.float(), down.float(), up.float(),
                                 None if bias is None else bias.float())
-            error = ((got.float() - want).abs().max() / want.abs().max()).item()
-            errors.append([str(dtype), shape, with_bias, error, error < TOLERANCE[dtype]])
+            worst = 0.0
+            for p in [None] + candidates(*shape, 4, x.element_size()):  # None: the default
+                got = fused_lowrank(x, down, up, bias, p)
+                error = ((got.float() - want).abs().max() / want.abs().max()).item()
+                worst, launches = max(worst, error), launches + 1
+            errors.append([str(dtype), shape, with_bias, worst, worst < TOLERANCE[dtype]])
 layer = LowRankLinear(24, 20, 4)
 x3 = torch.randn(2, 5, 24)
 reference = two_products(x3, layer.down, layer.up, layer.bias).detach()
@@ -84,7 +120,10 @@ layer.fused = "on"
 with torch.no_grad():
     leading = (layer(x3) - reference).abs().max().item()
 trained = layer(x3.requires_grad_())  # a gradient is wanted: autograd's path
-print(json.dumps({"errors": errors, "leading_shape_error": leading,
+from distil_rank.timing import fused_check
+check = fused_check(LowRankLinear(70, 50, 9), 33, torch.device("cpu"), torch.bfloat16)
+print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error": leading,
+                  "check": check,
                   "grad_fn": trained.grad_fn is not None}))
 """
 
@@ -101,7 +140,13 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     failed = [e for e in result["errors"] if not e[-1]]
     assert not failed, failed
     assert len(result["errors"]) == len(TOLERANCE) * len(SHAPES) * 2
+    assert result["launches"] > 2 * len(result["errors"])  # the tuning's other plans ran too
     assert result["leading_shape_error"] < 1e-5 and result["grad_fn"]
+    check = result["check"]  # the latency matrix's record of the kernel, here in bf16
+    assert check["max_relative_error"] < TOLERANCE[torch.bfloat16]
+    assert 0 < check["two_products_error"] < TOLERANCE[torch.bfloat16]  # bf16 does round
+    assert check["plans_tried"] == 0 and not check["auto_takes_kernel"]  # no CUDA clock here
+    assert check["plan"]["block_m"] == 32 and check["plan"]["grid"] == [2, 1]  # 33 rows, 50 out
 
 
 def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
