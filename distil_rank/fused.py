@@ -18,8 +18,9 @@ whole chip. Ranks above MAX_RANK keep the two-product path (h would not fit in r
 Which blocks are fastest depends on the chip, the dtype and the batch, so `plan` is a first
 guess and `candidates` adds a few neighbours of it (a row block one size down and up, a longer
 input slice, deeper pipelining). On CUDA the first call for a shape times each, and the two
-products, and caches the result (`tuning`), as Triton's autotuner and cuDNN's benchmark mode do;
-never during CUDA-graph capture, where the first guess is used.
+products, by their GPU time in a CUDA graph (so that Python's launch cost does not decide), and
+caches the result (`tuning`), as Triton's autotuner and cuDNN's benchmark mode do; never during
+CUDA-graph capture, where the first guess is used.
 
 Inference only: autograd never sees the kernel. LowRankLinear uses it (its `fused` attribute)
 when it is "on" (with the fastest plan), or when it is "auto" (the default), on CUDA with
@@ -66,8 +67,8 @@ SHARED_BYTES = 200 * 1024  # staged input and A slices, below a Hopper or Ampere
 
 
 def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132, *,
-         block_m: int | None = None, block_k: int | None = None,
-         num_stages: int = 3) -> Plan | None:
+         block_m: int | None = None, block_k: int | None = None, num_stages: int = 3,
+         num_warps: int | None = None) -> Plan | None:
     """Blocks for a [rows, dim_in] input at `rank` (row block and input slice chosen from the
     rows and the rank unless given); None when the rank is too large to fuse."""
     if rank > MAX_RANK:
@@ -82,7 +83,8 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
     spans = min(n_blocks, max(1, processors // row_blocks))  # fill the chip at small batches
     n_span = math.ceil(n_blocks / spans) * block_n
     return Plan(block_m, block_k, block_n, block_r, n_span,
-                (row_blocks, math.ceil(dim_out / n_span)), 4 if block_m <= 32 else 8, num_stages)
+                (row_blocks, math.ceil(dim_out / n_span)),
+                num_warps or (4 if block_m <= 32 else 8), num_stages)
 
 
 def fits(p: Plan, element_bytes: int) -> bool:
@@ -96,7 +98,8 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
                element_bytes: int = 4) -> list[Plan]:
     """The plans timed for a shape on first use, `plan`'s guess first: the row block one size
     down and (when there are more rows than it holds) one size up, a twice longer input slice,
-    and one more slice in flight; only those that fit (`fits`), each once."""
+    one more slice in flight, and the other warp count (4 or 8: fewer registers a program, or
+    more programs a multiprocessor); only those that fit (`fits`), each once."""
     first = plan(rows, dim_in, dim_out, rank, processors)
     if first is None:
         return []
@@ -104,7 +107,8 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
     variants = [plan(*shape, block_m=max(16, first.block_m // 2)),
                 plan(*shape, block_m=first.block_m * 2) if rows > first.block_m else None,
                 plan(*shape, block_m=first.block_m, block_k=2 * first.block_k),
-                plan(*shape, block_m=first.block_m, num_stages=first.num_stages + 1)]
+                plan(*shape, block_m=first.block_m, num_stages=first.num_stages + 1),
+                plan(*shape, block_m=first.block_m, num_warps=12 - first.num_warps)]
     chosen = [first]
     for p in variants:
         if p is not None and p not in chosen and fits(p, element_bytes):
@@ -292,8 +296,14 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 
 
 def _median_ms(fn, *args, repeats: int = 20) -> float:
-    from distil_rank.timing import time_calls
+    """Median milliseconds of fn(*args). On CUDA its GPU time: 10 calls replayed from one CUDA
+    graph, so that the CPU's launch cost, which differs between Triton and cuBLAS and is paid
+    once per graph where speed matters, does not decide. Elsewhere the wall time of a call."""
+    from distil_rank.timing import graph_replay, time_calls
 
+    device = args[0].device
+    calls = 10 if device.type == "cuda" else 1
+    call = graph_replay(lambda: fn(*args), calls) if calls > 1 else lambda: fn(*args)
     for _ in range(3):  # warm-up: compilation and caches
-        fn(*args)
-    return statistics.median(time_calls(lambda: fn(*args), args[0].device, repeats))
+        call()
+    return statistics.median(time_calls(call, device, repeats)) / calls

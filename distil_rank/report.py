@@ -103,12 +103,17 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
     checks = {}
     for row in matrix["rows"]:
         if "fused" in row:
-            worst = checks.setdefault(row["dtype"], [0.0, 0.0])
+            worst = checks.setdefault(row["dtype"], [0.0, 0.0, set()])
             worst[0] = max(worst[0], row["fused"]["max_relative_error"])
             worst[1] = max(worst[1], row["fused"]["two_products_error"])
-    for dtype, (fused, two) in checks.items():
+            if row["fused"]["auto_takes_kernel"]:
+                worst[2].add(row["batch"])
+    for dtype, (fused, two, taken) in checks.items():
         lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
-                     f"{fused:.2g} of the largest output (the two products' own: {two:.2g}).")
+                     f"{fused:.2g} of the largest output (the two products' own: {two:.2g}); "
+                     "`fused = \"auto\"` takes it at batch "
+                     f"{', '.join(map(str, sorted(taken))) or 'none'} and keeps the two "
+                     "products elsewhere.")
     if any(row.get("noisy") for row in matrix["rows"]):
         lines.append(f"\n(noisy): the interquartile range of a time exceeds "
                      f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "

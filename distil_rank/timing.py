@@ -84,18 +84,18 @@ def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
     return times_ms
 
 
-def _graph_replay(module: nn.Module, x: torch.Tensor, calls: int):
-    """Capture `calls` passes of module(x) in one CUDA graph; return a function that replays it."""
+def graph_replay(fn, calls: int):
+    """Capture `calls` calls of fn() in one CUDA graph; return a function that replays it."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up on a side stream, as graph capture requires
         for _ in range(3):
-            module(x)
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):
-            module(x)
+            fn()
     return graph.replay
 
 
@@ -125,7 +125,7 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
     if isinstance(module, LowRankLinear):
         module.fused = "on" if mode.startswith("fused") else "off"
     calls = graph_calls if mode.endswith("graph") else 1
-    fn = _graph_replay(module, x, calls) if mode.endswith("graph") else (lambda: module(x))
+    fn = graph_replay(lambda: module(x), calls) if mode.endswith("graph") else (lambda: module(x))
     for _ in range(warmup):
         fn()
     if budget_s is not None:

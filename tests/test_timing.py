@@ -65,7 +65,8 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
     rows = [{"batch": 65536, "dtype": "bfloat16", "mode": "fused_graph", "dense": timing(0.29),
              "factorised": timing(0.09), "speedup": 0.29 / 0.09, "flop_ratio": 10.0,
              "noisy": False, "memory_bound_ms": 0.06,
-             "fused": {"max_relative_error": 0.004, "two_products_error": 0.006}}]
+             "fused": {"max_relative_error": 0.004, "two_products_error": 0.006,
+                       "auto_takes_kernel": True}}]
     matrix = {"device": "GPU", "threads": None, "dim_in": 1280, "dim_out": 1280, "rank": 64,
               "flop_ratio": 10.0, "rows": rows, "copy_bandwidth_gb_s": 4660.0,
               "graph_calls_per_replay": 10, "break_even_batch": {"bfloat16/fused_graph": 65536}}
@@ -74,7 +75,7 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
         assert "/ floor" in text and "1.5x" in text  # 0.09 ms over the 0.06 ms floor
         assert "(4660 GB/s)" in text and "capture 10 passes per graph" in text
         assert "bfloat16: largest error against fp32 two products 0.004" in text
-        assert "(the two products' own: 0.006)" in text
+        assert "(the two products' own: 0.006)" in text and "takes it at batch 65536" in text
     cpu = latency_table(latency_matrix(16, 16, 2, torch.device("cpu"), batches=(4,), warmup=1,
                                        repeats=5), "cpu")
     assert not any("floor" in line or "Fused" in line for line in cpu)  # nothing to say there
