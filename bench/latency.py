@@ -31,7 +31,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=1280, help="layer width D (ESM-2 650M: 1280)")
     p.add_argument("--rank", type=int, default=64, help="rank r of the factorisation")
@@ -53,6 +53,7 @@ def main() -> None:
         if args.devices == "cuda":
             sys.exit("error: --devices cuda: CUDA is not available on this machine")
         devices.remove("cuda")
+    failed = False
     for name in devices:
         device = torch.device(name)
         cuda = device.type == "cuda"
@@ -65,9 +66,16 @@ def main() -> None:
         report = {"environment": environment(device), "matrix": matrix}
         out = Path(args.out_dir) / f"latency_{slug(matrix['device'])}_d{args.dim}_r{args.rank}.json"
         write_json(out, report)
-        print("\n".join(latency_table(matrix, "latency matrix")))
+        print("\n".join(latency_table(matrix, "latency matrix", console=True)))
         print(f"wrote {out}")
+        wrong = [r for r in matrix["rows"] if not r.get("fused", {}).get("within_rounding", True)]
+        for r in wrong:
+            print(f"error: the fused kernel is wrong at batch {r['batch']} ({r['dtype']}): "
+                  f"error {r['fused']['max_relative_error']:.3g}, the two products' "
+                  f"{r['fused']['two_products_error']:.3g}", file=sys.stderr)
+        failed = failed or bool(wrong)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

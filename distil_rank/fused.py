@@ -27,8 +27,9 @@ when it is "on" (with the fastest plan), or when it is "auto" (the default), on 
 Triton, no gradient wanted, and the kernel's fastest plan beat the two-product path.
 
 Tests run the kernel on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which computes
-tl.dot on bfloat16 wrongly; there the operands are upcast to fp32 first (UPCAST), and the
-result is still rounded where the real kernel rounds it. `blocked_reference` replays the
+tl.dot on bfloat16 wrongly and rounds fp32 to bfloat16 by truncation (a GPU rounds to nearest
+even); there the operands are upcast to fp32 first (UPCAST), and bfloat16 rounding is done by
+hand, to nearest even, where the real kernel rounds. `blocked_reference` replays the
 kernel's tiling in plain PyTorch, so that the blocking logic is tested where Triton is absent.
 """
 
@@ -170,6 +171,9 @@ def _kernel():
                 x = x.to(tl.float32)
                 a = a.to(tl.float32)
             h += tl.dot(x, a, input_precision=PRECISION)
+        if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # to nearest, ties to even
+            bits = h.to(tl.uint32, bitcast=True)
+            h = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
         h_in = h.to(y_ptr.dtype.element_ty)  # rounded as the two-product path rounds it
         if UPCAST:
             h_in = h_in.to(tl.float32)
@@ -183,6 +187,10 @@ def _kernel():
             y = tl.dot(h_in, b, input_precision=PRECISION)
             if HAS_BIAS:
                 y += tl.load(bias_ptr + rn, mask=rn < dim_out, other=0.0).to(tl.float32)[None, :]
+            if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # as h above
+                bits = y.to(tl.uint32, bitcast=True)
+                y = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
+                                                                           bitcast=True)
             tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y.to(y_ptr.dtype.element_ty),
                      mask=(rm[:, None] < rows) & (rn[None, :] < dim_out))
 

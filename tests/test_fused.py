@@ -107,12 +107,16 @@ for dtype in TOLERANCE:
             bias = bias if with_bias else None
             want = two_products(x.float(), down.float(), up.float(),
                                 None if bias is None else bias.float())
+            def error(got):
+                return ((got.float() - want).abs().max() / want.abs().max()).item()
+
+            reference = error(two_products(x, down, up, bias))  # rounding in this dtype
             worst = 0.0
             for p in [None] + candidates(*shape, 4, x.element_size()):  # None: the default
-                got = fused_lowrank(x, down, up, bias, p)
-                error = ((got.float() - want).abs().max() / want.abs().max()).item()
-                worst, launches = max(worst, error), launches + 1
-            errors.append([str(dtype), shape, with_bias, worst, worst < TOLERANCE[dtype]])
+                worst = max(worst, error(fused_lowrank(x, down, up, bias, p)))
+                launches += 1
+            errors.append([str(dtype), shape, with_bias, worst, reference,
+                           worst <= 2 * reference + 1e-5])
 layer = LowRankLinear(24, 20, 4)
 x3 = torch.randn(2, 5, 24)
 reference = two_products(x3, layer.down, layer.up, layer.bias).detach()
@@ -129,6 +133,8 @@ print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error":
 
 
 def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path):
+    """Every plan, in each dtype, within twice the two products' own rounding error (the bar
+    bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU."""
     pytest.importorskip("triton", reason="Triton is not installed here: the kernel itself is "
                         "not run; its blocking logic is tested in plain PyTorch above")
     script = tmp_path / "interpreted.py"
@@ -145,6 +151,7 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     check = result["check"]  # the latency matrix's record of the kernel, here in bf16
     assert check["max_relative_error"] < TOLERANCE[torch.bfloat16]
     assert 0 < check["two_products_error"] < TOLERANCE[torch.bfloat16]  # bf16 does round
+    assert check["within_rounding"]  # what bench/latency.py demands of every fused row
     assert check["plans_tried"] == 0 and not check["auto_takes_kernel"]  # no CUDA clock here
     assert check["plan"]["block_m"] == 32 and check["plan"]["grid"] == [2, 1]  # 33 rows, 50 out
 
