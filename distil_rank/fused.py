@@ -16,11 +16,12 @@ recomputing its rows' h (cheap: BLOCK_M x D_in x r), so that a batch of one stil
 whole chip. Ranks above MAX_RANK keep the two-product path (h would not fit in registers).
 
 Which blocks are fastest depends on the chip, the dtype and the batch, so `plan` is a first
-guess and `candidates` adds a few neighbours of it (a row block one size down and up, a longer
-input slice, deeper pipelining). On CUDA the first call for a shape times each, and the two
-products, by their GPU time in a CUDA graph (so that Python's launch cost does not decide), and
-caches the result (`tuning`), as Triton's autotuner and cuDNN's benchmark mode do; never during
-CUDA-graph capture, where the first guess is used.
+guess and `candidates` adds a few neighbours of it (row block, input slice, output tile,
+pipelining depth, warps). On CUDA the first call in a power-of-two bucket of rows times each,
+and the two products, by their GPU time in a CUDA graph (so that Python's launch cost does not
+decide), and caches the result (`tuning`), as Triton's autotuner and cuDNN's benchmark mode do;
+later calls in the bucket refit the chosen blocks to their rows. Nothing is timed during
+CUDA-graph capture: a bucket not seen before takes the first guess.
 
 Inference only: autograd never sees the kernel. LowRankLinear uses it (its `fused` attribute)
 when it is "on" (with the fastest plan), or when it is "auto" (the default), on CUDA with
@@ -63,22 +64,33 @@ class Plan:
     num_stages: int = 3  # input slices in flight (software pipelining)
 
 
-ACCUMULATORS_PER_THREAD = 128  # fp32 values of h and one output tile a thread may hold
 SHARED_BYTES = 200 * 1024  # staged input and A slices, below a Hopper or Ampere SM's ~227 KiB
 
 
-def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132, *,
-         block_m: int | None = None, block_k: int | None = None, num_stages: int = 3,
+def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
+         element_bytes: int = 4, *, block_m: int | None = None, block_k: int | None = None,
+         block_n: int | None = None, num_stages: int = 3,
          num_warps: int | None = None) -> Plan | None:
-    """Blocks for a [rows, dim_in] input at `rank` (row block and input slice chosen from the
-    rows and the rank unless given); None when the rank is too large to fuse."""
+    """Blocks for a [rows, dim_in] input at `rank` with elements of `element_bytes` (each size
+    chosen from the rows, the rank and the dtype unless given); None when the rank is too large
+    to fuse.
+
+    bf16 and fp16 products run on tensor cores and take long input slices and wide output
+    tiles. fp32 products are exact IEEE ones on the FMA units, whose operands sit in registers:
+    compiled for sm_90 (bench/fused_compile.py), 64-wide slices and 128-wide tiles needed all
+    255 registers and spilled, 16-wide slices and 64-wide tiles about 120 and none."""
     if rank > MAX_RANK:
         return None
     block_r = max(16, 1 << (rank - 1).bit_length())
+    fma = element_bytes >= 4
     if block_m is None:
         block_m = 16 if rows <= 16 else 32 if rows <= 1024 or block_r >= 128 else 64
-    block_n = 64 if block_r >= 128 else 128
-    block_k = block_k or (32 if block_r >= 128 else 64)  # A's slice is [block_k, block_r]
+    if fma:
+        block_n = block_n or (64 if block_r <= 64 else 32)
+        block_k = block_k or 16
+    else:
+        block_n = block_n or (64 if block_r >= 128 else 128)
+        block_k = block_k or (32 if block_r >= 128 else 64)  # A's slice is [block_k, block_r]
     row_blocks = math.ceil(rows / block_m)
     n_blocks = math.ceil(dim_out / block_n)
     spans = min(n_blocks, max(1, processors // row_blocks))  # fill the chip at small batches
@@ -89,27 +101,29 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
 
 
 def fits(p: Plan, element_bytes: int) -> bool:
-    """Whether a plan's accumulators fit in registers and its staged slices in shared memory."""
-    accumulators = p.block_m * (p.block_r + p.block_n) / (32 * p.num_warps)
-    staged = p.num_stages * (p.block_m + p.block_r) * p.block_k * element_bytes
-    return accumulators <= ACCUMULATORS_PER_THREAD and staged <= SHARED_BYTES
+    """Whether a plan's staged input and A slices fit in shared memory. (Registers are the
+    compiler's affair: a plan that spills is slow, and the tuning's clock drops it.)"""
+    return p.num_stages * (p.block_m + p.block_r) * p.block_k * element_bytes <= SHARED_BYTES
 
 
 def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
                element_bytes: int = 4) -> list[Plan]:
     """The plans timed for a shape on first use, `plan`'s guess first: the row block one size
     down and (when there are more rows than it holds) one size up, a twice longer input slice,
-    one more slice in flight, and the other warp count (4 or 8: fewer registers a program, or
-    more programs a multiprocessor); only those that fit (`fits`), each once."""
-    first = plan(rows, dim_in, dim_out, rank, processors)
+    a half as wide output tile, one more slice in flight, and the other warp count (4 or 8:
+    fewer registers a program, or more programs a multiprocessor); only those that fit
+    (`fits`), each once."""
+    first = plan(rows, dim_in, dim_out, rank, processors, element_bytes)
     if first is None:
         return []
-    shape = (rows, dim_in, dim_out, rank, processors)
+    shape = (rows, dim_in, dim_out, rank, processors, element_bytes)
+    same = dict(block_m=first.block_m, block_k=first.block_k, block_n=first.block_n)
     variants = [plan(*shape, block_m=max(16, first.block_m // 2)),
                 plan(*shape, block_m=first.block_m * 2) if rows > first.block_m else None,
-                plan(*shape, block_m=first.block_m, block_k=2 * first.block_k),
-                plan(*shape, block_m=first.block_m, num_stages=first.num_stages + 1),
-                plan(*shape, block_m=first.block_m, num_warps=12 - first.num_warps)]
+                plan(*shape, **same | {"block_k": 2 * first.block_k}),
+                plan(*shape, **same | {"block_n": max(16, first.block_n // 2)}),
+                plan(*shape, **same, num_stages=first.num_stages + 1),
+                plan(*shape, **same, num_warps=12 - first.num_warps)]
     chosen = [first]
     for p in variants:
         if p is not None and p not in chosen and fits(p, element_bytes):
@@ -218,8 +232,8 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         raise ValueError(f"rank {rank} is above the fused kernel's {MAX_RANK}")
     if p is None:
         tuned = tuning(x, down, up, bias)
-        p = tuned.plan if tuned else plan(x2.shape[0], dim_in, dim_out, rank,
-                                          _processors(x.device))
+        shape = (x2.shape[0], dim_in, dim_out, rank, _processors(x.device), x.element_size())
+        p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     y = torch.empty(x2.shape[0], dim_out, dtype=x.dtype, device=x.device)
     if x2.shape[0] == 0:
         return y.reshape(*leading, dim_out)
@@ -231,6 +245,70 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         PRECISION=precision, BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n,
         BLOCK_R=p.block_r, num_warps=p.num_warps, num_stages=p.num_stages)
     return y.reshape(*leading, dim_out)
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
+                   dtype: torch.dtype, bias: bool = True, capability: int = 90) -> dict:
+    """Compile the kernel for one plan ahead of time for an NVIDIA GPU of compute `capability`
+    (90: Hopper), with no GPU: Triton's wheel carries ptxas and cuobjdump. The launch is
+    specialised as Triton's launcher would specialise one on contiguous, 16-byte-aligned tensors
+    of this shape (integers equal to 1 become constants, multiples of 16 are marked so). Returns
+    what the compiler made of it: registers per thread, stack frame and spill stores, shared
+    memory, and the instructions that matter here (tensor-core products, FMAs, asynchronous
+    copies from global to shared memory)."""
+    import re
+    import subprocess
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _kernel()
+    integers = dict(rows=rows, dim_in=dim_in, dim_out=dim_out, rank=rank, sxm=dim_in, sxk=1,
+                    sdr=dim_in, sdk=1, sun=rank, sur=1, sym=dim_out, syn=1, n_span=p.n_span)
+    constants = dict(HAS_BIAS=bias, UPCAST=False,
+                     PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                     BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r)
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        value = integers.get(name)
+        if name.endswith("_ptr"):
+            signature[name], attrs[(i,)] = f"*{_TRITON_TYPES[dtype]}", [["tt.divisibility", 16]]
+        elif name in constants or value == 1:
+            signature[name] = "constexpr"
+            constants.setdefault(name, value)
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    with warnings.catch_warnings():  # Triton 3.9 announces a change of its FP-fusion default
+        warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+        compiled = triton.compile(ASTSource(kernel, signature, constants, attrs),
+                                  target=GPUTarget("cuda", capability, 32),
+                                  options={"num_warps": p.num_warps, "num_stages": p.num_stages})
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+
+        def dump(flag: str) -> str:
+            return subprocess.run([str(cuobjdump), flag, str(cubin)], capture_output=True,
+                                  text=True, check=True).stdout
+
+        usage, sass = dump("-res-usage"), dump("-sass")
+    count = {op: len(re.findall(rf"\b{op}\b", sass))
+             for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "UTMALDG", "STL")}
+    return {"registers": int(re.search(r"REG:(\d+)", usage)[1]),
+            "stack_bytes": int(re.search(r"STACK:(\d+)", usage)[1]),
+            "spill_stores": count["STL"], "shared_bytes": compiled.metadata.shared,
+            "tensor_core_products": count["HGMMA"] + count["HMMA"], "fma": count["FFMA"],
+            "async_copies": count["LDGSTS"] + count["UTMALDG"]}
 
 
 def _processors(device: torch.device) -> int:
@@ -253,15 +331,30 @@ class Tuning:
     tried: int  # plans that compiled and ran (0: none fitted; fused_ms is then infinite)
 
 
-_TUNED: dict[tuple, Tuning] = {}  # (rows, dim_in, dim_out, rank, bias, dtype, device) -> Tuning
+_TUNED: dict[tuple, Tuning] = {}  # (row bucket, dim_in, dim_out, rank, bias, dtype, device)
+
+
+def row_bucket(rows: int) -> int:
+    """The power of two at or above `rows`: tuning is done once per bucket, so that inputs
+    whose row count changes on every call (sequences of varying length) are not re-timed."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def refit(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
+          element_bytes: int = 4) -> Plan:
+    """Plan `p`'s blocks, warps and stages, with the grid and spans for `rows`."""
+    return plan(rows, dim_in, dim_out, rank, processors, element_bytes, block_m=p.block_m,
+                block_k=p.block_k, block_n=p.block_n, num_stages=p.num_stages,
+                num_warps=p.num_warps)
 
 
 def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
            bias: torch.Tensor | None) -> Tuning | None:
-    """The shape's Tuning, measured on its first call on CUDA and cached; None where there is no
-    clock to ask (not CUDA, or inside CUDA-graph capture before the shape was seen)."""
+    """The Tuning of x's row bucket (`row_bucket`) at this width, rank, dtype and device,
+    measured on the bucket's first call on CUDA and cached; None where there is no clock to
+    ask (not CUDA, or inside CUDA-graph capture before the bucket was seen)."""
     rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
-    key = (rows, x.shape[-1], dim_out, rank, bias is not None, x.dtype, x.device)
+    key = (row_bucket(rows), x.shape[-1], dim_out, rank, bias is not None, x.dtype, x.device)
     if key not in _TUNED:
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return None

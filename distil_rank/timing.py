@@ -169,7 +169,8 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
         return ((got.float() - want).abs().max() / want.abs().max()).item()
 
     tuned = fused.tuning(x, m.down, m.up, m.bias)  # None off CUDA: the first guess is used
-    first = fused.plan(batch, m.in_features, m.out_features, m.rank)
+    first = fused.plan(batch, m.in_features, m.out_features, m.rank,
+                       fused._processors(device), x.element_size())
     return {"plan": dataclasses.asdict(tuned.plan if tuned else first),
             "plans_tried": tuned.tried if tuned else 0,
             "fused_ms": tuned.fused_ms if tuned else None,

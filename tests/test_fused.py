@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_rank.fused import MAX_RANK, blocked_reference, candidates, fits, plan
+from distil_rank.fused import (MAX_RANK, blocked_reference, candidates, fits, plan, refit,
+                               row_bucket)
 from distil_rank.lowrank import LowRankLinear
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
@@ -51,7 +52,7 @@ def test_fused_plans_cover_every_row_and_column_fit_the_chip_and_refuse_large_ra
                                                  (65536, 1280, 1280, 256), (8, 1280, 640, 200)]:
         for element_bytes in (4, 2):
             tried = candidates(rows, dim_in, dim_out, rank, element_bytes=element_bytes)
-            assert tried[0] == plan(rows, dim_in, dim_out, rank)  # the first guess leads
+            assert tried[0] == plan(rows, dim_in, dim_out, rank, 132, element_bytes)  # first
             assert len(set(tried)) == len(tried)
             for p in tried:
                 assert fits(p, element_bytes), p
@@ -60,6 +61,15 @@ def test_fused_plans_cover_every_row_and_column_fit_the_chip_and_refuse_large_ra
                 assert p.grid[1] * p.n_span >= dim_out > (p.grid[1] - 1) * p.n_span
                 assert p.n_span % p.block_n == 0 and min(p.block_k, p.block_m) >= 16
     assert len(candidates(65536, 1280, 1280, 64)) >= 4  # something to choose between
+    for tuned_at, used_at in ((4096, 3000), (32, 17), (1, 1)):  # one bucket each
+        assert row_bucket(tuned_at) == row_bucket(used_at)
+        for p in candidates(tuned_at, 1280, 1280, 64):
+            q = refit(p, used_at, 1280, 1280, 64)
+            assert (q.block_m, q.block_k, q.block_n, q.num_warps, q.num_stages) == (
+                p.block_m, p.block_k, p.block_n, p.num_warps, p.num_stages)
+            assert q.grid[0] * q.block_m >= used_at > (q.grid[0] - 1) * q.block_m
+            assert q.grid[1] * q.n_span >= 1280 > (q.grid[1] - 1) * q.n_span
+    assert [row_bucket(n) for n in (1, 2, 3, 4096, 4097)] == [1, 2, 4, 4096, 8192]
     assert plan(1, 1280, 1280, 64).grid[1] > 1  # a batch of one still spreads over the chip
     assert plan(65536, 1280, 1280, 64).grid[1] == 1  # enough row blocks: no recomputation
     assert plan(8, 1280, 1280, MAX_RANK + 1) is None and not candidates(8, 1280, 1280, 300)
@@ -166,3 +176,24 @@ def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
         with pytest.raises(ValueError, match="expected one of auto, on, off"):
             use_fused("sometimes", x, layer.down, layer.up, layer.bias)
         assert not use_fused("auto", x, layer.down, layer.up, layer.bias)  # no CUDA here
+
+
+def test_fused_first_plans_compile_for_hopper_without_spilling():
+    """Compiled ahead of time for sm_90 (no GPU needed): the first guess for fp32 and bf16, at
+    a batch of one and of 65536, keeps everything in registers; bf16 products run on tensor
+    cores and fp32 ones on FMA units (IEEE, as exact as cuBLAS), with the input staged by
+    asynchronous copies. bench/fused_compile.py records every plan the tuning may try."""
+    pytest.importorskip("triton", reason="Triton is not installed here: nothing to compile with")
+    from distil_rank.fused import compile_report
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (1, 65536):
+            p = plan(rows, 1280, 1280, 64, 132, torch.finfo(dtype).bits // 8)
+            report = compile_report(p, rows, 1280, 1280, 64, dtype)
+            assert report["spill_stores"] == 0 and report["stack_bytes"] == 0, (dtype, rows, report)
+            assert report["registers"] <= 128, report  # two or more programs a multiprocessor
+            assert report["async_copies"] > 0, report
+            if dtype == torch.float32:
+                assert report["fma"] > 0 and report["tensor_core_products"] == 0, report
+            else:
+                assert report["tensor_core_products"] > 0 and report["fma"] == 0, report
