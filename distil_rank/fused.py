@@ -230,13 +230,13 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     dim_out, rank = up.shape
     if rank > MAX_RANK:
         raise ValueError(f"rank {rank} is above the fused kernel's {MAX_RANK}")
+    y = torch.empty(x2.shape[0], dim_out, dtype=x.dtype, device=x.device)
+    if x2.shape[0] == 0:
+        return y.reshape(*leading, dim_out)
     if p is None:
         tuned = tuning(x, down, up, bias)
         shape = (x2.shape[0], dim_in, dim_out, rank, _processors(x.device), x.element_size())
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
-    y = torch.empty(x2.shape[0], dim_out, dtype=x.dtype, device=x.device)
-    if x2.shape[0] == 0:
-        return y.reshape(*leading, dim_out)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
     _kernel()[p.grid](
         x2, down, up, bias if bias is not None else y, y, x2.shape[0], dim_in, dim_out, rank,
@@ -323,7 +323,7 @@ def _two_products(x, down, up, bias):
 
 @dataclass(frozen=True)
 class Tuning:
-    """What the first call for a shape measured: its fastest plan, and the two products."""
+    """What the first call in a row bucket measured: its fastest plan, and the two products."""
 
     plan: Plan
     fused_ms: float
@@ -383,7 +383,7 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     """Whether LowRankLinear's forward should take the kernel (see the module docstring)."""
     if mode not in MODES:
         raise ValueError(f"LowRankLinear.fused = {mode!r}: expected one of {', '.join(MODES)}")
-    if mode == "off" or up.shape[1] > MAX_RANK:
+    if mode == "off" or up.shape[1] > MAX_RANK or x.numel() == 0:
         return False
     wants_grad = torch.is_grad_enabled() and (
         x.requires_grad or down.requires_grad or up.requires_grad

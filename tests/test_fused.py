@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_rank.fused import (MAX_RANK, blocked_reference, candidates, fits, plan, refit,
-                               row_bucket)
+from distil_rank.fused import MAX_RANK, blocked_reference, candidates, fits, plan, refit, row_bucket
 from distil_rank.lowrank import LowRankLinear
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
@@ -133,6 +132,8 @@ reference = two_products(x3, layer.down, layer.up, layer.bias).detach()
 layer.fused = "on"
 with torch.no_grad():
     leading = (layer(x3) - reference).abs().max().item()
+empty = fused_lowrank(torch.randn(0, 3, 24), layer.down.detach(), layer.up.detach(), None)
+assert empty.shape == (0, 3, 20)  # no rows: nothing to launch
 trained = layer(x3.requires_grad_())  # a gradient is wanted: autograd's path
 from distil_rank.timing import fused_check
 check = fused_check(LowRankLinear(70, 50, 9), 33, torch.device("cpu"), torch.bfloat16)
