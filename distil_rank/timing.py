@@ -8,13 +8,13 @@ figure, the quartiles say how noisy it was.
 CUDA-graph replay (mode "cuda_graph") captures `graph_calls` forward passes (10) in one graph and
 replays it, reporting the time per pass: this removes the per-kernel launch cost, and spreads the
 graph's own launch over the passes, as a serving stack that captures a whole model would see.
-(With one pass per graph, a replay of anything costs about 14 us on an H200: every small batch
-then measures that floor, not the layer.) Modes "fused" and
-"fused_graph" are the same with LowRankLinear's one-kernel forward (distil_rank/fused.py); the
-dense layer is timed the same way in every mode, and "eager" and "cuda_graph" keep the
-factorised layer's two products. A factorised layer
-is two kernels instead of one, so at small batches on a GPU it can be slower than the dense layer
-in eager mode; the matrix shows where that flips (the break-even batch size).
+(With one pass per graph, no replay took less than about 14 us in the H200 record of 0db7230:
+its small batches measured that floor, not the layer.) Modes "fused" and "fused_graph" are the
+same with LowRankLinear's one-kernel forward (distil_rank/fused.py); the dense layer is timed
+the same way in every mode, and "eager" and "cuda_graph" keep the factorised layer's two
+products. A factorised layer is two kernels instead of one, so at small batches on a GPU it
+can be slower than the dense layer in eager mode; the matrix shows where that flips (the
+break-even batch size).
 """
 
 from __future__ import annotations
