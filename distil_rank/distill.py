@@ -181,11 +181,22 @@ class _Bank:
         return torch.cat(self.parts).to(device)
 
 
-def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
-                 data_parallel: bool, computed: dict, desc: str):
-    start = time.perf_counter()
-    first, settings, count = jobs[0], jobs[0].settings, len(jobs)
-    steps, held = settings.steps, first.holdout_x is not None
+@dataclass
+class _Batches:
+    """A group's data on the device: every input and teacher output once (the banks), and for
+    every student and step the bank rows of its batch; the held-out rows when there are any."""
+
+    x_bank: torch.Tensor
+    y_bank: torch.Tensor
+    x_rows: torch.Tensor  # [students, steps, batch]
+    y_rows: torch.Tensor
+    holdout_x: torch.Tensor | None  # [students, rows, in]
+    holdout_y: torch.Tensor | None
+
+
+def _batches(jobs: list[DistillJob], device: torch.device, computed: dict) -> _Batches:
+    """Every step's batch for every student, drawn ahead from each student's own generator."""
+    settings, held = jobs[0].settings, jobs[0].holdout_x is not None
     inputs, targets = _Bank(), _Bank()
 
     @torch.no_grad()
@@ -202,13 +213,12 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
         return (inputs.add(id(x), lambda: x.to(device)),
                 targets.add(key, lambda: target(key, job, x)))
 
-    # every step's batch for every student, drawn ahead from each student's own generator
     x_rows, y_rows, hx_rows, hy_rows = [], [], [], []
     for job in jobs:
         x_at, y_at = rows(job, job.train_x)
         batches = epoch_batches(len(job.train_x), settings.batch_size,
                                 torch.Generator().manual_seed(job.seed))
-        order = torch.stack([next(batches) for _ in range(steps)])
+        order = torch.stack([next(batches) for _ in range(settings.steps)])
         x_rows.append(order + x_at)
         y_rows.append(order + y_at)
         if held:
@@ -216,9 +226,20 @@ def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
             hx_rows.append(torch.arange(len(job.holdout_x)) + hx_at)
             hy_rows.append(torch.arange(len(job.holdout_x)) + hy_at)
     x_bank, y_bank = inputs.tensor(device), targets.tensor(device)
-    x_rows, y_rows = torch.stack(x_rows).to(device), torch.stack(y_rows).to(device)
-    if held:
-        hx, hy = x_bank[torch.stack(hx_rows).to(device)], y_bank[torch.stack(hy_rows).to(device)]
+    return _Batches(x_bank, y_bank, torch.stack(x_rows).to(device),
+                    torch.stack(y_rows).to(device),
+                    x_bank[torch.stack(hx_rows).to(device)] if held else None,
+                    y_bank[torch.stack(hy_rows).to(device)] if held else None)
+
+
+def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
+                 data_parallel: bool, computed: dict, desc: str):
+    start = time.perf_counter()
+    first, settings, count = jobs[0], jobs[0].settings, len(jobs)
+    steps, held = settings.steps, first.holdout_x is not None
+    data = _batches(jobs, device, computed)
+    x_bank, y_bank, x_rows, y_rows = data.x_bank, data.y_bank, data.x_rows, data.y_rows
+    hx, hy = data.holdout_x, data.holdout_y
 
     def stacked(name):
         values = [getattr(job.student, name) for job in jobs]
