@@ -207,14 +207,16 @@ def measure_seed(run: SeedRun, rank: int, config: Config, device: torch.device) 
 
 
 def latency_matrices(dim: int, rank: int, config: Config, device: torch.device) -> dict:
-    """Dense against factorised at several batch sizes: on the CPU, and on CUDA when used."""
+    """Dense against factorised at several batch sizes: on the CPU, and on CUDA when used. The
+    fused kernel's modes are bench/latency.py's: its tuning compiles a few dozen kernels on first
+    use, which the default run does not wait for."""
     matrices = {}
     for where in [torch.device("cpu")] + ([device] if device.type == "cuda" else []):
         cuda = where.type == "cuda"
         matrices[where.type] = latency_matrix(
             dim, dim, rank, where, batches=config.latency_batches,
             dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
-            modes=modes_for(where),
+            modes=modes_for(where, fused=False),
             warmup=config.latency_warmup, repeats=config.latency_repeats,
             budget_s=config.latency_budget_s, seed=stage_seed(config.seed, "latency"))
     return matrices

@@ -36,14 +36,14 @@ from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 MODES = ("eager", "cuda_graph", "fused", "fused_graph")
 
 
-def modes_for(device: torch.device) -> tuple[str, ...]:
+def modes_for(device: torch.device, fused: bool = True) -> tuple[str, ...]:
     """What a latency matrix measures on `device`: eager on the CPU; on CUDA also graph replay,
-    and the fused kernel's two modes where Triton is installed."""
+    and, with `fused`, the fused kernel's two modes where Triton is installed."""
     if device.type != "cuda":
         return ("eager",)
     from distil_rank.fused import triton_available
 
-    return MODES if triton_available() else MODES[:2]
+    return MODES if fused and triton_available() else MODES[:2]
 
 
 @dataclass(frozen=True)
