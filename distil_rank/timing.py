@@ -156,8 +156,7 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
     how many that ran; off CUDA, under Triton's interpreter, no tuning: `plan`'s guess and 0),
     whether "auto" takes it, and its largest error, relative to the largest
     output, against the two products in fp32; beside it the two products' own error in `dtype`,
-    the yardstick for rounding: the kernel is `within_rounding` when its error is at most twice
-    that, plus 1e-5 for fp32's different order of summation."""
+    the yardstick for rounding (`fused.within_rounding`)."""
     from distil_rank import fused
 
     x = _input(batch, module.in_features, device, dtype, seed)
@@ -179,7 +178,7 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
             "max_relative_error": (kernel := error(fused.fused_lowrank(x, m.down, m.up, m.bias))),
             "two_products_error": (reference := error(fused._two_products(x, m.down, m.up,
                                                                           m.bias))),
-            "within_rounding": kernel <= 2 * reference + 1e-5}
+            "within_rounding": fused.within_rounding(kernel, reference)}
 
 
 def _fits_in_memory(batch: int, dim_in: int, dim_out: int, rank: int, dtype: torch.dtype,
