@@ -21,11 +21,13 @@ from distil_rank.lowrank import (
     data_aware_error_curve,
     explained_variance_curve,
     flop_ratio,
+    full_svd,
     num_parameters,
+    output_spectrum,
     seeded_linear,
 )
 from distil_rank.metrics import explained_variance, fidelity, fit_ridge, spearman
-from distil_rank.moments import input_moments, output_weight
+from distil_rank.moments import InputMoments, input_moments, output_weight
 from distil_rank.results import DistillRecord, TeacherEntry, method_scores
 from distil_rank.runtime import stage_seed
 from distil_rank.stats import smallest_rank_reaching
@@ -46,6 +48,41 @@ class BenchmarkData:
     selection_fitness: torch.Tensor | None = None
 
 
+class FitMemo:
+    """Decompositions that several fits of one seed share, each computed once: a teacher
+    weight's SVD (the svd compressor and the published recipe's warm start, at every rank), a
+    split's input moments (every data-aware fit on it), and a teacher's output spectrum on a
+    split (data_aware and distil_da's warm start, at every rank). A fit that reuses one is
+    charged the seconds it took to compute (`_timed`), so every fit_seconds stays what that fit
+    alone costs. Keys are the identities of the objects a value was computed from, which are
+    kept alive."""
+
+    def __init__(self):
+        self._values: dict[tuple, tuple] = {}
+        self.charged_seconds = 0.0  # compute time of the values reused so far
+
+    def get(self, what: str, sources: tuple, compute):
+        key = (what, *map(id, sources))
+        if key in self._values:
+            value, seconds, _ = self._values[key]
+            self.charged_seconds += seconds
+            return value
+        start = time.perf_counter()
+        value = compute()
+        self._values[key] = (value, time.perf_counter() - start, sources)
+        return value
+
+    def svd(self, weight: torch.Tensor):
+        return self.get("svd", (weight,), lambda: full_svd(weight))
+
+    def moments(self, rows: torch.Tensor) -> InputMoments:
+        return self.get("moments", (rows,), lambda: input_moments(rows))
+
+    def spectrum(self, weight: torch.Tensor, moments: InputMoments):
+        """The unweighted output spectrum of `weight` on `moments` (every rank's data_aware)."""
+        return self.get("spectrum", (weight, moments), lambda: output_spectrum(weight, moments))
+
+
 @dataclass(frozen=True)
 class FitContext:
     """What a compressor may use besides the teacher and the rank."""
@@ -58,6 +95,7 @@ class FitContext:
     readout: nn.Module | None = None  # the frozen rest of the head, for a head's first layer
     damping: float = DEFAULT_DAMPING  # task_aware: G + damping * tr(G) / out * I
     probes: int = 4  # task_aware: Hutchinson probes per row for a readout with vector output
+    memo: FitMemo = field(default_factory=FitMemo)  # shared by the contexts of one seed
 
 
 @dataclass
@@ -89,27 +127,37 @@ def train_students(students, device: torch.device, desc: str = "distil") -> None
         student.finish(run)
 
 
-def _timed(fn):
-    start = time.perf_counter()
+def _timed(fn, memo: FitMemo):
+    """fn()'s value and seconds: its wall time plus the compute time of what it reused."""
+    charged, start = memo.charged_seconds, time.perf_counter()
     value = fn()
-    return value, time.perf_counter() - start
+    return value, time.perf_counter() - start + memo.charged_seconds - charged
 
 
 def fit_svd(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """Truncated SVD of W (Eckart-Young), bias unchanged. Data-free."""
-    return Student(*_timed(lambda: compress_svd(teacher, rank)))
+    memo = context.memo
+    return Student(*_timed(lambda: compress_svd(teacher, rank, memo.svd(teacher.weight)), memo))
+
+
+def _data_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, memo: FitMemo):
+    moments = memo.moments(rows)
+    return compress_data_aware(teacher, moments, rank,
+                               spectrum=memo.spectrum(teacher.weight, moments))
 
 
 def fit_data_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The closed-form minimiser of the mean squared output error over the training rows."""
-    return Student(*_timed(lambda: compress_data_aware(
-        teacher, input_moments(context.data.train), rank)))
+    memo = context.memo
+    return Student(*_timed(lambda: _data_aware(teacher, context.data.train, rank, memo), memo))
 
 
 def fit_distil(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The published recipe, the reference row: SVD warm start, every training row, the weights
     after the last step (no held-out rows, so no early stop: all `steps` run)."""
-    start, start_seconds = _timed(lambda: compress_svd(teacher, rank))
+    memo = context.memo
+    start, start_seconds = _timed(
+        lambda: compress_svd(teacher, rank, memo.svd(teacher.weight)), memo)
     job = DistillJob(teacher, start, context.data.train, context.distill, context.seed)
     return Student(None, start_seconds, job=job)
 
@@ -118,9 +166,8 @@ def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student
     """The project's student: the closed form fitted on the fit rows, distilled on them, and the
     checkpoint (step 0 included) with the least MSE on the held-out selection rows; it stops
     `patience` steps after its last improvement there."""
-    data = context.data
-    start, start_seconds = _timed(lambda: compress_data_aware(teacher, input_moments(data.fit),
-                                                              rank))
+    data, memo = context.data, context.memo
+    start, start_seconds = _timed(lambda: _data_aware(teacher, data.fit, rank, memo), memo)
     job = DistillJob(teacher, start, data.fit, context.distill,
                      stage_seed(context.seed, "distil_da"), holdout_x=data.selection)
     return Student(None, start_seconds, warm_start=start, job=job)
@@ -132,12 +179,14 @@ def _task_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, context: FitC
         hidden = teacher(rows)
     weight = output_weight(context.readout, hidden, probes=context.probes,
                            seed=stage_seed(context.seed, "probes"))
-    return compress_data_aware(teacher, input_moments(rows), rank, weight, context.damping)
+    return compress_data_aware(teacher, context.memo.moments(rows), rank, weight,
+                               context.damping)
 
 
 def fit_task_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     """The closed form that knows what the rest of the head reads, on the training rows."""
-    return Student(*_timed(lambda: _task_aware(teacher, context.data.train, rank, context)))
+    return Student(*_timed(lambda: _task_aware(teacher, context.data.train, rank, context),
+                           context.memo))
 
 
 def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
@@ -145,7 +194,8 @@ def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Stude
     output), from task_aware fitted on the fit rows, keeping the checkpoint with the least
     held-out head-output MSE (step 0 included), with the same early stop as distil_da."""
     data = context.data
-    start, start_seconds = _timed(lambda: _task_aware(teacher, data.fit, rank, context))
+    start, start_seconds = _timed(lambda: _task_aware(teacher, data.fit, rank, context),
+                                  context.memo)
     job = DistillJob(teacher, start, data.fit, replace(context.distill, alpha=0.0),
                      stage_seed(context.seed, "distil_task"), holdout_x=data.selection,
                      readout=context.readout)
@@ -180,7 +230,10 @@ def compress_teacher(teacher: nn.Linear, rank: int, context: FitContext, methods
 
 def warm_up(dim: int, device: torch.device) -> None:
     """Pay the linear-algebra and optimiser libraries' one-time start-up before any fit is
-    timed, so the first compressor timed in a process is not charged for it."""
+    timed, so the first compressor timed in a process is not charged for it. On a layer at
+    most 64 wide: start-up does not grow with the size, and at the published preset's 1280 the
+    warm-up's own fits took about 8 s."""
+    dim = min(dim, 64)
     g = torch.Generator().manual_seed(0)
     layer = seeded_linear(dim, dim, g)
     x = torch.randn(max(2 * dim, 64), dim, generator=g)
@@ -290,8 +343,9 @@ def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
     if built is None:
         with torch.enable_grad():
             built = fit_ranks(teacher, ranks, context)
-    curve = explained_variance_curve(data_aware_error_curve(teacher.weight,
-                                                            input_moments(data.train)))
+    moments = context.memo.moments(data.train)
+    curve = explained_variance_curve(data_aware_error_curve(
+        teacher.weight, moments, spectrum=context.memo.spectrum(teacher.weight, moments)))
     y_val, y_train = teacher(data.val), teacher(data.train)
     swept = SWEEP_METHODS if readout is None else HEAD_SWEEP_METHODS
     keys = ("explained_variance", "cosine", "rel_mse") + (

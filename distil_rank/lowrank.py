@@ -149,15 +149,22 @@ def _check_weight_rank(weight: torch.Tensor, rank: int) -> None:
 # ----------------------------------------------------------------------------- data-free
 
 
-def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eckart-Young truncation of `weight`, as balanced factors (up, down), in float64."""
+def full_svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD (u, s, vh) of `weight` in float64: every rank's truncation reads it."""
+    return torch.linalg.svd(weight.detach().double(), full_matrices=False)
+
+
+def svd_factors(weight: torch.Tensor, rank: int, decomposition=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eckart-Young truncation of `weight`, as balanced factors (up, down), in float64;
+    `decomposition`: its full_svd, when already computed."""
     _check_weight_rank(weight, rank)
-    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    u, s, vh = decomposition or full_svd(weight)
     return _balanced(u[:, :rank], s[:rank], vh[:rank])
 
 
-def compress_svd(linear: nn.Linear, rank: int) -> LowRankLinear:
-    up, down = svd_factors(linear.weight, rank)
+def compress_svd(linear: nn.Linear, rank: int, decomposition=None) -> LowRankLinear:
+    up, down = svd_factors(linear.weight, rank, decomposition)
     bias = None if linear.bias is None else linear.bias.detach()
     return LowRankLinear.from_factors(up, down, bias, dtype=linear.weight.dtype)
 
@@ -203,27 +210,28 @@ def output_spectrum(weight: torch.Tensor, moments: InputMoments,
 
 def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments,
                            output_weight: torch.Tensor | None = None,
-                           damping: float = DEFAULT_DAMPING) -> torch.Tensor:
+                           damping: float = DEFAULT_DAMPING, spectrum=None) -> torch.Tensor:
     """The exact minimum mean squared output error (summed over outputs, per row; G-weighted
     when G is given) of every rank 0..out at once: entry r is the sum of the discarded
-    eigenvalues beyond r."""
+    eigenvalues beyond r. `spectrum`: the matching output_spectrum, when already computed."""
     root = None if output_weight is None else output_weight_roots(output_weight, damping)[0]
-    eigenvalues, _ = output_spectrum(weight, moments, root)
+    eigenvalues, _ = spectrum or output_spectrum(weight, moments, root)
     tail = eigenvalues.flip(0).cumsum(0).flip(0)
     return torch.cat([tail, tail.new_zeros(1)])
 
 
 def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments: InputMoments,
                        rank: int, output_weight: torch.Tensor | None = None,
-                       damping: float = DEFAULT_DAMPING):
+                       damping: float = DEFAULT_DAMPING, spectrum=None):
     """The closed-form rank-r optimum (G-weighted when G is given): (up, down, new_bias),
-    float64."""
+    float64. `spectrum`: the matching output_spectrum, when already computed (it does not
+    depend on the rank)."""
     _check_weight_rank(weight, rank)
     w = weight.detach().double().to(moments.covariance.device)
     root = inverse_root = None
     if output_weight is not None:
         root, inverse_root = (m.to(w.device) for m in output_weight_roots(output_weight, damping))
-    _, eigenvectors = output_spectrum(w, moments, root)
+    _, eigenvectors = spectrum or output_spectrum(w, moments, root)
     basis = eigenvectors[:, :rank]  # top-r (weighted) output directions, orthonormal
     core = basis.T @ (w if root is None else root @ w)  # [r, in]
     if inverse_root is not None:
@@ -239,13 +247,13 @@ def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments:
 
 def compress_data_aware(linear: nn.Linear, calibration: torch.Tensor | InputMoments,
                         rank: int, output_weight: torch.Tensor | None = None,
-                        damping: float = DEFAULT_DAMPING) -> LowRankLinear:
+                        damping: float = DEFAULT_DAMPING, spectrum=None) -> LowRankLinear:
     """The rank-r LowRankLinear with the least mean squared output error on `calibration`, or
     with `output_weight` G the least G-weighted error (task_aware). The result always has a
     bias (the refit needs one), even if `linear` has none."""
     moments = calibration if isinstance(calibration, InputMoments) else input_moments(calibration)
     up, down, bias = data_aware_factors(linear.weight, linear.bias, moments, rank, output_weight,
-                                        damping)
+                                        damping, spectrum)
     device = linear.weight.device
     return LowRankLinear.from_factors(up.to(device), down.to(device), bias.to(device),
                                       dtype=linear.weight.dtype)

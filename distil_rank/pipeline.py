@@ -23,6 +23,7 @@ from distil_rank.benchmark import (
     STUDENT,
     BenchmarkData,
     FitContext,
+    FitMemo,
     compress_teacher,
     fit_ranks,
     sweep_ranks,
@@ -74,6 +75,7 @@ class SeedRun:
     denoising_loss: list[float] | None = None
     head_training: dict | None = None
     fits: dict = field(default_factory=dict)  # name -> {rank: {method: Student}}
+    memo: FitMemo = field(default_factory=FitMemo)  # decompositions its fits share
     entries: dict[str, TeacherEntry] = field(default_factory=dict)
 
 
@@ -176,7 +178,7 @@ def build_seed_teachers(run: SeedRun, config: Config) -> None:
 def _context(run: SeedRun, name: str, config: Config, device: torch.device) -> FitContext:
     return FitContext(run.data, config.settings(DistillSettings), device,
                       stage_seed(run.seed, f"distil/{name}"), name, run.teachers[name].readout,
-                      config.task_damping, config.task_probes)
+                      config.task_damping, config.task_probes, run.memo)
 
 
 def fit_closed_forms(run: SeedRun, rank: int, config: Config, device: torch.device) -> None:

@@ -90,3 +90,43 @@ def test_entries_over_seeds_keep_per_seed_facts_and_a_speedup_that_matches_the_t
     assert "chosen_step" not in summary["methods"]["distil_da"]
     assert summary["std"]["methods"]["svd"]["explained_variance"] > 0
     assert summary["per_seed"] == entries
+
+
+def test_fits_share_each_decomposition_once_and_are_charged_its_time(monkeypatch):
+    """The SVD of a teacher's weight, the moments of a split and a teacher's output spectrum on
+    it are computed once per seed (FitMemo); a fit that reuses one is charged what it cost, and
+    the students are the same as when every fit computes its own."""
+    from distil_rank import benchmark, lowrank
+    from distil_rank.benchmark import FitMemo, fit_data_aware, fit_distil, fit_svd
+
+    calls = {"svd": 0, "moments": 0, "spectrum": 0}
+
+    def slow(name, fn):
+        def counted(*args):
+            calls[name] += 1
+            value = fn(*args)
+            torch.ones(300, 300).matmul(torch.ones(300, 300))  # a cost worth charging
+            return value
+        return counted
+
+    monkeypatch.setattr(benchmark, "full_svd", slow("svd", lowrank.full_svd))
+    monkeypatch.setattr(benchmark, "input_moments", slow("moments", benchmark.input_moments))
+    monkeypatch.setattr(benchmark, "output_spectrum", slow("spectrum", lowrank.output_spectrum))
+    dim = 24
+    teachers = [nn.Linear(dim, dim).double().requires_grad_(False) for _ in range(2)]
+    x = correlated_inputs(300, dim, seed=2)
+    data = BenchmarkData(train=x[:200], fit=x[:170], selection=x[170:200], val=x[200:])
+    memo = FitMemo()
+    context = FitContext(data, SETTINGS, CPU, seed=0, memo=memo)
+    svd_first, svd_again = fit_svd(teachers[0], 4, context), fit_svd(teachers[0], 8, context)
+    warm = fit_distil(teachers[0], 8, context)
+    aware = [fit_data_aware(t, 6, context) for t in teachers + teachers[:1]]
+    assert calls == {"svd": 1, "moments": 1, "spectrum": 2}  # one weight, one split, 2 teachers
+    computed = memo._values[("svd", id(teachers[0].weight))][1]
+    assert svd_again.fit_seconds >= computed and warm.fit_seconds >= computed
+    assert aware[1].fit_seconds >= memo._values[("moments", id(data.train))][1]
+    alone = [lowrank.compress_svd(teachers[0], 4), lowrank.compress_svd(teachers[0], 8),
+             lowrank.compress_data_aware(teachers[1], data.train, 6)]
+    for shared, own in zip((svd_first.module, warm.job.student, aware[1].module), alone):
+        for a, b in zip(shared.parameters(), own.parameters()):
+            assert torch.equal(a, b)
