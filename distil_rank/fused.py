@@ -235,7 +235,7 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         return y.reshape(*leading, dim_out)
     if p is None:
         tuned = tuning(x, down, up, bias)
-        shape = (x2.shape[0], dim_in, dim_out, rank, _processors(x.device), x.element_size())
+        shape = (x2.shape[0], dim_in, dim_out, rank, multiprocessors(x.device), x.element_size())
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
     _kernel()[p.grid](
@@ -318,13 +318,16 @@ def within_rounding(kernel_error: float, two_products_error: float) -> bool:
     return kernel_error <= 2 * two_products_error + 1e-5
 
 
-def _processors(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
+    """The device's streaming multiprocessors (off CUDA, an H100's or H200's 132: the plans a
+    CPU test replays are the ones such a GPU would run)."""
     if device.type != "cuda":
         return 132
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _two_products(x, down, up, bias):
+def two_products_path(x, down, up, bias):
+    """What the kernel replaces: x down^T, written out, then times up^T plus bias."""
     return F.linear(F.linear(x, down), up, bias)
 
 
@@ -365,7 +368,7 @@ def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     if key not in _TUNED:
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return None
-        _TUNED[key] = measure_plans(x, down, up, bias, _processors(x.device))
+        _TUNED[key] = measure_plans(x, down, up, bias, multiprocessors(x.device))
     return _TUNED[key]
 
 
@@ -382,7 +385,7 @@ def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         with contextlib.suppress(OutOfResources):  # more shared memory or registers than it has
             timed.append((_median_ms(fused_lowrank, x, down, up, bias, p), p))
     fused_ms, best = min(timed, key=lambda pair: pair[0], default=(math.inf, plans[0]))
-    return Tuning(best, fused_ms, _median_ms(_two_products, x, down, up, bias), len(timed))
+    return Tuning(best, fused_ms, _median_ms(two_products_path, x, down, up, bias), len(timed))
 
 
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,

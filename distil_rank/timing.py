@@ -162,21 +162,21 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
     x = _input(batch, module.in_features, device, dtype, seed)
     m = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
     f32 = [None if t is None else t.float() for t in (x, m.down, m.up, m.bias)]
-    want = fused._two_products(*f32)
+    want = fused.two_products_path(*f32)
 
     def error(got: torch.Tensor) -> float:
         return ((got.float() - want).abs().max() / want.abs().max()).item()
 
     tuned = fused.tuning(x, m.down, m.up, m.bias)  # None off CUDA: the first guess is used
     first = fused.plan(batch, m.in_features, m.out_features, m.rank,
-                       fused._processors(device), x.element_size())
+                       fused.multiprocessors(device), x.element_size())
     return {"plan": dataclasses.asdict(tuned.plan if tuned else first),
             "plans_tried": tuned.tried if tuned else 0,
             "fused_ms": tuned.fused_ms if tuned else None,
             "two_products_ms": tuned.two_products_ms if tuned else None,
             "auto_takes_kernel": fused.use_fused("auto", x, m.down, m.up, m.bias),
             "max_relative_error": (kernel := error(fused.fused_lowrank(x, m.down, m.up, m.bias))),
-            "two_products_error": (reference := error(fused._two_products(x, m.down, m.up,
+            "two_products_error": (reference := error(fused.two_products_path(x, m.down, m.up,
                                                                           m.bias))),
             "within_rounding": fused.within_rounding(kernel, reference)}
 

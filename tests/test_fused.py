@@ -84,7 +84,7 @@ def test_fused_tuning_keeps_the_fastest_plan_and_skips_those_the_chip_cannot_hol
     too_big = plans[-1]  # ...but does not fit this chip
 
     def fake_median_ms(fn, *args):
-        if fn is fused._two_products:
+        if fn is fused.two_products_path:
             return 7.5
         if args[-1] == too_big:
             raise errors.OutOfResources(300_000, 232_448, "shared memory")
