@@ -41,6 +41,7 @@ import functools
 import math
 import os
 import statistics
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -224,7 +225,8 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                   bias: torch.Tensor | None, p: Plan | None = None) -> torch.Tensor:
     """(x down^T) up^T + bias in one launch; any leading batch shape. Blocks from `p`, else the
     shape's tuned plan (`tuning`), else `plan`'s guess. Raises ValueError when the rank is above
-    MAX_RANK (the caller keeps the two-product path)."""
+    MAX_RANK (the caller keeps the two-product path), and RuntimeError when the tuning found no
+    plan that both runs on this GPU and gives the right answer ("auto" never gets here)."""
     leading, dim_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, dim_in)
     dim_out, rank = up.shape
@@ -235,6 +237,11 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         return y.reshape(*leading, dim_out)
     if p is None:
         tuned = tuning(x, down, up, bias)
+        if tuned is not None and tuned.tried == 0:
+            raise RuntimeError(f"the fused low-rank kernel has no plan that fits this GPU and "
+                               f"agrees with the two products at {x2.shape[0]} x {dim_in} -> "
+                               f"{dim_out}, rank {rank} ({tuned.rejected} disagreed): use "
+                               f"fused = \"auto\" or \"off\"")
         shape = (x2.shape[0], dim_in, dim_out, rank, multiprocessors(x.device), x.element_size())
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
@@ -262,7 +269,6 @@ def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
     import re
     import subprocess
     import tempfile
-    import warnings
     from pathlib import Path
 
     import triton
@@ -311,6 +317,12 @@ def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
             "async_copies": count["LDGSTS"] + count["UTMALDG"]}
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest difference from `want` (fp32), relative to its largest magnitude."""
+    scale = want.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return ((got.float() - want).abs().max() / scale).item()
+
+
 def within_rounding(kernel_error: float, two_products_error: float) -> bool:
     """The bar the kernel is held to, on a GPU (bench/latency.py) and under the interpreter
     (tests): its error against fp32 two products at most twice the two products' own in the
@@ -338,7 +350,8 @@ class Tuning:
     plan: Plan
     fused_ms: float
     two_products_ms: float
-    tried: int  # plans that compiled and ran (0: none fitted; fused_ms is then infinite)
+    tried: int  # plans that compiled, ran and agreed (0: none did; fused_ms is then infinite)
+    rejected: int = 0  # plans that ran but disagreed with the two products (see measure_plans)
 
 
 _TUNED: dict[tuple, Tuning] = {}  # (row bucket, dim_in, dim_out, rank, bias, dtype, device)
@@ -374,18 +387,34 @@ def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 
 def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                   bias: torch.Tensor | None, processors: int) -> Tuning:
-    """Time every candidate plan on x, skipping those the chip cannot hold, and the two
-    products; the fastest plan wins."""
+    """Time every candidate plan, and the two products, at x's shape, dtype and device; the
+    fastest plan wins. The input is a seeded standard normal one, not x: times do not depend on
+    the values, and the check below needs finite ones. A plan the chip cannot hold is skipped.
+    So is, with a warning, one whose output is not within rounding (`within_rounding`) of the
+    two products computed in fp32: a compiler or kernel fault on this chip must cost speed,
+    never a wrong answer."""
     from triton.runtime.errors import OutOfResources
 
     rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
     plans = candidates(rows, x.shape[-1], dim_out, rank, processors, x.element_size())
-    timed = []
+    x = torch.randn(rows, x.shape[-1], generator=torch.Generator(x.device).manual_seed(0),
+                    device=x.device, dtype=x.dtype)
+    want = two_products_path(*(None if t is None else t.float() for t in (x, down, up, bias)))
+    bar = relative_error(two_products_path(x, down, up, bias), want)
+    timed, rejected = [], 0
     for p in plans:
         with contextlib.suppress(OutOfResources):  # more shared memory or registers than it has
+            error = relative_error(fused_lowrank(x, down, up, bias, p), want)
+            if not within_rounding(error, bar):
+                warnings.warn(f"fused low-rank kernel: plan {p} is off by {error:.2g} of the "
+                              f"largest output where the two products are off by {bar:.2g}; "
+                              "it is not used", RuntimeWarning, stacklevel=2)
+                rejected += 1
+                continue
             timed.append((_median_ms(fused_lowrank, x, down, up, bias, p), p))
     fused_ms, best = min(timed, key=lambda pair: pair[0], default=(math.inf, plans[0]))
-    return Tuning(best, fused_ms, _median_ms(two_products_path, x, down, up, bias), len(timed))
+    return Tuning(best, fused_ms, _median_ms(two_products_path, x, down, up, bias), len(timed),
+                  rejected)
 
 
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,

@@ -152,8 +152,9 @@ def copy_bandwidth_gb_s(device: torch.device, megabytes: int = 1024, repeats: in
 @torch.inference_mode()
 def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: torch.dtype,
                 seed: int = 0) -> dict:
-    """What the fused kernel does at one shape on this device: the plan its tuning chose (and of
-    how many that ran; off CUDA, under Triton's interpreter, no tuning: `plan`'s guess and 0),
+    """What the fused kernel does at one shape on this device: the plan its tuning chose (of how
+    many that ran and agreed, and how many disagreed and were dropped; off CUDA, under Triton's
+    interpreter, no tuning: `plan`'s guess and 0),
     whether "auto" takes it, and its largest error, relative to the largest
     output, against the two products in fp32; beside it the two products' own error in `dtype`,
     the yardstick for rounding (`fused.within_rounding`)."""
@@ -163,21 +164,19 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
     m = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
     f32 = [None if t is None else t.float() for t in (x, m.down, m.up, m.bias)]
     want = fused.two_products_path(*f32)
-
-    def error(got: torch.Tensor) -> float:
-        return ((got.float() - want).abs().max() / want.abs().max()).item()
-
     tuned = fused.tuning(x, m.down, m.up, m.bias)  # None off CUDA: the first guess is used
     first = fused.plan(batch, m.in_features, m.out_features, m.rank,
                        fused.multiprocessors(device), x.element_size())
     return {"plan": dataclasses.asdict(tuned.plan if tuned else first),
             "plans_tried": tuned.tried if tuned else 0,
+            "plans_rejected": tuned.rejected if tuned else 0,
             "fused_ms": tuned.fused_ms if tuned else None,
             "two_products_ms": tuned.two_products_ms if tuned else None,
             "auto_takes_kernel": fused.use_fused("auto", x, m.down, m.up, m.bias),
-            "max_relative_error": (kernel := error(fused.fused_lowrank(x, m.down, m.up, m.bias))),
-            "two_products_error": (reference := error(fused.two_products_path(x, m.down, m.up,
-                                                                          m.bias))),
+            "max_relative_error": (kernel := fused.relative_error(
+                fused.fused_lowrank(x, m.down, m.up, m.bias), want)),
+            "two_products_error": (reference := fused.relative_error(
+                fused.two_products_path(x, m.down, m.up, m.bias), want)),
             "within_rounding": fused.within_rounding(kernel, reference)}
 
 

@@ -3,6 +3,7 @@ everywhere, and the Triton kernel itself under Triton's CPU interpreter where Tr
 No timing here: speed is measured on a GPU by bench/latency.py."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -74,29 +75,54 @@ def test_fused_plans_cover_every_row_and_column_fit_the_chip_and_refuse_large_ra
     assert plan(8, 1280, 1280, MAX_RANK + 1) is None and not candidates(8, 1280, 1280, 300)
 
 
-def test_fused_tuning_keeps_the_fastest_plan_and_skips_those_the_chip_cannot_hold(monkeypatch):
+def test_fused_tuning_keeps_the_fastest_right_plan_skipping_wrong_ones_and_those_too_big(
+        monkeypatch):
     errors = pytest.importorskip("triton.runtime.errors", reason="Triton is not installed here")
     from distil_rank import fused
 
     x, down, up, bias = factors(4096, 1280, 1280, 64, torch.float32)
+    x[0, 0] = math.nan  # the caller's values play no part: the tuning draws its own input
     plans = candidates(4096, 1280, 1280, 64, 132, 4)
     slow_first = {p: 10.0 - i for i, p in enumerate(plans)}  # the last plan is the fastest...
-    too_big = plans[-1]  # ...but does not fit this chip
+    too_big, wrong = plans[-1], plans[-2]  # ...but does not fit this chip; the next is wrong
+
+    def fake_kernel(x, down, up, bias, p):  # a stand-in for the kernel: what each plan gives
+        if p == too_big:
+            raise errors.OutOfResources(300_000, 232_448, "shared memory")
+        right = two_products(x, down, up, bias)
+        return right * 1.001 if p == wrong else right
 
     def fake_median_ms(fn, *args):
-        if fn is fused.two_products_path:
-            return 7.5
-        if args[-1] == too_big:
-            raise errors.OutOfResources(300_000, 232_448, "shared memory")
-        return slow_first[args[-1]]
+        return 7.5 if fn is fused.two_products_path else slow_first[args[-1]]
 
+    monkeypatch.setattr(fused, "fused_lowrank", fake_kernel)
     monkeypatch.setattr(fused, "_median_ms", fake_median_ms)
-    tuned = fused.measure_plans(x, down, up, bias, 132)
-    assert tuned.plan == plans[-2] and tuned.fused_ms == slow_first[plans[-2]]
-    assert tuned.tried == len(plans) - 1 and tuned.two_products_ms == 7.5
+    with pytest.warns(RuntimeWarning, match="is not used"):
+        tuned = fused.measure_plans(x, down, up, bias, 132)
+    assert tuned.plan == plans[-3] and tuned.fused_ms == slow_first[plans[-3]]
+    assert (tuned.tried, tuned.rejected) == (len(plans) - 2, 1) and tuned.two_products_ms == 7.5
     monkeypatch.setattr(fused, "candidates", lambda *shape: [too_big])
     nothing_fits = fused.measure_plans(x, down, up, bias, 132)
     assert nothing_fits.tried == 0 and nothing_fits.fused_ms == float("inf")
+
+
+def test_fused_kernel_forced_on_refuses_a_shape_where_no_plan_was_right(monkeypatch):
+    from distil_rank import fused
+
+    x, down, up, bias = factors(8, 40, 50, 5, torch.float32)
+    nothing_right = fused.Tuning(plan(8, 40, 50, 5), math.inf, 1.0, tried=0, rejected=3)
+    monkeypatch.setattr(fused, "tuning", lambda *args: nothing_right)
+    with pytest.raises(RuntimeError, match=r"no plan .* \(3 disagreed\): use fused = \"auto\""):
+        fused.fused_lowrank(x, down, up, bias)
+
+
+def test_fused_relative_error_is_the_largest_difference_over_the_largest_output():
+    from distil_rank.fused import relative_error, within_rounding
+
+    want = torch.tensor([[4.0, -8.0], [2.0, 0.0]])
+    assert relative_error(want + torch.tensor([[0.0, 0.5], [-1.0, 0.0]]), want) == 1.0 / 8.0
+    assert relative_error(torch.zeros(2, 2), torch.zeros(2, 2)) == 0.0  # no 0 / 0
+    assert within_rounding(2e-3, 1e-3) and not within_rounding(2.1e-3, 1e-3)
 
 
 INTERPRETED = r"""
@@ -137,8 +163,11 @@ assert empty.shape == (0, 3, 20)  # no rows: nothing to launch
 trained = layer(x3.requires_grad_())  # a gradient is wanted: autograd's path
 from distil_rank.timing import fused_check
 check = fused_check(LowRankLinear(70, 50, 9), 33, torch.device("cpu"), torch.bfloat16)
+from distil_rank import fused  # the tuning's own check of each plan, the clock a stand-in
+fused._median_ms = lambda fn, *args: 1.0
+tuned = fused.measure_plans(*factors(33, 70, 50, 9, torch.bfloat16), 4)
 print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error": leading,
-                  "check": check,
+                  "check": check, "tuned": [tuned.tried, tuned.rejected],
                   "grad_fn": trained.grad_fn is not None}))
 """
 
@@ -165,6 +194,7 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     assert check["within_rounding"]  # what bench/latency.py demands of every fused row
     assert check["plans_tried"] == 0 and not check["auto_takes_kernel"]  # no CUDA clock here
     assert check["plan"]["block_m"] == 32 and check["plan"]["grid"] == [2, 1]  # 33 rows, 50 out
+    assert result["tuned"] == [len(candidates(33, 70, 50, 9, 4, 2)), 0]  # every plan agreed
 
 
 def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
