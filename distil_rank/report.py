@@ -108,6 +108,18 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
             worst[1] = max(worst[1], row["fused"]["two_products_error"])
             if row["fused"]["auto_takes_kernel"]:
                 worst[2].add(row["batch"])
+    for dtype in checks:  # what the kernel gives, and what reading x, writing y would allow
+        graph = {row["batch"]: row for row in matrix["rows"]
+                 if row["dtype"] == dtype and row["mode"] == "fused_graph"}
+        if graph:
+            low = min(graph, key=lambda batch: graph[batch]["speedup"])
+            top = graph[max(graph)]
+            ceiling = (f", where reading x and writing y once would allow "
+                       f"{top['dense']['median_ms'] / top['memory_bound_ms']:.1f}x"
+                       if top.get("memory_bound_ms") else "")
+            lines.append(f"\nFused kernel under graph replay, {dtype}: "
+                         f"{graph[low]['speedup']:.2f}x dense at batch {low} (its lowest), "
+                         f"{top['speedup']:.2f}x at batch {top['batch']}{ceiling}.")
     for dtype, (fused, two, taken) in checks.items():
         lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
                      f"{fused:.2g} of the largest output (the two products' own: {two:.2g}); "

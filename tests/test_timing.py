@@ -62,11 +62,13 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
     def timing(ms):
         return _summary([ms] * 5) | {"calls_per_replay": 10}
 
-    rows = [{"batch": 65536, "dtype": "bfloat16", "mode": "fused_graph", "dense": timing(0.29),
-             "factorised": timing(0.09), "speedup": 0.29 / 0.09, "flop_ratio": 10.0,
-             "noisy": False, "memory_bound_ms": 0.06,
-             "fused": {"max_relative_error": 0.004, "two_products_error": 0.006,
-                       "auto_takes_kernel": True}}]
+    rows = [{"batch": batch, "dtype": "bfloat16", "mode": "fused_graph", "dense": timing(dense),
+             "factorised": timing(low), "speedup": dense / low, "flop_ratio": 10.0,
+             "noisy": False, "memory_bound_ms": floor,
+             "fused": {"max_relative_error": error, "two_products_error": 0.006,
+                       "auto_takes_kernel": batch > 1}}
+            for batch, dense, low, floor, error in ((1, 0.004, 0.005, 1e-6, 0.001),
+                                                     (65536, 0.29, 0.09, 0.06, 0.004))]
     matrix = {"device": "GPU", "threads": None, "dim_in": 1280, "dim_out": 1280, "rank": 64,
               "flop_ratio": 10.0, "rows": rows, "copy_bandwidth_gb_s": 4660.0,
               "graph_calls_per_replay": 10, "break_even_batch": {"bfloat16/fused_graph": 65536}}
@@ -76,6 +78,8 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
         assert "(4660 GB/s)" in text and "capture 10 passes per graph" in text
         assert "bfloat16: largest error against fp32 two products 0.004" in text
         assert "(the two products' own: 0.006)" in text and "takes it at batch 65536" in text
+        assert ("under graph replay, bfloat16: 0.80x dense at batch 1 (its lowest), 3.22x at "
+                "batch 65536, where reading x and writing y once would allow 4.8x") in text
     cpu = latency_table(latency_matrix(16, 16, 2, torch.device("cpu"), batches=(4,), warmup=1,
                                        repeats=5), "cpu")
     assert not any("floor" in line or "Fused" in line for line in cpu)  # nothing to say there
