@@ -84,6 +84,11 @@ class LowRankLinear(nn.Module):
 
             if fused.use_fused(self.fused, x, self.down, self.up, self.bias):
                 return fused.fused_lowrank(x, self.down, self.up, self.bias)
+        return self.two_products(x)
+
+    def two_products(self, x: torch.Tensor) -> torch.Tensor:
+        """x down^T, then times up^T plus bias, whatever `fused` says: the reference path, which
+        training and fidelity measurements take."""
         return F.linear(F.linear(x, self.down), self.up, self.bias)
 
     def dense_weight(self) -> torch.Tensor:

@@ -80,14 +80,19 @@ def test_refinement_never_worsens_the_held_out_error():
         assert F.mse_loss(refined(held), layer(held)) <= F.mse_loss(start(held), layer(held)) + 1e-9
 
 
-def test_compress_model_replaces_layers_and_reports_holdout_fidelity():
+def test_compress_model_replaces_layers_and_reports_holdout_fidelity(monkeypatch):
+    from distil_rank import fused
+
     torch.manual_seed(3)
     model = Head()
     original = Head()
     original.load_state_dict(model.state_dict())
     calib = [embeddings(64, 48, seed=s).reshape(8, 8, 48) for s in range(6)]  # [B, L, D]
     hold = [embeddings(64, 48, seed=s).reshape(8, 8, 48) for s in range(10, 13)]
-    reports = compress_model(model, calib, layers=["proj"], rank=8, holdout=hold)
+    with monkeypatch.context() as patch:  # the holdout is measured by the two products, even
+        patch.setattr(LowRankLinear, "fused", "on")  # where the kernel would be taken
+        patch.setattr(fused, "use_fused", lambda *a: pytest.fail("the kernel was asked for"))
+        reports = compress_model(model, calib, layers=["proj"], rank=8, holdout=hold)
     assert isinstance(model.proj, LowRankLinear) and isinstance(model.out, nn.Linear)
     (report,) = reports
     assert report.name == "proj" and report.rank == 8 and report.calibration_rows == 6 * 64
