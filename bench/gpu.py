@@ -3,7 +3,8 @@
     bash bench/gpu.sh                  # on a CUDA machine (this script with --device cuda)
     python bench/gpu.py --device cpu --quick --root /tmp/gpu_dry   # the same steps on a CPU
 
-The steps, each in its own process (one failing does not hide the others):
+The steps, each in its own process (one failing does not hide the others), in this order, or
+in the order --only gives:
   main        python main.py --device D --out results/D            (the default data)
   latency     python bench/latency.py --devices D                  (fp32 and bf16, eager,
               CUDA-graph replay and the fused kernel on CUDA, with the memory floor and the
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distil_rank.report import write_json  # noqa: E402
+
+STEPS = ("main", "latency", "speed", "published")
 
 
 def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], list[str]]]:
@@ -81,14 +84,16 @@ def main() -> int:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--root", default=str(ROOT), help="where results go (default: the repository)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the plumbing only")
-    p.add_argument("--only", nargs="*", default=None, help="run only these steps")
+    p.add_argument("--only", nargs="+", choices=STEPS, default=None, metavar="STEP",
+                   help=f"run only these steps, in the order given (of {', '.join(STEPS)}): "
+                   "the one that matters most first, in case the machine's time runs out")
     args = p.parse_args()
     root = Path(args.root)
     record = {"device": args.device, "quick": args.quick, "steps": {}}
     failed = 0
-    for name, (command, patterns) in steps(args.device, root, args.quick).items():
-        if args.only is not None and name not in args.only:
-            continue
+    planned = steps(args.device, root, args.quick)
+    for name in args.only or planned:
+        command, patterns = planned[name]
         print(f"== {name}: {' '.join(command)}", flush=True)
         start = time.time()
         done = subprocess.run(command, cwd=ROOT)

@@ -86,3 +86,25 @@ def test_readme_sections_from_the_dry_run(root, dry_run):
     assert f"| Random: improvement | +53.1% | {recipe - svd:+.1%} |" in table
     assert "| Spectral Decay: MSE reduction | 99.2% |" in table
     assert "none of its figures was measured here" in table
+
+
+def test_only_runs_the_steps_named_in_the_order_named(root, tmp_path, monkeypatch):
+    gpu = load(root, "bench/gpu.py")
+    ran = []
+
+    def fake_run(command, cwd):  # what would be run, in order; nothing is
+        ran.append(command[1:3])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(gpu.subprocess, "run", fake_run)
+    monkeypatch.setattr(gpu, "check_outputs", lambda *args: ["a file"])
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--device", "cpu", "--root", str(tmp_path),
+                                      "--only", "latency", "main"])
+    assert gpu.main() == 0
+    assert ran == [["bench/latency.py", "--devices"], ["main.py", "--device"]]
+    record = json.loads((tmp_path / "bench" / "results" / "gpu_run_cpu.json").read_text())
+    assert list(record["steps"]) == ["latency", "main"]
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--only", "lateny"])
+    with pytest.raises(SystemExit) as refused:  # a misspelt step is an error, not skipped
+        gpu.main()
+    assert refused.value.code == 2
