@@ -79,13 +79,16 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
     bf16 and fp16 products run on tensor cores and take long input slices and wide output
     tiles. fp32 products are exact IEEE ones on the FMA units, whose operands sit in registers:
     compiled for sm_90 (bench/fused_compile.py), 64-wide slices and 128-wide tiles needed all
-    255 registers and spilled, 16-wide slices and 64-wide tiles about 120 and none."""
+    255 registers and spilled, 16-wide slices and 64-wide tiles about 120 and none. Wide ranks
+    (h at least 4096 values a program) take 8 warps, and fp32 at ranks above 128 16-row
+    blocks: with 4 warps, or 32 rows, fp32 at rank 256 spilled there too."""
     if rank > MAX_RANK:
         return None
     block_r = max(16, 1 << (rank - 1).bit_length())
     fma = element_bytes >= 4
-    if block_m is None:
-        block_m = 16 if rows <= 16 else 32 if rows <= 1024 or block_r >= 128 else 64
+    if block_m is None:  # h, [block_m, block_r] in fp32, lives in registers
+        block_m = 16 if rows <= 16 or (fma and block_r >= 256) else \
+            32 if rows <= 1024 or block_r >= 128 else 64
     if fma:
         block_n = block_n or (64 if block_r <= 64 else 32)
         block_k = block_k or 16
@@ -98,7 +101,8 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
     n_span = math.ceil(n_blocks / spans) * block_n
     return Plan(block_m, block_k, block_n, block_r, n_span,
                 (row_blocks, math.ceil(dim_out / n_span)),
-                num_warps or (4 if block_m <= 32 else 8), num_stages)
+                num_warps or (8 if block_m >= 64 or block_m * block_r >= 4096 else 4),
+                num_stages)
 
 
 def fits(p: Plan, element_bytes: int) -> bool:

@@ -211,17 +211,18 @@ def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
 
 def test_fused_first_plans_compile_for_hopper_without_spilling():
     """Compiled ahead of time for sm_90 (no GPU needed): the first guess for fp32 and bf16, at
-    a batch of one and of 65536, keeps everything in registers; bf16 products run on tensor
+    a batch of one and of 65536 at rank 64 and at the widest rank fused, keeps everything in
+    registers; bf16 products run on tensor
     cores and fp32 ones on FMA units (IEEE, as exact as cuBLAS), with the input staged by
     asynchronous copies. bench/fused_compile.py records every plan the tuning may try."""
     pytest.importorskip("triton", reason="Triton is not installed here: nothing to compile with")
     from distil_rank.fused import compile_report
 
     for dtype in (torch.float32, torch.bfloat16):
-        for rows in (1, 65536):
-            p = plan(rows, 1280, 1280, 64, 132, torch.finfo(dtype).bits // 8)
-            report = compile_report(p, rows, 1280, 1280, 64, dtype)
-            assert report["spill_stores"] == 0 and report["stack_bytes"] == 0, (dtype, rows, report)
+        for rows, rank in ((1, 64), (65536, 64), (256, 256), (65536, 256)):
+            p = plan(rows, 1280, 1280, rank, 132, torch.finfo(dtype).bits // 8)
+            report = compile_report(p, rows, 1280, 1280, rank, dtype)
+            assert report["spill_stores"] == report["stack_bytes"] == 0, (dtype, rows, rank, report)
             assert report["registers"] <= 128, report  # two or more programs a multiprocessor
             assert report["async_copies"] > 0, report
             if dtype == torch.float32:
