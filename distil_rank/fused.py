@@ -392,8 +392,8 @@ def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                   bias: torch.Tensor | None, processors: int) -> Tuning:
     """Time every candidate plan, and the two products, at x's shape, dtype and device; the
-    fastest plan wins. The input is a seeded standard normal one, not x: times do not depend on
-    the values, and the check below needs finite ones. A plan the chip cannot hold is skipped.
+    fastest plan wins. The input is a seeded standard normal probe, not x: times do not depend
+    on the values, and the check below needs finite ones. A plan the chip cannot hold is skipped.
     So is, with a warning, one whose output is not within rounding (`within_rounding`) of the
     two products computed in fp32: a compiler or kernel fault on this chip must cost speed,
     never a wrong answer."""
@@ -401,24 +401,24 @@ def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 
     rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
     plans = candidates(rows, x.shape[-1], dim_out, rank, processors, x.element_size())
-    x = torch.randn(rows, x.shape[-1], generator=torch.Generator(x.device).manual_seed(0),
-                    device=x.device, dtype=x.dtype)
-    want = two_products_path(*(None if t is None else t.float() for t in (x, down, up, bias)))
-    bar = relative_error(two_products_path(x, down, up, bias), want)
+    probe = torch.randn(rows, x.shape[-1], generator=torch.Generator(x.device).manual_seed(0),
+                        device=x.device, dtype=x.dtype)
+    want = two_products_path(*(None if t is None else t.float() for t in (probe, down, up, bias)))
+    bar = relative_error(two_products_path(probe, down, up, bias), want)
     timed, rejected = [], 0
     for p in plans:
         with contextlib.suppress(OutOfResources):  # more shared memory or registers than it has
-            error = relative_error(fused_lowrank(x, down, up, bias, p), want)
+            error = relative_error(fused_lowrank(probe, down, up, bias, p), want)
             if not within_rounding(error, bar):
                 warnings.warn(f"fused low-rank kernel: plan {p} is off by {error:.2g} of the "
                               f"largest output where the two products are off by {bar:.2g}; "
                               "it is not used", RuntimeWarning, stacklevel=2)
                 rejected += 1
                 continue
-            timed.append((_median_ms(fused_lowrank, x, down, up, bias, p), p))
+            timed.append((_median_ms(fused_lowrank, probe, down, up, bias, p), p))
     fused_ms, best = min(timed, key=lambda pair: pair[0], default=(math.inf, plans[0]))
-    return Tuning(best, fused_ms, _median_ms(two_products_path, x, down, up, bias), len(timed),
-                  rejected)
+    return Tuning(best, fused_ms, _median_ms(two_products_path, probe, down, up, bias),
+                  len(timed), rejected)
 
 
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,

@@ -154,10 +154,9 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
                 seed: int = 0) -> dict:
     """What the fused kernel does at one shape on this device: the plan its tuning chose (of how
     many that ran and agreed, and how many disagreed and were dropped; off CUDA, under Triton's
-    interpreter, no tuning: `plan`'s guess and 0),
-    whether "auto" takes it, and its largest error, relative to the largest
-    output, against the two products in fp32; beside it the two products' own error in `dtype`,
-    the yardstick for rounding (`fused.within_rounding`)."""
+    interpreter, no tuning: `plan`'s guess and 0), whether "auto" takes it, and its largest
+    error, relative to the largest output, against the two products in fp32; beside it the two
+    products' own error in `dtype`, the yardstick for rounding (`fused.within_rounding`)."""
     from distil_rank import fused
 
     x = _input(batch, module.in_features, device, dtype, seed)
