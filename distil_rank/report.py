@@ -185,14 +185,22 @@ def task_table(view: Results, console: bool = False) -> list[str]:
 
 
 def teacher_latency_table(view: Results, console: bool = False) -> list[str]:
-    """Teacher against student latency at the run's latency batch, beside the FLOP ratio."""
-    rows = []
-    for teacher, entry in view.entries.items():
-        e = entry.derived()
+    """Teacher against student latency at the run's latency batch, beside the FLOP ratio; where
+    every teacher has the same shape, a line saying that the rows differ only by noise."""
+    rows, derived = [], [entry.derived() for entry in view.entries.values()]
+    for teacher, e in zip(view.entries, derived):
         rows.append([teacher, f"{e['latency_teacher_ms']:.4f}", f"{e['latency_student_ms']:.4f}",
                      f"{e['speedup']:.2f}x", f"{e['flop_ratio']:.2f}x"])
-    return _table(("teacher", "dense ms", "rank-r ms", "speedup", "FLOP ratio"), "lrrrr", rows,
-                  console)
+    lines = _table(("teacher", "dense ms", "rank-r ms", "speedup", "FLOP ratio"), "lrrrr", rows,
+                   console)
+    shapes = {(e["params_teacher"], e["params_student"]) for e in derived}
+    if len(derived) > 1 and len(shapes) == 1:
+        speedups = [e["speedup"] for e in derived]
+        lines.append(f"\nEvery row times a layer of the same shape (a product's time does not "
+                     f"depend on the weights' values): the spread, {min(speedups):.2f}x to "
+                     f"{max(speedups):.2f}x, is the machine's noise, not a difference between "
+                     "teachers.")
+    return lines
 
 
 # ----------------------------------------------------------------------------- figure

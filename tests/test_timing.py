@@ -83,3 +83,22 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
     cpu = latency_table(latency_matrix(16, 16, 2, torch.device("cpu"), batches=(4,), warmup=1,
                                        repeats=5), "cpu")
     assert not any("floor" in line or "Fused" in line for line in cpu)  # nothing to say there
+
+
+def test_the_teacher_latency_table_says_rows_of_one_shape_differ_only_by_noise(root):
+    import copy
+    import json
+
+    from distil_rank.report import teacher_latency_table
+    from distil_rank.results import Results
+
+    summary = json.loads((root / "results" / "distil_rank_summary.json").read_text())
+    speedups = [summary[t]["latency"]["teacher"]["median_ms"]
+                / summary[t]["latency"]["student"]["median_ms"] for t in summary["teachers"]]
+    note = teacher_latency_table(Results.of_summary(summary))[-1]
+    assert "same shape" in note and "is the machine's noise" in note
+    assert f"{min(speedups):.2f}x to {max(speedups):.2f}x" in note
+    wider = copy.deepcopy(summary)  # one teacher of another shape: no such claim
+    wider[summary["teachers"][0]]["params_teacher"] += 1
+    assert not any("same shape" in line
+                   for line in teacher_latency_table(Results.of_summary(wider)))
