@@ -25,7 +25,9 @@ CUDA-graph capture: a bucket not seen before takes the first guess.
 
 Inference only: autograd never sees the kernel. LowRankLinear uses it (its `fused` attribute)
 when it is "on" (with the fastest plan), or when it is "auto" (the default), on CUDA with
-Triton, no gradient wanted, and the kernel's fastest plan beat the two-product path.
+Triton, no gradient wanted, and the kernel's fastest plan beat the two-product path. Under
+torch.compile the layer takes the two products, which the compiler generates kernels for
+itself: tracing into the tuning and the launch failed (seen under the interpreter).
 
 Tests run the kernel on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which computes
 tl.dot on bfloat16 wrongly and rounds fp32 to bfloat16 by truncation (a GPU rounds to nearest
@@ -427,6 +429,8 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     if mode not in MODES:
         raise ValueError(f"LowRankLinear.fused = {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "off" or up.shape[1] > MAX_RANK or x.numel() == 0:
+        return False
+    if torch.compiler.is_compiling():  # torch.compile: its own kernels for the two products
         return False
     wants_grad = torch.is_grad_enabled() and (
         x.requires_grad or down.requires_grad or up.requires_grad

@@ -158,6 +158,8 @@ reference = two_products(x3, layer.down, layer.up, layer.bias).detach()
 layer.fused = "on"
 with torch.no_grad():
     leading = (layer(x3) - reference).abs().max().item()
+with torch.no_grad():  # torch.compile takes the two products: tracing the kernel fails
+    compiled = (torch.compile(layer, backend="eager")(x3) - reference).abs().max().item()
 empty = fused_lowrank(torch.randn(0, 3, 24), layer.down.detach(), layer.up.detach(), None)
 assert empty.shape == (0, 3, 20)  # no rows: nothing to launch
 trained = layer(x3.requires_grad_())  # a gradient is wanted: autograd's path
@@ -167,6 +169,7 @@ from distil_rank import fused  # the tuning's own check of each plan, the clock 
 fused._median_ms = lambda fn, *args: 1.0
 tuned = fused.measure_plans(*factors(33, 70, 50, 9, torch.bfloat16), 4)
 print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error": leading,
+                  "compiled_error": compiled,
                   "check": check, "tuned": [tuned.tried, tuned.rejected],
                   "grad_fn": trained.grad_fn is not None}))
 """
@@ -188,6 +191,7 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     assert len(result["errors"]) == len(TOLERANCE) * len(SHAPES) * 2
     assert result["launches"] > 2 * len(result["errors"])  # the tuning's other plans ran too
     assert result["leading_shape_error"] < 1e-5 and result["grad_fn"]
+    assert result["compiled_error"] < 1e-5
     check = result["check"]  # the latency matrix's record of the kernel, here in bf16
     assert check["max_relative_error"] < TOLERANCE[torch.bfloat16]
     assert 0 < check["two_products_error"] < TOLERANCE[torch.bfloat16]  # bf16 does round
