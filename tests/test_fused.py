@@ -213,6 +213,20 @@ def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
         assert not use_fused("auto", x, layer.down, layer.up, layer.bias)  # no CUDA here
 
 
+def test_fused_kernel_is_only_asked_for_in_its_dtypes(monkeypatch):
+    from distil_rank import fused
+
+    monkeypatch.setattr(fused, "triton_available", lambda: True)  # as if on a GPU
+    monkeypatch.setattr(fused, "_interpreting", lambda: True)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            assert fused.use_fused("on", *factors(3, 8, 8, 2, dtype))
+        assert not fused.use_fused("on", *factors(3, 8, 8, 2, torch.float64))
+        x, down, up, bias = factors(3, 8, 8, 2, torch.float32)
+        assert not fused.use_fused("on", x.bfloat16(), down, up, bias)  # mixed: F.linear's error
+        assert not fused.use_fused("on", x, down, up, bias.double())
+
+
 def test_fused_first_plans_compile_for_hopper_without_spilling():
     """Compiled ahead of time for sm_90 (no GPU needed): the first guess for fp32 and bf16, at
     a batch of one and of 65536 at rank 64 and at the widest rank fused, keeps everything in
