@@ -430,9 +430,9 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         raise ValueError(f"LowRankLinear.fused = {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "off" or up.shape[1] > MAX_RANK or x.numel() == 0:
         return False
-    if x.dtype not in _TRITON_TYPES or any(t is not None and t.dtype != x.dtype
-                                           for t in (down, up, bias)):
-        return False  # float64, or mixed dtypes: the two products (which refuse the latter)
+    if x.dtype not in _TRITON_TYPES or any(
+            t is not None and (t.dtype, t.device) != (x.dtype, x.device) for t in (down, up, bias)):
+        return False  # float64, or mixed dtypes or devices: the two products (which refuse those)
     if torch.compiler.is_compiling():  # torch.compile: its own kernels for the two products
         return False
     wants_grad = torch.is_grad_enabled() and (

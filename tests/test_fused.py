@@ -213,7 +213,7 @@ def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
         assert not use_fused("auto", x, layer.down, layer.up, layer.bias)  # no CUDA here
 
 
-def test_fused_kernel_is_only_asked_for_in_its_dtypes(monkeypatch):
+def test_fused_kernel_is_only_asked_for_in_its_dtypes_on_one_device(monkeypatch):
     from distil_rank import fused
 
     monkeypatch.setattr(fused, "triton_available", lambda: True)  # as if on a GPU
@@ -225,6 +225,7 @@ def test_fused_kernel_is_only_asked_for_in_its_dtypes(monkeypatch):
         x, down, up, bias = factors(3, 8, 8, 2, torch.float32)
         assert not fused.use_fused("on", x.bfloat16(), down, up, bias)  # mixed: F.linear's error
         assert not fused.use_fused("on", x, down, up, bias.double())
+        assert not fused.use_fused("on", x, down, up, bias.to("meta"))  # another device
 
 
 def test_fused_first_plans_compile_for_hopper_without_spilling():
