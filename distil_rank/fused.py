@@ -251,13 +251,21 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         shape = (x2.shape[0], dim_in, dim_out, rank, multiprocessors(x.device), x.element_size())
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
-    _kernel()[p.grid](
-        x2, down, up, bias if bias is not None else y, y, x2.shape[0], dim_in, dim_out, rank,
-        x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0), up.stride(1),
-        y.stride(0), y.stride(1), p.n_span, HAS_BIAS=bias is not None, UPCAST=_interpreting(),
-        PRECISION=precision, BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n,
-        BLOCK_R=p.block_r, num_warps=p.num_warps, num_stages=p.num_stages)
+    with _on(x.device):
+        _kernel()[p.grid](
+            x2, down, up, bias if bias is not None else y, y, x2.shape[0], dim_in, dim_out, rank,
+            x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0),
+            up.stride(1), y.stride(0), y.stride(1), p.n_span, HAS_BIAS=bias is not None,
+            UPCAST=_interpreting(), PRECISION=precision, BLOCK_M=p.block_m, BLOCK_K=p.block_k,
+            BLOCK_N=p.block_n, BLOCK_R=p.block_r, num_warps=p.num_warps,
+            num_stages=p.num_stages)
     return y.reshape(*leading, dim_out)
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device, not on its tensors': make it theirs (a model
+    on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -385,9 +393,12 @@ def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
     key = (row_bucket(rows), x.shape[-1], dim_out, rank, bias is not None, x.dtype, x.device)
     if key not in _TUNED:
-        if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        if x.device.type != "cuda":
             return None
-        _TUNED[key] = measure_plans(x, down, up, bias, multiprocessors(x.device))
+        with _on(x.device):  # its streams and graphs on x's device
+            if torch.cuda.is_current_stream_capturing():
+                return None
+            _TUNED[key] = measure_plans(x, down, up, bias, multiprocessors(x.device))
     return _TUNED[key]
 
 

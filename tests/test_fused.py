@@ -228,6 +228,15 @@ def test_fused_kernel_is_only_asked_for_in_its_dtypes_on_one_device(monkeypatch)
         assert not fused.use_fused("on", x, down, up, bias.to("meta"))  # another device
 
 
+def test_fused_launches_and_tuning_are_put_on_the_input_s_device():
+    from distil_rank import fused
+
+    on = fused._on(torch.device("cuda", 1))  # built, not entered: no GPU is needed for this
+    assert isinstance(on, torch.cuda.device) and on.idx == 1  # Triton would use the current one
+    with fused._on(torch.device("cpu")):  # nothing to switch
+        pass
+
+
 def test_fused_first_plans_compile_for_hopper_without_spilling():
     """Compiled ahead of time for sm_90 (no GPU needed): the first guess for fp32 and bf16, at
     a batch of one and of 65536 at rank 64 and at the widest rank fused, keeps everything in
