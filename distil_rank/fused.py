@@ -409,18 +409,27 @@ def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     on the values, and the check below needs finite ones. A plan the chip cannot hold is skipped.
     So is, with a warning, one whose output is not within rounding (`within_rounding`) of the
     two products computed in fp32: a compiler or kernel fault on this chip must cost speed,
-    never a wrong answer."""
+    never a wrong answer. Tuning must never be what runs a full GPU out of memory: a plan, or
+    the two products, whose timing does is left untimed (infinite), and when even the probe
+    does not fit, nothing is (so "auto" keeps the two products)."""
     from triton.runtime.errors import OutOfResources
 
     rows, (dim_out, rank) = x.numel() // x.shape[-1], up.shape
     plans = candidates(rows, x.shape[-1], dim_out, rank, processors, x.element_size())
-    probe = torch.randn(rows, x.shape[-1], generator=torch.Generator(x.device).manual_seed(0),
-                        device=x.device, dtype=x.dtype)
-    want = two_products_path(*(None if t is None else t.float() for t in (probe, down, up, bias)))
-    bar = relative_error(two_products_path(probe, down, up, bias), want)
+    try:
+        probe = torch.randn(rows, x.shape[-1], device=x.device, dtype=x.dtype,
+                            generator=torch.Generator(x.device).manual_seed(0))
+        want = two_products_path(*(None if t is None else t.float()
+                                   for t in (probe, down, up, bias)))
+        bar = relative_error(two_products_path(probe, down, up, bias), want)
+    except torch.cuda.OutOfMemoryError:
+        warnings.warn(f"fused low-rank kernel: no memory to tune it for {rows} rows; the two "
+                      "products are kept there", RuntimeWarning, stacklevel=2)
+        return Tuning(plans[0], math.inf, math.inf, 0)
     timed, rejected = [], 0
     for p in plans:
-        with contextlib.suppress(OutOfResources):  # more shared memory or registers than it has
+        # OutOfResources: more shared memory or registers than the chip has
+        with contextlib.suppress(OutOfResources, torch.cuda.OutOfMemoryError):
             error = relative_error(fused_lowrank(probe, down, up, bias, p), want)
             if not within_rounding(error, bar):
                 warnings.warn(f"fused low-rank kernel: plan {p} is off by {error:.2g} of the "
@@ -430,8 +439,10 @@ def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                 continue
             timed.append((_median_ms(fused_lowrank, probe, down, up, bias, p), p))
     fused_ms, best = min(timed, key=lambda pair: pair[0], default=(math.inf, plans[0]))
-    return Tuning(best, fused_ms, _median_ms(two_products_path, probe, down, up, bias),
-                  len(timed), rejected)
+    two_products_ms = math.inf
+    with contextlib.suppress(torch.cuda.OutOfMemoryError):
+        two_products_ms = _median_ms(two_products_path, probe, down, up, bias)
+    return Tuning(best, fused_ms, two_products_ms, len(timed), rejected)
 
 
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
@@ -457,15 +468,28 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     return tuned is not None and tuned.fused_ms < tuned.two_products_ms
 
 
+GRAPH_BYTES = 256 * 2**20  # at most this much output captured in one timing graph
+
+
+def calls_per_graph(output_bytes: int) -> int:
+    """Calls captured in one timing graph: 10, so that a replay's fixed cost (about 14 us on an
+    H200) is shared, but fewer where their outputs, each kept by the graph, would pass
+    GRAPH_BYTES: at batch 65536 in fp32 one output is 335 MB, and one call is long enough."""
+    return max(1, min(10, GRAPH_BYTES // max(1, output_bytes)))
+
+
 def _median_ms(fn, *args, repeats: int = 20) -> float:
-    """Median milliseconds of fn(*args). On CUDA its GPU time: 10 calls replayed from one CUDA
-    graph, so that the CPU's launch cost, which differs between Triton and cuBLAS and is paid
-    once per graph where speed matters, does not decide. Elsewhere the wall time of a call."""
+    """Median milliseconds of fn(x, down, up, bias, ...). On CUDA its GPU time: calls replayed
+    from one CUDA graph (`calls_per_graph`), so that the CPU's launch cost, which differs
+    between Triton and cuBLAS and is paid once per graph where speed matters, does not decide.
+    Elsewhere the wall time of a call."""
     from distil_rank.timing import graph_replay, time_calls
 
-    device = args[0].device
-    calls = 10 if device.type == "cuda" else 1
-    call = graph_replay(lambda: fn(*args), calls) if calls > 1 else lambda: fn(*args)
+    x, up = args[0], args[2]
+    cuda = x.device.type == "cuda"
+    calls = calls_per_graph(x.numel() // x.shape[-1] * up.shape[0] * x.element_size()) \
+        if cuda else 1
+    call = graph_replay(lambda: fn(*args), calls) if cuda else functools.partial(fn, *args)
     for _ in range(3):  # warm-up: compilation and caches
         call()
-    return statistics.median(time_calls(call, device, repeats)) / calls
+    return statistics.median(time_calls(call, x.device, repeats)) / calls

@@ -116,6 +116,41 @@ def test_fused_kernel_forced_on_refuses_a_shape_where_no_plan_was_right(monkeypa
         fused.fused_lowrank(x, down, up, bias)
 
 
+def test_fused_tuning_never_runs_the_gpu_out_of_memory(monkeypatch):
+    pytest.importorskip("triton.runtime.errors", reason="Triton is not installed here")
+    from distil_rank import fused
+
+    x, down, up, bias = factors(64, 40, 50, 5, torch.float32)
+    plans = candidates(64, 40, 50, 5, 132, 4)
+    short = torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def fake_kernel(x, down, up, bias, p):
+        if p == plans[0]:
+            raise short  # its check did not fit
+        return two_products(x, down, up, bias)
+
+    def fake_median_ms(fn, *args):
+        if fn is fused.two_products_path:
+            raise short  # nor did the two products' timing graph
+        return float(plans.index(args[-1]))
+
+    monkeypatch.setattr(fused, "fused_lowrank", fake_kernel)
+    monkeypatch.setattr(fused, "_median_ms", fake_median_ms)
+    tuned = fused.measure_plans(x, down, up, bias, 132)
+    assert tuned.plan == plans[1] and tuned.tried == len(plans) - 1
+    assert tuned.two_products_ms == math.inf  # not timed: auto takes the plan that ran
+
+    def no_room(*args):
+        raise short
+
+    monkeypatch.setattr(fused, "two_products_path", no_room)  # not even the probe's reference
+    with pytest.warns(RuntimeWarning, match="no memory to tune"):
+        starved = fused.measure_plans(x, down, up, bias, 132)
+    assert starved.tried == 0 and starved.fused_ms == starved.two_products_ms == math.inf
+    assert [fused.calls_per_graph(n) for n in (1, 2**20, 2**27, 2**28, 335 * 2**20)] == \
+        [10, 10, 2, 1, 1]  # 10 outputs a graph, below 256 MB of them
+
+
 def test_fused_relative_error_is_the_largest_difference_over_the_largest_output():
     from distil_rank.fused import relative_error, within_rounding
 
