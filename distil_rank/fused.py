@@ -118,8 +118,10 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
     """The plans timed for a shape on first use, `plan`'s guess first: the row block one size
     down and (when there are more rows than it holds) one size up, a twice longer input slice,
     a half as wide output tile, one more slice in flight, and the other warp count (4 or 8:
-    fewer registers a program, or more programs a multiprocessor); only those that fit
-    (`fits`), each once."""
+    fewer registers a program, or more programs a multiprocessor); where the output is split
+    into spans (small batches, each program reading all of A), also a deep pipeline: up to 6
+    slices in flight (twice longer ones in bf16 and fp16), for a read that latency bounds;
+    only those that fit (`fits`), each once."""
     first = plan(rows, dim_in, dim_out, rank, processors, element_bytes)
     if first is None:
         return []
@@ -131,6 +133,11 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
                 plan(*shape, **same | {"block_n": max(16, first.block_n // 2)}),
                 plan(*shape, **same, num_stages=first.num_stages + 1),
                 plan(*shape, **same, num_warps=12 - first.num_warps)]
+    if first.grid[1] > 1:  # fp32's longer slices cost registers (bench/fused_compile.py)
+        deep = same if element_bytes >= 4 else same | {"block_k": 2 * first.block_k}
+        variants += [next((p for stages in range(6, first.num_stages, -1)
+                           if fits(p := plan(*shape, **deep, num_stages=stages),
+                                   element_bytes)), None)]
     chosen = [first]
     for p in variants:
         if p is not None and p not in chosen and fits(p, element_bytes):
