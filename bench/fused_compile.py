@@ -7,13 +7,15 @@ Writes bench/results/fused_compile_sm90.json: per dtype, batch and plan (for fp3
 first guess, which fp32 used before it had blocks of its own), the registers per thread, the
 stack frame and spill stores, shared memory, and the instruction counts that say whether the
 products run on tensor cores (bf16) or FMA units (fp32, IEEE) and whether the input is staged
-by asynchronous copies. Timing needs the GPU itself (bench/latency.py); this says, before a GPU
-is lent, which plans would spill or fail to fit.
+by asynchronous copies. The opt-in split-K plans (DISTIL_RANK_SPLIT_K=1) are compiled too,
+marked "split", with their atomics and GPU-scope fences. Timing needs the GPU itself
+(bench/latency.py); this says, before a GPU is lent, which plans would spill or fail to fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -41,12 +43,13 @@ def main() -> int:
         import triton
     except ImportError:
         sys.exit("error: Triton is not installed: pip install triton")
+    os.environ["DISTIL_RANK_SPLIT_K"] = "1"  # the opt-in plans too: candidates() reads it
     rows, table = [], []
     for dtype in (torch.float32, torch.bfloat16):
         for batch in (int(b) for b in args.batches.split(",")):
             shape = (batch, args.dim, args.dim, args.rank, args.processors)
             plans = candidates(*shape, torch.finfo(dtype).bits // 8)
-            labels = ["first"] + [""] * (len(plans) - 1)
+            labels = ["first"] + ["split" if p_.k_split > 1 else "" for p_ in plans[1:]]
             if dtype == torch.float32:  # what fp32 got before it had blocks of its own
                 plans, labels = plans + [plan(*shape, 2)], labels + ["bf16's"]
             for label, p_ in zip(labels, plans):
@@ -57,7 +60,8 @@ def main() -> int:
                              "plan": asdict(p_), **report})
                 r, plan_ = rows[-1], p_
                 table.append([r["dtype"], str(batch), label,
-                              f"{plan_.block_m}x{plan_.block_k}x{plan_.block_n}",
+                              f"{plan_.block_m}x{plan_.block_k}x{plan_.block_n}"
+                              + (f" /{plan_.k_split}" if plan_.k_split > 1 else ""),
                               f"{plan_.num_warps}/{plan_.num_stages}", str(r["registers"]),
                               str(r["spill_stores"]), f"{r['shared_bytes'] // 1024}",
                               str(r["tensor_core_products"]), str(r["fma"]),

@@ -9,6 +9,8 @@ in the order --only gives:
   latency     python bench/latency.py --devices D                  (fp32 and bf16, eager,
               CUDA-graph replay and the fused kernel on CUDA, with the memory floor and the
               kernel's error; batch 1 to 65536; 1280 x 1280 at rank 64)
+  split_k     python bench/latency.py --devices D --split-k --batches 1,32   (the same, with
+              the kernel's opt-in split-K plans, where one row block leaves the chip idle)
   speed       python bench/speed.py --device D --skip-default-run  (the closed forms against
               distillation, timed on the device)
   published   python main.py --preset published --device D --out results/D/published
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from distil_rank.report import write_json  # noqa: E402
 
-STEPS = ("main", "latency", "speed", "published")
+STEPS = ("main", "latency", "split_k", "speed", "published")
 
 
 def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], list[str]]]:
@@ -42,12 +44,15 @@ def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], li
                      "--budget", "0.05"] if quick else []
     quick_speed = ["--repeats", "2", "--steps", "20", "--batched-steps", "5"] if quick else []
     bench = root / "bench" / "results"
-    latency_files = f"bench/results/latency_*_d{64 if quick else 1280}_r*.json"
+    latency_files = f"bench/results/latency_*_d{64 if quick else 1280}_r*[0-9].json"
     return {
         "main": ([py, "main.py", "--device", device, "--out", str(root / "results" / device),
                   *quick_main], [f"results/{device}/distil_rank_summary.json"]),
         "latency": ([py, "bench/latency.py", "--devices", device, "--out-dir", str(bench),
                      *quick_latency], [latency_files]),
+        "split_k": ([py, "bench/latency.py", "--devices", device, "--out-dir", str(bench),
+                     "--split-k", *(quick_latency or ["--batches", "1,32"])],
+                    [latency_files.replace("[0-9].json", "_splitk.json")]),
         "speed": ([py, "bench/speed.py", "--device", device, "--skip-default-run",
                    "--out-dir", str(bench), *quick_speed],
                   [f"bench/results/speed_{device}_*.json"]),

@@ -8,12 +8,14 @@ Writes bench/results/latency_<device>.json per device: median and interquartile 
 On CUDA it runs fp32 and bf16, eager, CUDA-graph replay (10 passes per graph) and the fused
 kernel's two modes, and records the copy bandwidth, each row's memory floor and the kernel's
 error; on the CPU fp32 eager with the thread count fixed (--threads) and recorded. Batches
-that would not fit in memory are skipped and listed.
+that would not fit in memory are skipped and listed. --split-k lets the kernel's tuning try its
+opt-in split-K plans too (batches of one row block: 1 to 32 rows), into a file of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distil_rank.fused import split_k_enabled  # noqa: E402
 from distil_rank.report import latency_table, write_json  # noqa: E402
 from distil_rank.timing import environment, latency_matrix, modes_for  # noqa: E402
 
@@ -44,7 +47,13 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per cell: fewer calls when one call is slow (at least 5)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--split-k", action="store_true",
+                   help="let the fused kernel's tuning try split-K plans too (opt-in until they "
+                   "have run on a GPU: distil_rank/fused.py, split_k_enabled); the file name "
+                   "ends in _splitk")
     args = p.parse_args()
+    if args.split_k:
+        os.environ["DISTIL_RANK_SPLIT_K"] = "1"
 
     torch.set_num_threads(args.threads)
     batches = tuple(int(b) for b in args.batches.split(","))
@@ -63,8 +72,11 @@ def main() -> int:
             modes=modes_for(device),
             repeats=args.repeats, budget_s=args.budget,
         )
+        matrix["split_k_plans"] = split_k_enabled() if cuda else None
         report = {"environment": environment(device), "matrix": matrix}
-        out = Path(args.out_dir) / f"latency_{slug(matrix['device'])}_d{args.dim}_r{args.rank}.json"
+        suffix = "_splitk" if args.split_k else ""
+        out = Path(args.out_dir) / (f"latency_{slug(matrix['device'])}_d{args.dim}_r{args.rank}"
+                                    f"{suffix}.json")
         write_json(out, report)
         print("\n".join(latency_table(matrix, "latency matrix", console=True)))
         print(f"wrote {out}")

@@ -14,6 +14,8 @@ masked loads, and rows, width and output width may be ragged. When the rows give
 programs than the GPU has multiprocessors, the output is split into spans, each program
 recomputing its rows' h (cheap: BLOCK_M x D_in x r), so that a batch of one still uses the
 whole chip. Ranks above MAX_RANK keep the two-product path (h would not fit in registers).
+With one row block, the opt-in split-K plans also split the input among programs
+(`split_k_enabled`).
 
 Which blocks are fastest depends on the chip, the dtype and the batch, so `plan` is a first
 guess and `candidates` adds a few neighbours of it (row block, input slice, output tile,
@@ -62,9 +64,11 @@ class Plan:
     block_n: int
     block_r: int
     n_span: int  # output columns per program (a multiple of block_n)
-    grid: tuple[int, int]  # (row blocks, output spans)
+    grid: tuple[int, int]  # (row blocks, or input chunks when split, output spans)
     num_warps: int
     num_stages: int = 3  # input slices in flight (software pipelining)
+    k_split: int = 1  # input chunks summed by separate programs (one row block only)
+    k_chunk: int = 0  # input columns a program sums (a multiple of block_k unless whole)
 
 
 SHARED_BYTES = 200 * 1024  # staged input and A slices, below a Hopper or Ampere SM's ~227 KiB
@@ -72,8 +76,8 @@ SHARED_BYTES = 200 * 1024  # staged input and A slices, below a Hopper or Ampere
 
 def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
          element_bytes: int = 4, *, block_m: int | None = None, block_k: int | None = None,
-         block_n: int | None = None, num_stages: int = 3,
-         num_warps: int | None = None) -> Plan | None:
+         block_n: int | None = None, num_stages: int = 3, num_warps: int | None = None,
+         k_split: int = 1) -> Plan | None:
     """Blocks for a [rows, dim_in] input at `rank` with elements of `element_bytes` (each size
     chosen from the rows, the rank and the dtype unless given); None when the rank is too large
     to fuse.
@@ -101,10 +105,16 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
     n_blocks = math.ceil(dim_out / block_n)
     spans = min(n_blocks, max(1, processors // row_blocks))  # fill the chip at small batches
     n_span = math.ceil(n_blocks / spans) * block_n
+    k_chunk = dim_in
+    if k_split > 1:
+        if row_blocks > 1:
+            return None
+        k_chunk = math.ceil(math.ceil(dim_in / k_split) / block_k) * block_k
+        k_split = math.ceil(dim_in / k_chunk)
     return Plan(block_m, block_k, block_n, block_r, n_span,
-                (row_blocks, math.ceil(dim_out / n_span)),
+                (k_split if k_split > 1 else row_blocks, math.ceil(dim_out / n_span)),
                 num_warps or (8 if block_m >= 64 or block_m * block_r >= 4096 else 4),
-                num_stages)
+                num_stages, k_split, k_chunk)
 
 
 def fits(p: Plan, element_bytes: int) -> bool:
@@ -138,6 +148,8 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
         variants += [next((p for stages in range(6, first.num_stages, -1)
                            if fits(p := plan(*shape, **deep, num_stages=stages),
                                    element_bytes)), None)]
+    if split_k_enabled() and first.grid[0] == 1 and first.grid[1] < processors // 2:
+        variants += [plan(*shape, **same, k_split=processors // first.grid[1])]
     chosen = [first]
     for p in variants:
         if p is not None and p not in chosen and fits(p, element_bytes):
@@ -153,13 +165,16 @@ def blocked_reference(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     out = torch.empty(rows, dim_out, dtype=x.dtype)
     padded_down = F.pad(down, (0, 0, 0, p.block_r - rank)).float()  # [block_r, dim_in]
     padded_up = F.pad(up, (0, p.block_r - rank)).float()  # [dim_out, block_r]
-    for pm in range(p.grid[0]):
+    for pm in range(1 if p.k_split > 1 else p.grid[0]):
         m = slice(pm * p.block_m, min(rows, (pm + 1) * p.block_m))
         for pn in range(p.grid[1]):
             h = torch.zeros(m.stop - m.start, p.block_r)
-            for k0 in range(0, dim_in, p.block_k):
-                k = slice(k0, min(dim_in, k0 + p.block_k))
-                h += x[m, k].float() @ padded_down[:, k].T
+            for c0 in range(0, dim_in, p.k_chunk):  # one program's chunk each, summed in order
+                part = torch.zeros_like(h)
+                for k0 in range(c0, min(dim_in, c0 + p.k_chunk), p.block_k):
+                    k = slice(k0, min(dim_in, k0 + p.block_k))
+                    part += x[m, k].float() @ padded_down[:, k].T
+                h += part
             h = h.to(x.dtype).float()  # rounded as the two-product path rounds it
             for n0 in range(pn * p.n_span, min(dim_out, (pn + 1) * p.n_span), p.block_n):
                 n = slice(n0, min(dim_out, n0 + p.block_n))
@@ -178,49 +193,70 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def lowrank_kernel(x_ptr, down_ptr, up_ptr, bias_ptr, y_ptr, rows, dim_in, dim_out, rank,
-                       sxm, sxk, sdr, sdk, sun, sur, sym, syn, n_span,
+    def lowrank_kernel(x_ptr, down_ptr, up_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr, rows, dim_in,
+                       dim_out, rank, sxm, sxk, sdr, sdk, sun, sur, sym, syn, n_span, k_chunk,
                        HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_R: tl.constexpr):
+                       BLOCK_R: tl.constexpr, SPLIT_K: tl.constexpr):
         pm, pn = tl.program_id(0), tl.program_id(1)
-        rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+        if SPLIT_K > 1:  # one row block; program pm sums its chunk of the input
+            rm, k_start = tl.arange(0, BLOCK_M), pm * k_chunk
+        else:
+            rm, k_start = pm * BLOCK_M + tl.arange(0, BLOCK_M), 0
+        k_stop = tl.minimum(dim_in, k_start + k_chunk)
         rr = tl.arange(0, BLOCK_R)
         h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-        for k0 in range(0, dim_in, BLOCK_K):  # h = x A^T, over the input in slices
+        for k0 in range(k_start, k_stop, BLOCK_K):  # h = x A^T, over the input in slices
             rk = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,  # read once: stream it
-                        mask=(rm[:, None] < rows) & (rk[None, :] < dim_in), other=0.0,
+                        mask=(rm[:, None] < rows) & (rk[None, :] < k_stop), other=0.0,
                         eviction_policy="evict_first")
             a = tl.load(down_ptr + rr[None, :] * sdr + rk[:, None] * sdk,  # every program's
-                        mask=(rr[None, :] < rank) & (rk[:, None] < dim_in), other=0.0,
+                        mask=(rr[None, :] < rank) & (rk[:, None] < k_stop), other=0.0,
                         eviction_policy="evict_last")
             if UPCAST:
                 x = x.to(tl.float32)
                 a = a.to(tl.float32)
             h += tl.dot(x, a, input_precision=PRECISION)
-        if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # to nearest, ties to even
-            bits = h.to(tl.uint32, bitcast=True)
-            h = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-        h_in = h.to(y_ptr.dtype.element_ty)  # rounded as the two-product path rounds it
-        if UPCAST:
-            h_in = h_in.to(tl.float32)
-        for n0 in range(0, n_span, BLOCK_N):  # this program's span of the output
-            rn = pn * n_span + n0 + tl.arange(0, BLOCK_N)
-            b = tl.load(up_ptr + rn[None, :] * sun + rr[:, None] * sur,
-                        mask=(rn[None, :] < dim_out) & (rr[:, None] < rank), other=0.0,
-                        eviction_policy="evict_last")
-            if UPCAST:
-                b = b.to(tl.float32)
-            y = tl.dot(h_in, b, input_precision=PRECISION)
-            if HAS_BIAS:
-                y += tl.load(bias_ptr + rn, mask=rn < dim_out, other=0.0).to(tl.float32)[None, :]
-            if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # as h above
-                bits = y.to(tl.uint32, bitcast=True)
-                y = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
+        if SPLIT_K > 1:  # partial sums to memory; the span's last program to arrive adds them
+            tile = rm[:, None] * BLOCK_R + rr[None, :]
+            span = ws_ptr + pn * SPLIT_K * BLOCK_M * BLOCK_R
+            tl.store(span + pm * BLOCK_M * BLOCK_R + tile, h)
+            tl.debug_barrier()  # every thread's part stored before the release below
+            last = tl.atomic_add(count_ptr + pn, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+        else:
+            last = True
+        if last:
+            if SPLIT_K > 1:
+                h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+                for part in range(SPLIT_K):  # in order: the same sum on every run
+                    h += tl.load(span + part * BLOCK_M * BLOCK_R + tile, volatile=True)
+                tl.atomic_xchg(count_ptr + pn, 0)  # ready for the next launch
+            if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # to nearest, ties to even
+                bits = h.to(tl.uint32, bitcast=True)
+                h = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
                                                                            bitcast=True)
-            tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn, y.to(y_ptr.dtype.element_ty),
-                     mask=(rm[:, None] < rows) & (rn[None, :] < dim_out))
+            h_in = h.to(y_ptr.dtype.element_ty)  # rounded as the two-product path rounds it
+            if UPCAST:
+                h_in = h_in.to(tl.float32)
+            for n0 in range(0, n_span, BLOCK_N):  # this program's span of the output
+                rn = pn * n_span + n0 + tl.arange(0, BLOCK_N)
+                b = tl.load(up_ptr + rn[None, :] * sun + rr[:, None] * sur,
+                            mask=(rn[None, :] < dim_out) & (rr[:, None] < rank), other=0.0,
+                            eviction_policy="evict_last")
+                if UPCAST:
+                    b = b.to(tl.float32)
+                y = tl.dot(h_in, b, input_precision=PRECISION)
+                if HAS_BIAS:
+                    y += tl.load(bias_ptr + rn, mask=rn < dim_out,
+                                 other=0.0).to(tl.float32)[None, :]
+                if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # as h above
+                    bits = y.to(tl.uint32, bitcast=True)
+                    y = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
+                                                                               bitcast=True)
+                tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn,
+                         y.to(y_ptr.dtype.element_ty),
+                         mask=(rm[:, None] < rows) & (rn[None, :] < dim_out))
 
     return lowrank_kernel
 
@@ -259,14 +295,45 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
     with _on(x.device):
+        workspace, counts = y, y  # not read unless split
+        if p.k_split > 1:
+            workspace = torch.empty(p.grid[1] * p.k_split * p.block_m * p.block_r,
+                                    dtype=torch.float32, device=x.device)
+            counts = _arrival_counts(x.device, p.grid[1])
         _kernel()[p.grid](
-            x2, down, up, bias if bias is not None else y, y, x2.shape[0], dim_in, dim_out, rank,
-            x2.stride(0), x2.stride(1), down.stride(0), down.stride(1), up.stride(0),
-            up.stride(1), y.stride(0), y.stride(1), p.n_span, HAS_BIAS=bias is not None,
-            UPCAST=_interpreting(), PRECISION=precision, BLOCK_M=p.block_m, BLOCK_K=p.block_k,
-            BLOCK_N=p.block_n, BLOCK_R=p.block_r, num_warps=p.num_warps,
-            num_stages=p.num_stages)
+            x2, down, up, bias if bias is not None else y, y, workspace, counts, x2.shape[0],
+            dim_in, dim_out, rank, x2.stride(0), x2.stride(1), down.stride(0), down.stride(1),
+            up.stride(0), up.stride(1), y.stride(0), y.stride(1), p.n_span, p.k_chunk,
+            HAS_BIAS=bias is not None, UPCAST=_interpreting(), PRECISION=precision,
+            BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r,
+            SPLIT_K=p.k_split, num_warps=p.num_warps, num_stages=p.num_stages)
     return y.reshape(*leading, dim_out)
+
+
+def split_k_enabled() -> bool:
+    """Whether the tuning also tries split-K plans (DISTIL_RANK_SPLIT_K=1): opt-in until they
+    have run on a GPU. A batch that fits one row block is then summed over the input by many
+    programs, each reading a chunk of A, where otherwise one program reads all of it; each
+    writes its partial h, and the last of a span's programs to arrive (an atomic counter,
+    release and acquire at GPU scope) adds them in a fixed order and writes the span. That
+    ordering is what a GPU must honour and an interpreter, running programs one after
+    another, cannot test."""
+    return os.environ.get("DISTIL_RANK_SPLIT_K", "0") == "1"
+
+
+_COUNTS: dict[tuple, torch.Tensor] = {}  # (device, stream) -> zeroed arrival counters
+
+
+def _arrival_counts(device: torch.device, spans: int) -> torch.Tensor:
+    """Split-K arrival counters, one a span, zero between launches (each span's last program
+    resets its own); one set per device and stream, so that launches running at once on two
+    streams do not share them."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    counts = _COUNTS.get((device, stream))
+    if counts is None or counts.numel() < spans:
+        counts = _COUNTS[(device, stream)] = torch.zeros(max(spans, 1024), dtype=torch.int32,
+                                                         device=device)
+    return counts
 
 
 def _on(device: torch.device):
@@ -286,7 +353,7 @@ def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
     of this shape (integers equal to 1 become constants, multiples of 16 are marked so). Returns
     what the compiler made of it: registers per thread, stack frame and spill stores, shared
     memory, and the instructions that matter here (tensor-core products, FMAs, asynchronous
-    copies from global to shared memory)."""
+    copies from global to shared memory, and a split-K plan's atomics and GPU-scope fences)."""
     import re
     import subprocess
     import tempfile
@@ -298,15 +365,20 @@ def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
 
     kernel = _kernel()
     integers = dict(rows=rows, dim_in=dim_in, dim_out=dim_out, rank=rank, sxm=dim_in, sxk=1,
-                    sdr=dim_in, sdk=1, sun=rank, sur=1, sym=dim_out, syn=1, n_span=p.n_span)
+                    sdr=dim_in, sdk=1, sun=rank, sur=1, sym=dim_out, syn=1, n_span=p.n_span,
+                    k_chunk=p.k_chunk)
     constants = dict(HAS_BIAS=bias, UPCAST=False,
                      PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                     BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r)
+                     BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r,
+                     SPLIT_K=p.k_split)
+    pointers = {"ws_ptr": "fp32", "count_ptr": "i32"}  # the split-K workspace and counters
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         value = integers.get(name)
         if name.endswith("_ptr"):
-            signature[name], attrs[(i,)] = f"*{_TRITON_TYPES[dtype]}", [["tt.divisibility", 16]]
+            element = pointers.get(name, _TRITON_TYPES[dtype]) if p.k_split > 1 else \
+                _TRITON_TYPES[dtype]
+            signature[name], attrs[(i,)] = f"*{element}", [["tt.divisibility", 16]]
         elif name in constants or value == 1:
             signature[name] = "constexpr"
             constants.setdefault(name, value)
@@ -330,12 +402,14 @@ def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
 
         usage, sass = dump("-res-usage"), dump("-sass")
     count = {op: len(re.findall(rf"\b{op}\b", sass))
-             for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "UTMALDG", "STL")}
+             for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "UTMALDG", "STL", "ATOMG")}
+    count["gpu_fences"] = len(re.findall(r"\bMEMBAR\.\w+\.GPU\b", sass))
     return {"registers": int(re.search(r"REG:(\d+)", usage)[1]),
             "stack_bytes": int(re.search(r"STACK:(\d+)", usage)[1]),
             "spill_stores": count["STL"], "shared_bytes": compiled.metadata.shared,
             "tensor_core_products": count["HGMMA"] + count["HMMA"], "fma": count["FFMA"],
-            "async_copies": count["LDGSTS"] + count["UTMALDG"]}
+            "async_copies": count["LDGSTS"] + count["UTMALDG"],
+            "atomics": count["ATOMG"], "gpu_fences": count["gpu_fences"]}
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -386,10 +460,12 @@ def row_bucket(rows: int) -> int:
 
 def refit(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
           element_bytes: int = 4) -> Plan:
-    """Plan `p`'s blocks, warps and stages, with the grid and spans for `rows`."""
-    return plan(rows, dim_in, dim_out, rank, processors, element_bytes, block_m=p.block_m,
-                block_k=p.block_k, block_n=p.block_n, num_stages=p.num_stages,
-                num_warps=p.num_warps)
+    """Plan `p`'s blocks, warps and stages, with the grid and spans for `rows` (split as `p`
+    where those rows still fit one row block)."""
+    same = dict(block_m=p.block_m, block_k=p.block_k, block_n=p.block_n,
+                num_stages=p.num_stages, num_warps=p.num_warps)
+    shape = (rows, dim_in, dim_out, rank, processors, element_bytes)
+    return (p.k_split > 1 and plan(*shape, **same, k_split=p.k_split)) or plan(*shape, **same)
 
 
 def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,

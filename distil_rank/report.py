@@ -120,6 +120,10 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
             lines.append(f"\nFused kernel under graph replay, {dtype}: "
                          f"{graph[low]['speedup']:.2f}x dense at batch {low} (its lowest), "
                          f"{top['speedup']:.2f}x at batch {top['batch']}{ceiling}.")
+    if matrix.get("split_k_plans"):
+        lines.append("\nThe fused kernel's tuning could also try its opt-in split-K plans here "
+                     "(`bench/latency.py --split-k`); a row's `fused.plan.k_split` says where "
+                     "one was chosen.")
     for dtype, (fused, two, taken) in checks.items():
         lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
                      f"{fused:.2g} of the largest output (the two products' own: {two:.2g}); "

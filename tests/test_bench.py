@@ -46,7 +46,7 @@ def dry_run(root, tmp_path_factory):
 
 def test_every_step_runs_and_every_file_names_its_device(dry_run):
     record = json.loads((dry_run / "bench" / "results" / "gpu_run_cpu.json").read_text())
-    assert list(record["steps"]) == ["main", "latency", "speed", "published"]
+    assert list(record["steps"]) == ["main", "latency", "split_k", "speed", "published"]
     for name, step in record["steps"].items():
         assert step["exit_code"] == 0 and step["files"], name
         for relative in step["files"]:

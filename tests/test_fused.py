@@ -4,6 +4,7 @@ No timing here: speed is measured on a GPU by bench/latency.py."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def two_products(x, down, up, bias):
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fused_blocking_logic_reproduces_the_two_products(dtype, with_bias):
+def test_fused_blocking_logic_reproduces_the_two_products(dtype, with_bias, monkeypatch):
+    monkeypatch.setenv("DISTIL_RANK_SPLIT_K", "1")  # split-K plans among the candidates too
     for shape in SHAPES:
         x, down, up, bias = factors(*shape, dtype)
         bias = bias if with_bias else None
@@ -73,6 +75,26 @@ def test_fused_plans_cover_every_row_and_column_fit_the_chip_and_refuse_large_ra
     assert plan(1, 1280, 1280, 64).grid[1] > 1  # a batch of one still spreads over the chip
     assert plan(65536, 1280, 1280, 64).grid[1] == 1  # enough row blocks: no recomputation
     assert plan(8, 1280, 1280, MAX_RANK + 1) is None and not candidates(8, 1280, 1280, 300)
+
+
+def test_fused_split_k_plans_cover_the_input_in_chunks_and_are_opt_in(monkeypatch):
+    assert not any(p.k_split > 1 for p in candidates(1, 1280, 1280, 64))  # off by default
+    monkeypatch.setenv("DISTIL_RANK_SPLIT_K", "1")
+    for rows, dim_in, dim_out, rank in SHAPES + [(1, 1280, 1280, 64), (32, 1280, 1280, 64),
+                                                 (3, 1280, 640, 200)]:
+        for element_bytes in (4, 2):
+            split = [p for p in candidates(rows, dim_in, dim_out, rank, 132, element_bytes)
+                     if p.k_split > 1]
+            one_block = rows <= 32  # a split plan needs one row block, and input to split
+            assert len(split) == one_block if dim_in >= 1280 else len(split) <= one_block
+            for p in split:
+                assert p.grid[0] == p.k_split and p.block_m >= rows and p.k_chunk % p.block_k == 0
+                assert p.k_split * p.k_chunk >= dim_in > (p.k_split - 1) * p.k_chunk
+                assert p.grid[0] * p.grid[1] <= 132  # one wave: every span's programs at once
+                again = refit(p, max(1, rows - 1), dim_in, dim_out, rank)
+                assert again.k_split == p.k_split  # fewer rows in the bucket: still split
+    p = candidates(1, 1280, 1280, 64, 132, 2)[-1]
+    assert p.k_split > 1 and refit(p, 300, 1280, 1280, 64).k_split == 1  # rows past one block
 
 
 def test_fused_tuning_keeps_the_fastest_right_plan_skipping_wrong_ones_and_those_too_big(
@@ -168,6 +190,7 @@ sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from test_fused import SHAPES, TOLERANCE, factors, two_products
 from distil_rank.fused import candidates, fused_lowrank, within_rounding
+split_launches = 0
 from distil_rank.lowrank import LowRankLinear
 errors, launches = [], 0
 for dtype in TOLERANCE:
@@ -183,8 +206,11 @@ for dtype in TOLERANCE:
             reference = error(two_products(x, down, up, bias))  # rounding in this dtype
             worst = 0.0
             for p in [None] + candidates(*shape, 4, x.element_size()):  # None: the default
-                worst = max(worst, error(fused_lowrank(x, down, up, bias, p)))
+                split = p is not None and p.k_split > 1
+                for _ in range(2 if split else 1):  # split-K's counters are reset after a call
+                    worst = max(worst, error(fused_lowrank(x, down, up, bias, p)))
                 launches += 1
+                split_launches += split
             errors.append([str(dtype), shape, with_bias, worst, reference,
                            within_rounding(worst, reference)])
 layer = LowRankLinear(24, 20, 4)
@@ -204,21 +230,26 @@ from distil_rank import fused  # the tuning's own check of each plan, the clock 
 fused._median_ms = lambda fn, *args: 1.0
 tuned = fused.measure_plans(*factors(33, 70, 50, 9, torch.bfloat16), 4)
 print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error": leading,
-                  "compiled_error": compiled,
+                  "compiled_error": compiled, "split_launches": split_launches,
                   "check": check, "tuned": [tuned.tried, tuned.rejected],
                   "grad_fn": trained.grad_fn is not None}))
 """
 
 
-def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path):
+@pytest.mark.parametrize("split_k", ["0", "1"])
+def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path,
+                                                                            split_k):
     """Every plan, in each dtype, within twice the two products' own rounding error (the bar
-    bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU."""
+    bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU. With split-K
+    plans too: the interpreter runs programs one after another, so this checks their sums and
+    their counters, not the memory ordering a GPU must keep (see fused.split_k_enabled)."""
     pytest.importorskip("triton", reason="Triton is not installed here: the kernel itself is "
                         "not run; its blocking logic is tested in plain PyTorch above")
     script = tmp_path / "interpreted.py"
     script.write_text(INTERPRETED)
+    env = dict(os.environ, DISTIL_RANK_SPLIT_K=split_k)
     done = subprocess.run([sys.executable, str(script), str(root), str(root / "tests")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     failed = [e for e in result["errors"] if not e[-1]]
@@ -233,7 +264,8 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     assert check["within_rounding"]  # what bench/latency.py demands of every fused row
     assert check["plans_tried"] == 0 and not check["auto_takes_kernel"]  # no CUDA clock here
     assert check["plan"]["block_m"] == 32 and check["plan"]["grid"] == [2, 1]  # 33 rows, 50 out
-    assert result["tuned"] == [len(candidates(33, 70, 50, 9, 4, 2)), 0]  # every plan agreed
+    assert result["tuned"][1] == 0 and result["tuned"][0] > 4  # every plan agreed
+    assert (result["split_launches"] > 0) == (split_k == "1")
 
 
 def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
@@ -292,3 +324,19 @@ def test_fused_first_plans_compile_for_hopper_without_spilling():
                 assert report["fma"] > 0 and report["tensor_core_products"] == 0, report
             else:
                 assert report["tensor_core_products"] > 0 and report["fma"] == 0, report
+            assert report["atomics"] == report["gpu_fences"] == 0, report
+
+
+def test_fused_split_k_plans_compile_for_hopper_with_release_and_acquire(monkeypatch):
+    """A split-K plan at a batch of one: no spills, and the arrival protocol as the GPU will
+    run it: one atomic add and one reset (exchange) a program, each behind a GPU-scope fence."""
+    pytest.importorskip("triton", reason="Triton is not installed here: nothing to compile with")
+    from distil_rank.fused import compile_report
+
+    monkeypatch.setenv("DISTIL_RANK_SPLIT_K", "1")
+    for dtype in (torch.float32, torch.bfloat16):
+        p = candidates(1, 1280, 1280, 64, 132, torch.finfo(dtype).bits // 8)[-1]
+        assert p.k_split > 1
+        report = compile_report(p, 1, 1280, 1280, 64, dtype)
+        assert report["spill_stores"] == report["stack_bytes"] == 0, (dtype, report)
+        assert report["atomics"] == 2 and report["gpu_fences"] == 2, (dtype, report)

@@ -71,13 +71,15 @@ def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_e
                                                      (65536, 0.29, 0.09, 0.06, 0.004))]
     matrix = {"device": "GPU", "threads": None, "dim_in": 1280, "dim_out": 1280, "rank": 64,
               "flop_ratio": 10.0, "rows": rows, "copy_bandwidth_gb_s": 4660.0,
-              "graph_calls_per_replay": 10, "break_even_batch": {"bfloat16/fused_graph": 65536}}
+              "graph_calls_per_replay": 10, "break_even_batch": {"bfloat16/fused_graph": 65536},
+              "split_k_plans": True}
     for console in (False, True):
         text = "\n".join(latency_table(matrix, "test", console=console))
         assert "/ floor" in text and "1.5x" in text  # 0.09 ms over the 0.06 ms floor
         assert "(4660 GB/s)" in text and "capture 10 passes per graph" in text
         assert "bfloat16: largest error against fp32 two products 0.004" in text
         assert "(the two products' own: 0.006)" in text and "takes it at batch 65536" in text
+        assert "opt-in split-K plans here" in text
         assert ("under graph replay, bfloat16: 0.80x dense at batch 1 (its lowest), 3.22x at "
                 "batch 65536, where reading x and writing y once would allow 4.8x") in text
     cpu = latency_table(latency_matrix(16, 16, 2, torch.device("cpu"), batches=(4,), warmup=1,
