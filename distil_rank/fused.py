@@ -80,7 +80,9 @@ def plan(rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
          k_split: int = 1) -> Plan | None:
     """Blocks for a [rows, dim_in] input at `rank` with elements of `element_bytes` (each size
     chosen from the rows, the rank and the dtype unless given); None when the rank is too large
-    to fuse.
+    to fuse. `k_split` > 1 cuts the input into about that many chunks of whole slices, each
+    summed by its own program (`split_k_enabled`); None when the rows need more than one row
+    block.
 
     bf16 and fp16 products run on tensor cores and take long input slices and wide output
     tiles. fp32 products are exact IEEE ones on the FMA units, whose operands sit in registers:
@@ -131,7 +133,8 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
     fewer registers a program, or more programs a multiprocessor); where the output is split
     into spans (small batches, each program reading all of A), also a deep pipeline: up to 6
     slices in flight (twice longer ones in bf16 and fp16), for a read that latency bounds;
-    only those that fit (`fits`), each once."""
+    with one row block and split-K enabled, the first guess split over the input so that each
+    span's programs fill the chip; only those that fit (`fits`), each once."""
     first = plan(rows, dim_in, dim_out, rank, processors, element_bytes)
     if first is None:
         return []
