@@ -330,7 +330,8 @@ _COUNTS: dict[tuple, torch.Tensor] = {}  # (device, stream) -> zeroed arrival co
 def _arrival_counts(device: torch.device, spans: int) -> torch.Tensor:
     """Split-K arrival counters, one a span, zero between launches (each span's last program
     resets its own); one set per device and stream, so that launches running at once on two
-    streams do not share them."""
+    streams do not share them. (CUDA graphs captured on PyTorch's shared capture stream share
+    one set: two of them must not be replayed at once on different streams.)"""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     counts = _COUNTS.get((device, stream))
     if counts is None or counts.numel() < spans:
