@@ -40,19 +40,15 @@ def fidelity(y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, float]:
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n, ties sharing their mean rank (as Spearman's rho needs)."""
+    """Ranks 1..n, ties sharing their mean rank (as Spearman's rho needs): a run of equal sorted
+    values from rank `first` to rank `last` gets (first + last) / 2."""
     values = values.double().flatten()
-    order = values.argsort()
-    sorted_values = values[order]
+    sorted_values, order = values.sort()
+    _, group, size = torch.unique_consecutive(sorted_values, return_inverse=True,
+                                              return_counts=True)
+    last = size.cumsum(0)
     ranks = torch.empty_like(values)
-    n = values.numel()
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks[order] = ((2 * last - size + 1) / 2).double()[group]  # first = last - size + 1
     return ranks
 
 

@@ -43,6 +43,11 @@ def test_common_mean_flatters_cosine_but_not_explained_variance():
 def test_average_ranks_share_ties():
     ranks = average_ranks(torch.tensor([10.0, 20.0, 20.0, 5.0]))
     assert ranks.tolist() == [2.0, 3.5, 3.5, 1.0]
+    values = torch.randint(0, 40, (500,), generator=torch.Generator().manual_seed(3)).float()
+    # against the definition: one plus the values below, plus half the others equal to it
+    below = (values[None, :] < values[:, None]).sum(1)
+    equal = (values[None, :] == values[:, None]).sum(1) - 1
+    assert torch.equal(average_ranks(values), (1 + below + equal / 2).double())
 
 
 def test_spearman_against_the_classic_formula_without_ties():
