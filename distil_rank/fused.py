@@ -51,6 +51,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distil_rank.lowrank import two_products
+
 MAX_RANK = 256  # above it, the padded h would not fit in a program's registers
 MODES = ("auto", "on", "off")
 
@@ -437,9 +439,7 @@ def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def two_products_path(x, down, up, bias):
-    """What the kernel replaces: x down^T, written out, then times up^T plus bias."""
-    return F.linear(F.linear(x, down), up, bias)
+two_products_path = two_products  # what the kernel replaces (distil_rank.lowrank)
 
 
 @dataclass(frozen=True)

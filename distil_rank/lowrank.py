@@ -41,6 +41,13 @@ from torch import nn
 from distil_rank.moments import InputMoments, input_moments
 
 
+def two_products(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """x down^T, written out, then times up^T plus bias: a factorised layer without the fused
+    kernel (distil_rank/fused.py replaces it and is checked against it)."""
+    return F.linear(F.linear(x, down), up, bias)
+
+
 class LowRankLinear(nn.Module):
     """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`.
 
@@ -87,9 +94,9 @@ class LowRankLinear(nn.Module):
         return self.two_products(x)
 
     def two_products(self, x: torch.Tensor) -> torch.Tensor:
-        """x down^T, then times up^T plus bias, whatever `fused` says: the reference path, which
-        training and fidelity measurements take."""
-        return F.linear(F.linear(x, self.down), self.up, self.bias)
+        """`two_products` with this layer's factors, whatever `fused` says: the reference path,
+        which training and fidelity measurements take."""
+        return two_products(x, self.down, self.up, self.bias)
 
     def dense_weight(self) -> torch.Tensor:
         return self.up @ self.down
