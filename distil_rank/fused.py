@@ -289,6 +289,7 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     y = torch.empty(x2.shape[0], dim_out, dtype=x.dtype, device=x.device)
     if x2.shape[0] == 0:
         return y.reshape(*leading, dim_out)
+    shape = launch_shape(x2, up)
     if p is None:
         tuned = tuning(x, down, up, bias)
         if tuned is not None and tuned.tried == 0:
@@ -296,15 +297,17 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
                                f"agrees with the two products at {x2.shape[0]} x {dim_in} -> "
                                f"{dim_out}, rank {rank} ({tuned.rejected} disagreed): use "
                                f"fused = \"auto\" or \"off\"")
-        shape = (x2.shape[0], dim_in, dim_out, rank, multiprocessors(x.device), x.element_size())
         p = refit(tuned.plan, *shape) if tuned else plan(*shape)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 as exact as cuBLAS's
     with _on(x.device):
-        workspace, counts = y, y  # not read unless split
+        workspace = counts = y  # not read unless split
         if p.k_split > 1:
-            workspace = torch.empty(p.grid[1] * p.k_split * p.block_m * p.block_r,
-                                    dtype=torch.float32, device=x.device)
             counts = _arrival_counts(x.device, p.grid[1])
+            if counts is None:  # a new stream, capturing: no zeroed counters (_arrival_counts)
+                p, counts = refit(p, *shape, split=False), y
+            else:
+                workspace = torch.empty(p.grid[1] * p.k_split * p.block_m * p.block_r,
+                                        dtype=torch.float32, device=x.device)
         _kernel()[p.grid](
             x2, down, up, bias if bias is not None else y, y, workspace, counts, x2.shape[0],
             dim_in, dim_out, rank, x2.stride(0), x2.stride(1), down.stride(0), down.stride(1),
@@ -313,6 +316,12 @@ def fused_lowrank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
             BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r,
             SPLIT_K=p.k_split, num_warps=p.num_warps, num_stages=p.num_stages)
     return y.reshape(*leading, dim_out)
+
+
+def launch_shape(x2: torch.Tensor, up: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """`plan`'s shape arguments for a launch on the 2-D input x2 with up-projection `up`."""
+    return (x2.shape[0], x2.shape[1], up.shape[0], up.shape[1], multiprocessors(x2.device),
+            x2.element_size())
 
 
 def split_k_enabled() -> bool:
@@ -329,17 +338,30 @@ def split_k_enabled() -> bool:
 _COUNTS: dict[tuple, torch.Tensor] = {}  # (device, stream) -> zeroed arrival counters
 
 
-def _arrival_counts(device: torch.device, spans: int) -> torch.Tensor:
+def _arrival_counts(device: torch.device, spans: int) -> torch.Tensor | None:
     """Split-K arrival counters, one a span, zero between launches (each span's last program
     resets its own); one set per device and stream, so that launches running at once on two
-    streams do not share them. (CUDA graphs captured on PyTorch's shared capture stream share
-    one set: two of them must not be replayed at once on different streams.)"""
+    streams do not share them (graphs captured on one stream share its set: two of them must
+    not be replayed at once). None when there is no set yet and the stream is capturing a CUDA
+    graph: zeroing a new set there would only be recorded, not run, so the launch takes the
+    unsplit plan (a graph captured after a warm-up call on the same stream, as
+    timing.graph_replay does, finds the set made by that call)."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     counts = _COUNTS.get((device, stream))
     if counts is None or counts.numel() < spans:
+        if _capturing(device):
+            return None
         counts = _COUNTS[(device, stream)] = torch.zeros(max(spans, 1024), dtype=torch.int32,
                                                          device=device)
     return counts
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether the current stream of `device` is capturing a CUDA graph."""
+    if device.type != "cuda":
+        return False
+    with _on(device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 def _on(device: torch.device):
@@ -431,6 +453,7 @@ def within_rounding(kernel_error: float, two_products_error: float) -> bool:
     return kernel_error <= 2 * two_products_error + 1e-5
 
 
+@functools.cache  # asked on every launch
 def multiprocessors(device: torch.device) -> int:
     """The device's streaming multiprocessors (off CUDA, an H100's or H200's 132: the plans a
     CPU test replays are the ones such a GPU would run)."""
@@ -463,13 +486,14 @@ def row_bucket(rows: int) -> int:
 
 
 def refit(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int, processors: int = 132,
-          element_bytes: int = 4) -> Plan:
+          element_bytes: int = 4, *, split: bool = True) -> Plan:
     """Plan `p`'s blocks, warps and stages, with the grid and spans for `rows` (split as `p`
-    where those rows still fit one row block)."""
+    where those rows still fit one row block, unless `split` is False)."""
     same = dict(block_m=p.block_m, block_k=p.block_k, block_n=p.block_n,
                 num_stages=p.num_stages, num_warps=p.num_warps)
     shape = (rows, dim_in, dim_out, rank, processors, element_bytes)
-    return (p.k_split > 1 and plan(*shape, **same, k_split=p.k_split)) or plan(*shape, **same)
+    return (split and p.k_split > 1 and plan(*shape, **same, k_split=p.k_split)) or \
+        plan(*shape, **same)
 
 
 def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
@@ -482,9 +506,9 @@ def tuning(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
     if key not in _TUNED:
         if x.device.type != "cuda":
             return None
+        if _capturing(x.device):
+            return None
         with _on(x.device):  # its streams and graphs on x's device
-            if torch.cuda.is_current_stream_capturing():
-                return None
             _TUNED[key] = measure_plans(x, down, up, bias, multiprocessors(x.device))
     return _TUNED[key]
 

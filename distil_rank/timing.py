@@ -85,7 +85,9 @@ def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
 
 
 def graph_replay(fn, calls: int):
-    """Capture `calls` calls of fn() in one CUDA graph; return a function that replays it."""
+    """Capture `calls` calls of fn() in one CUDA graph; return a function that replays it. The
+    warm-up and the capture share one side stream, so that what the warm-up set up per stream
+    (the fused kernel's split-K counters) is what the graph uses."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up on a side stream, as graph capture requires
@@ -93,7 +95,7 @@ def graph_replay(fn, calls: int):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         for _ in range(calls):
             fn()
     return graph.replay

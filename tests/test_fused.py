@@ -229,9 +229,18 @@ check = fused_check(LowRankLinear(70, 50, 9), 33, torch.device("cpu"), torch.bfl
 from distil_rank import fused  # the tuning's own check of each plan, the clock a stand-in
 fused._median_ms = lambda fn, *args: 1.0
 tuned = fused.measure_plans(*factors(33, 70, 50, 9, torch.bfloat16), 4)
+captured = None  # a split plan launched as if capturing a graph on a stream with no counters
+split_plans = [p for p in candidates(1, 300, 40, 7, 132, 4) if p.k_split > 1]
+if split_plans:
+    fused._COUNTS.clear()
+    fused._capturing = lambda device: True
+    xs, ds, us, bs = factors(1, 300, 40, 7, torch.float32)
+    want = two_products(xs, ds, us, bs)
+    got = fused_lowrank(xs, ds, us, bs, split_plans[0])
+    captured = [((got - want).abs().max() / want.abs().max()).item(), len(fused._COUNTS)]
 print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error": leading,
                   "compiled_error": compiled, "split_launches": split_launches,
-                  "check": check, "tuned": [tuned.tried, tuned.rejected],
+                  "check": check, "tuned": [tuned.tried, tuned.rejected], "captured": captured,
                   "grad_fn": trained.grad_fn is not None}))
 """
 
@@ -266,6 +275,11 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     assert check["plan"]["block_m"] == 32 and check["plan"]["grid"] == [2, 1]  # 33 rows, 50 out
     assert result["tuned"][1] == 0 and result["tuned"][0] > 4  # every plan agreed
     assert (result["split_launches"] > 0) == (split_k == "1")
+    if split_k == "1":  # zeroing new counters would only be recorded: the unsplit plan instead
+        error, counter_sets = result["captured"]
+        assert error < TOLERANCE[torch.float32] and counter_sets == 0
+    else:
+        assert result["captured"] is None
 
 
 def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
