@@ -582,24 +582,37 @@ def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 GRAPH_BYTES = 256 * 2**20  # at most this much output captured in one timing graph
 
 
-def calls_per_graph(output_bytes: int) -> int:
-    """Calls captured in one timing graph: 10, so that a replay's fixed cost (about 14 us on an
-    H200) is shared, but fewer where their outputs, each kept by the graph, would pass
-    GRAPH_BYTES: at batch 65536 in fp32 one output is 335 MB, and one call is long enough."""
-    return max(1, min(10, GRAPH_BYTES // max(1, output_bytes)))
+def calls_per_graph(call_bytes: int, free_bytes: int | None = None) -> int:
+    """Calls captured in one timing graph, each keeping `call_bytes` (its output and
+    intermediate) alive in the graph's memory: 10, so that a replay's fixed cost (about 14 us on
+    an H200) is shared, but fewer where they would pass GRAPH_BYTES (at batch 65536 in fp32 one
+    output is 335 MB, and one call is long enough), and fewer again where the graph and the
+    warm-up call before it would take more than half of `free_bytes` (the GPU's free memory; a
+    capture cannot free PyTorch's cached blocks to make room, and running out of memory inside
+    one can surface as a capture error and leave the allocator mid-capture: pytorch/pytorch
+    #187795, #180395). 0: not even one fits, do not capture."""
+    calls = max(1, min(10, GRAPH_BYTES // max(1, call_bytes)))
+    if free_bytes is not None:
+        calls = min(calls, free_bytes // 2 // max(1, call_bytes) - 1)
+    return max(0, calls)
 
 
 def _median_ms(fn, *args, repeats: int = 20) -> float:
     """Median milliseconds of fn(x, down, up, bias, ...). On CUDA its GPU time: calls replayed
     from one CUDA graph (`calls_per_graph`), so that the CPU's launch cost, which differs
-    between Triton and cuBLAS and is paid once per graph where speed matters, does not decide.
-    Elsewhere the wall time of a call."""
+    between Triton and cuBLAS and is paid once per graph where speed matters, does not decide;
+    infinite (untimed) where the GPU has no room for the graph. Elsewhere the wall time of a
+    call."""
     from distil_rank.timing import graph_replay, time_calls
 
     x, up = args[0], args[2]
     cuda = x.device.type == "cuda"
-    calls = calls_per_graph(x.numel() // x.shape[-1] * up.shape[0] * x.element_size()) \
-        if cuda else 1
+    calls = 1
+    if cuda:
+        call_bytes = x.numel() // x.shape[-1] * sum(up.shape) * x.element_size()
+        calls = calls_per_graph(call_bytes, torch.cuda.mem_get_info(x.device)[0])
+        if calls == 0:
+            return math.inf
     call = graph_replay(lambda: fn(*args), calls) if cuda else functools.partial(fn, *args)
     for _ in range(3):  # warm-up: compilation and caches
         call()

@@ -171,6 +171,9 @@ def test_fused_tuning_never_runs_the_gpu_out_of_memory(monkeypatch):
     assert starved.tried == 0 and starved.fused_ms == starved.two_products_ms == math.inf
     assert [fused.calls_per_graph(n) for n in (1, 2**20, 2**27, 2**28, 335 * 2**20)] == \
         [10, 10, 2, 1, 1]  # 10 outputs a graph, below 256 MB of them
+    # with the GPU's free memory: the graph and a warm-up call in at most half of it
+    assert [fused.calls_per_graph(2**20, free * 2**20) for free in (100, 22, 21, 4, 3)] == \
+        [10, 10, 9, 1, 0]  # 0: not even one call, and the timing is not captured
 
 
 def test_fused_relative_error_is_the_largest_difference_over_the_largest_output():
