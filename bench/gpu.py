@@ -16,7 +16,9 @@ in the order --only gives:
   published   python main.py --preset published --device D --out results/D/published
 Then every JSON a step wrote is read back, and each must say it ran on the device asked for.
 Writes bench/results/gpu_run_<device>.json: the steps, exit codes, seconds and files. With
---root, every output goes under that folder instead of the repository (for tests).
+--root, every output goes under that folder instead of the repository (for tests); with
+--step-limit S, a step still running after S seconds is stopped (exit code null) and the next
+one runs.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def main() -> int:
     p.add_argument("--only", nargs="+", choices=STEPS, default=None, metavar="STEP",
                    help=f"run only these steps, in the order given (of {', '.join(STEPS)}): "
                    "the one that matters most first, in case the machine's time runs out")
+    p.add_argument("--step-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop a step that runs longer than this and go on to the next (a "
+                   "lent GPU's time is short: one stuck step must not spend it all)")
     args = p.parse_args()
     root = Path(args.root)
     record = {"device": args.device, "quick": args.quick, "steps": {}}
@@ -101,17 +106,22 @@ def main() -> int:
         command, patterns = planned[name]
         print(f"== {name}: {' '.join(command)}", flush=True)
         start = time.time()
-        done = subprocess.run(command, cwd=ROOT)
-        entry = {"command": command[1:], "exit_code": done.returncode,
+        try:
+            code = subprocess.run(command, cwd=ROOT, timeout=args.step_limit).returncode
+        except subprocess.TimeoutExpired:  # the step's process is killed; its files not read
+            code = None
+        entry = {"command": command[1:], "exit_code": code,
                  "seconds": round(time.time() - start, 1)}
-        if done.returncode == 0:
+        if code is None:
+            entry["error"] = f"stopped at the step limit of {args.step_limit:g} s"
+        elif code == 0:
             try:
                 entry["files"] = check_outputs(root, patterns, args.device, start)
             except RuntimeError as err:
                 entry["error"] = str(err)
-        failed += done.returncode != 0 or "error" in entry
+        failed += code != 0 or "error" in entry
         record["steps"][name] = entry
-        print(f"== {name}: exit {done.returncode} in {entry['seconds']} s; "
+        print(f"== {name}: exit {code} in {entry['seconds']} s; "
               f"{entry.get('error') or ', '.join(entry.get('files', []))}", flush=True)
     out = root / "bench" / "results" / f"gpu_run_{args.device}.json"
     write_json(out, record)

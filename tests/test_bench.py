@@ -92,7 +92,7 @@ def test_only_runs_the_steps_named_in_the_order_named(root, tmp_path, monkeypatc
     gpu = load(root, "bench/gpu.py")
     ran = []
 
-    def fake_run(command, cwd):  # what would be run, in order; nothing is
+    def fake_run(command, cwd, timeout):  # what would be run, in order; nothing is
         ran.append(command[1:3])
         return subprocess.CompletedProcess(command, 0)
 
@@ -108,3 +108,16 @@ def test_only_runs_the_steps_named_in_the_order_named(root, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as refused:  # a misspelt step is an error, not skipped
         gpu.main()
     assert refused.value.code == 2
+
+
+def test_a_step_past_the_step_limit_is_stopped_and_the_next_one_runs(root, tmp_path):
+    """A real step, really killed: the default run cannot finish in a tenth of a second."""
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--quick",
+                           "--root", str(tmp_path), "--step-limit", "0.1", "--only", "main",
+                           "split_k"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    record = json.loads((tmp_path / "bench" / "results" / "gpu_run_cpu.json").read_text())
+    assert list(record["steps"]) == ["main", "split_k"]  # the second still ran
+    for step in record["steps"].values():
+        assert step["exit_code"] is None and step["error"] == "stopped at the step limit of 0.1 s"
+        assert "files" not in step
