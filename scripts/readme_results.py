@@ -88,8 +88,40 @@ def sweep_tables(summary: dict, view: Results) -> list[str]:
     return lines
 
 
+def calibration_paragraph(cal: dict) -> str:
+    """A bench/calibrate_1m.py record in words."""
+    return (
+        f"Streaming calibration (`python bench/calibrate_1m.py`, "
+        f"{cal['environment']['device_name']}): {cal['rows']:,} x {cal['dim']} float32 rows in "
+        f"{cal['shards']} `.npy` shards ({cal['bytes_on_disk'] / 1e9:.2f} GB on disk) took "
+        f"{cal['stream_seconds']:.0f} s, {cal['seconds_per_million_rows']:.0f} s per million "
+        f"rows (process start included), with a peak resident memory of "
+        f"{cal['stream_peak_rss_mib']:.0f} MiB."
+        + (f" Against the statistics computed with all rows in memory "
+           f"({cal['reference_bytes_in_memory'] / 1e9:.1f} GB, exact two-pass float64), the "
+           f"largest difference is {cal['max_abs_mean_difference']:.1e} in the mean and "
+           f"{cal['max_abs_covariance_difference']:.1e} in the covariance "
+           f"({cal['max_relative_covariance_difference']:.0e} of its largest entry)."
+           if "max_abs_covariance_difference" in cal else ""))
+
+
+def compress_model_paragraph(run: dict) -> str:
+    """A bench/compress_model.py record in words."""
+    timed, env = run["runs"], run["environment"]
+    return (f"`compress_model` on a transformer (`python bench/compress_model.py`, "
+            f"{env['device_name']}, {env['torch_threads']} threads): {run['model']}, "
+            f"{run['layers']} layers, {run['tokens']:,} tokens in {run['positions']:,} padded "
+            f"positions ({run['padding_share']:.0%} padding). Every token with float64 "
+            f"products, as before: {timed['every_token_float64']['seconds']:.1f} s; padding "
+            f"skipped and float32 products merged in float64, the default now: "
+            f"{timed['padding_skipped_float32']['seconds']:.1f} s ({run['speedup']:.1f}x). On "
+            f"the same rows, the float32 products move a layer's promised explained variance "
+            f"by at most {run['max_abs_explained_variance_change_float32_products']:.0e}.")
+
+
 def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]],
-                    calibrations: list[dict], source: Sources) -> str:
+                    calibrations: list[dict], compress_models: list[dict],
+                    source: Sources) -> str:
     env = summary["environment"]
     cfg = summary["config"]
     data = summary["data"]
@@ -138,36 +170,8 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
     if not any("cpu" not in m["device"].lower() for _, m in latencies):
         lines += ["", "No GPU figure is recorded yet: `python bench/latency.py` on a CUDA machine "
                   "writes one (fp32 and bf16, eager and CUDA-graph replay)."]
-    for cal in calibrations:
-        if "runs" in cal:  # bench/compress_model.py
-            runs = cal["runs"]
-            lines += ["", f"`compress_model` on a transformer (`python bench/compress_model.py`, "
-                      f"{cal['environment']['device_name']}, {cal['environment']['torch_threads']} "
-                      f"threads): {cal['model']}, {cal['layers']} layers, {cal['tokens']:,} tokens "
-                      f"in {cal['positions']:,} padded positions ({cal['padding_share']:.0%} "
-                      f"padding). Every token with float64 products, as before: "
-                      f"{runs['every_token_float64']['seconds']:.1f} s; padding skipped and "
-                      f"float32 products merged in float64, the default now: "
-                      f"{runs['padding_skipped_float32']['seconds']:.1f} s "
-                      f"({cal['speedup']:.1f}x). On the same rows, the float32 products move a "
-                      f"layer's promised explained variance by at most "
-                      f"{cal['max_abs_explained_variance_change_float32_products']:.0e}."]
-            continue
-        lines += [
-            "",
-            f"Streaming calibration (`python bench/calibrate_1m.py`, "
-            f"{cal['environment']['device_name']}): {cal['rows']:,} x {cal['dim']} float32 rows in "
-            f"{cal['shards']} `.npy` shards ({cal['bytes_on_disk'] / 1e9:.2f} GB on disk) took "
-            f"{cal['stream_seconds']:.0f} s, {cal['seconds_per_million_rows']:.0f} s per million "
-            f"rows (process start included), with a peak resident memory of "
-            f"{cal['stream_peak_rss_mib']:.0f} MiB."
-            + (f" Against the statistics computed with all rows in memory "
-               f"({cal['reference_bytes_in_memory'] / 1e9:.1f} GB, exact two-pass float64), the "
-               f"largest difference is {cal['max_abs_mean_difference']:.1e} in the mean and "
-               f"{cal['max_abs_covariance_difference']:.1e} in the covariance "
-               f"({cal['max_relative_covariance_difference']:.0e} of its largest entry)."
-               if "max_abs_covariance_difference" in cal else ""),
-        ]
+    lines += [line for cal in calibrations for line in ("", calibration_paragraph(cal))]
+    lines += [line for run in compress_models for line in ("", compress_model_paragraph(run))]
     for speed in speeds:
         fits, env = speed["fits"], speed["environment"]
         where = env["device_name"] + (f", {env['torch_threads']} threads"
@@ -365,10 +369,11 @@ def main() -> int:
     latencies = [(f"`{f}`{_provenance(source.read(f))}", source.read(f)["matrix"])
                  for f in source.glob("bench/results/latency_*.json")]
     calibrations = [source.read(f) for f in source.glob("bench/results/calibrate_*.json")]
-    calibrations += [source.read(f) for f in source.glob("bench/results/compress_model_*.json")]
+    compress_models = [source.read(f) for f in source.glob("bench/results/compress_model_*.json")]
     readme = (ROOT / "README.md").read_text()
     updated = replace_between(readme, START, END,
-                              results_section(summary, speeds, latencies, calibrations, source))
+                              results_section(summary, speeds, latencies, calibrations,
+                                              compress_models, source))
     published_run = source.read("results/published/distil_rank_summary.json")
     if published_run is not None:
         published = source.read("bench/reference/published_distil_rank.json")
