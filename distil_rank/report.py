@@ -100,17 +100,12 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
     if floor:
         lines.append(f"\n/ floor: the rank-r time over the time to read x and write y once at "
                      f"the copy bandwidth measured on this device ({floor:.0f} GB/s).")
-    checks = {}
+    fused_rows: dict[str, list[dict]] = {}  # dtype -> the rows that ran the fused kernel
     for row in matrix["rows"]:
         if "fused" in row:
-            worst = checks.setdefault(row["dtype"], [0.0, 0.0, set()])
-            worst[0] = max(worst[0], row["fused"]["max_relative_error"])
-            worst[1] = max(worst[1], row["fused"]["two_products_error"])
-            if row["fused"]["auto_takes_kernel"]:
-                worst[2].add(row["batch"])
-    for dtype in checks:  # what the kernel gives, and what reading x, writing y would allow
-        graph = {row["batch"]: row for row in matrix["rows"]
-                 if row["dtype"] == dtype and row["mode"] == "fused_graph"}
+            fused_rows.setdefault(row["dtype"], []).append(row)
+    for dtype, kernel_rows in fused_rows.items():  # its speed, and what the floor would allow
+        graph = {row["batch"]: row for row in kernel_rows if row["mode"] == "fused_graph"}
         if graph:
             low = min(graph, key=lambda batch: graph[batch]["speedup"])
             top = graph[max(graph)]
@@ -124,11 +119,16 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
         lines.append("\nThe fused kernel's tuning could also try its opt-in split-K plans here "
                      "(`bench/latency.py --split-k`); a row's `fused.plan.k_split` says where "
                      "one was chosen.")
-    for dtype, (fused, two, taken) in checks.items():
+    for dtype, kernel_rows in fused_rows.items():  # its error, and where auto takes it
+        checks = [row["fused"] for row in kernel_rows]
+        taken = sorted({row["batch"] for row in kernel_rows
+                        if row["fused"]["auto_takes_kernel"]})
         lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
-                     f"{fused:.2g} of the largest output (the two products' own: {two:.2g}); "
+                     f"{max(c['max_relative_error'] for c in checks):.2g} of the largest output "
+                     f"(the two products' own: "
+                     f"{max(c['two_products_error'] for c in checks):.2g}); "
                      "`fused = \"auto\"` takes it at batch "
-                     f"{', '.join(map(str, sorted(taken))) or 'none'} and keeps the two "
+                     f"{', '.join(map(str, taken)) or 'none'} and keeps the two "
                      "products elsewhere.")
     if any(row.get("noisy") for row in matrix["rows"]):
         lines.append(f"\n(noisy): the interquartile range of a time exceeds "
