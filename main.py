@@ -12,7 +12,7 @@ Writes results/distil_rank_summary.json and results/distil_rank_final_report.png
 
 import sys
 
-from distil_rank.cli import config_from_args, create_parser, main  # noqa: F401 (tests use them)
+from distil_rank.benchmark.cli import config_from_args, create_parser, main  # noqa: F401 (tests use them)
 
 if __name__ == "__main__":
     sys.exit(main())

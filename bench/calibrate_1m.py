@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distil_rank.benchmark.latency import environment
+from distil_rank.files import write_json
+from distil_rank.moments import load_moments
 
-from distil_rank.moments import load_moments  # noqa: E402
-from distil_rank.report import write_json  # noqa: E402
-from distil_rank.timing import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_shards(folder: Path, rows: int, dim: int, shards: int, seed: int = 0) -> list[Path]:

@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distil_rank.api import compress_model
+from distil_rank.benchmark.latency import device_name, environment
+from distil_rank.files import write_json
 
-from distil_rank.api import compress_model  # noqa: E402
-from distil_rank.report import write_json  # noqa: E402
-from distil_rank.timing import device_name, environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def padded_batches(batches: int, size: int, longest: int, vocab: int, seed: int = 0):

@@ -30,10 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distil_rank.files import write_json
 
-from distil_rank.report import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = ("main", "latency", "split_k", "speed", "published")
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from distil_rank.benchmark.latency import environment, latency_matrix, modes_for
+from distil_rank.benchmark.report import latency_table
+from distil_rank.files import write_json
+from distil_rank.kernels.fused import split_k_enabled
 
-from distil_rank.fused import split_k_enabled  # noqa: E402
-from distil_rank.report import latency_table, write_json  # noqa: E402
-from distil_rank.timing import environment, latency_matrix, modes_for  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def slug(text: str) -> str:

@@ -32,28 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distil_rank.benchmark import (  # noqa: E402
+from distil_rank.benchmark.compressors import (
     BenchmarkData,
     FitContext,
     fit_data_aware,
     fit_task_aware,
 )
-from distil_rank.config import Config  # noqa: E402
-from distil_rank.data import load_embeddings, synthetic_embeddings  # noqa: E402
-from distil_rank.distill import DistillJob, DistillSettings, distill, distill_together  # noqa: E402
-from distil_rank.lowrank import (  # noqa: E402
+from distil_rank.benchmark.config import Config
+from distil_rank.benchmark.data import synthetic_embeddings
+from distil_rank.benchmark.latency import device_name, environment
+from distil_rank.benchmark.teachers import random_teacher
+from distil_rank.distill import DistillJob, DistillSettings, distill, distill_together
+from distil_rank.embeddings import load_embeddings
+from distil_rank.files import write_json
+from distil_rank.lowrank import (
     LowRankLinear,
     compress_data_aware,
     compress_svd,
     seeded_linear,
 )
-from distil_rank.moments import input_moments  # noqa: E402
-from distil_rank.report import write_json  # noqa: E402
-from distil_rank.teachers import random_teacher  # noqa: E402
-from distil_rank.timing import device_name, environment  # noqa: E402
+from distil_rank.moments import input_moments
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_default_run() -> float:

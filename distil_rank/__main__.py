@@ -2,6 +2,6 @@
 
 import sys
 
-from distil_rank.cli import main
+from distil_rank.benchmark.cli import main
 
 sys.exit(main())

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distil_rank.data import split_indices
 from distil_rank.distill import DistillSettings, distill
+from distil_rank.embeddings import split_indices
 from distil_rank.errors import first_line
 from distil_rank.lowrank import (
     DEFAULT_DAMPING,
@@ -47,9 +47,9 @@ from distil_rank.lowrank import (
     compress_data_aware,
     data_aware_error_curve,
     explained_variance_curve,
+    smallest_rank_reaching,
 )
 from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
-from distil_rank.stats import smallest_rank_reaching
 
 
 def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,

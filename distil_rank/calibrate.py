@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distil_rank.data import load_embeddings, numeric_array
+from distil_rank.embeddings import load_embeddings, numeric_array
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file
 from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments

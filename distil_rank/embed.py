@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.data import EmbeddingSet, embeddings_payload, save_embeddings, split_indices
+from distil_rank.embeddings import EmbeddingSet, embeddings_payload, save_embeddings, split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file, check_writable_folder, write_together
 from distil_rank.runtime import resolve_device

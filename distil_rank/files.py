@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import tempfile
 from pathlib import Path
+
+import torch
 
 from distil_rank.errors import InputError
 
@@ -79,3 +83,25 @@ def check_writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] =
     if not path.parent.is_dir():
         raise InputError(f"{what} {path}: folder {path.parent} does not exist")
     check_writable_folder(path.parent, what)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null says "not defined here" (summary["undefined"]: why)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)  # e.g. bytes in a user's provenance: kept readable, never a crash
+
+
+def json_text(payload: dict) -> str:
+    return json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json_text(payload)))

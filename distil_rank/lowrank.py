@@ -35,28 +35,22 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from distil_rank.kernels import two_products
 from distil_rank.moments import InputMoments, input_moments
-
-
-def two_products(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-    """x down^T, written out, then times up^T plus bias: a factorised layer without the fused
-    kernel (distil_rank/fused.py replaces it and is checked against it)."""
-    return F.linear(F.linear(x, down), up, bias)
 
 
 class LowRankLinear(nn.Module):
     """y = up @ (down @ x) + bias: a drop-in replacement for an nn.Linear of rank `rank`.
 
-    `fused`: "auto" (the default) runs inference on CUDA through one Triton kernel when Triton
-    is there and the kernel measured faster for the shape; "on" forces it where it can run,
-    "off" keeps the two matrix products (distil_rank/fused.py). Training always takes the two
-    products, through autograd."""
+    `fused`: "off" (the default) keeps the two matrix products. The one-kernel Triton forward
+    (distil_rank/kernels/fused.py) is opt-in until a GPU record shows it right and faster:
+    "auto" takes it on CUDA where Triton is installed and its tuning measured it faster for
+    the shape, "on" wherever it can run. Set it per layer or on the class. Training always
+    takes the two products, through autograd."""
 
-    fused = "auto"
+    fused = "off"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None, generator: torch.Generator | None = None,
@@ -87,7 +81,7 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused != "off" and (x.is_cuda or self.fused == "on"):
-            from distil_rank import fused  # Triton only where it may be used
+            from distil_rank.kernels import fused  # Triton only where it may be used
 
             if fused.use_fused(self.fused, x, self.down, self.up, self.bias):
                 return fused.fused_lowrank(x, self.down, self.up, self.bias)
@@ -145,6 +139,16 @@ def explained_variance_curve(errors: torch.Tensor) -> list[float]:
     if errors[0] <= 0:
         return [1.0] * len(errors)
     return (1 - errors / errors[0]).tolist()
+
+
+def smallest_rank_reaching(explained: list[float], targets=(0.95, 0.99, 0.999)) -> dict:
+    """explained[r] is the explained variance at rank r (r = 0..D); the smallest r reaching each
+    target, or None when none does."""
+    found = {}
+    for target in targets:
+        rank = next((r for r, ev in enumerate(explained) if ev >= target), None)
+        found[str(target)] = rank
+    return found
 
 
 def _balanced(left: torch.Tensor, singular: torch.Tensor, right_t: torch.Tensor):

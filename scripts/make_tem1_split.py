@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distil_rank.data import EmbeddingSet, save_embeddings  # noqa: E402
+from distil_rank.embeddings import EmbeddingSet, save_embeddings
 
 PROVENANCE = {
     "model": "esm2_t6_8M_UR50D",

@@ -17,10 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distil_rank.report import (  # noqa: E402
+from distil_rank.benchmark.report import (
     fmt,
     latency_table,
     pm,
@@ -28,7 +25,9 @@ from distil_rank.report import (  # noqa: E402
     task_table,
     teacher_latency_table,
 )
-from distil_rank.results import Results, TeacherEntry  # noqa: E402
+from distil_rank.benchmark.results import Results, TeacherEntry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
@@ -212,19 +211,19 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
     return "\n".join(lines)
 
 
-def gpu_section(source: Sources, folder: str = "results/cuda") -> list[str]:
+def gpu_section(source: Sources, folder: str = "reference/cuda") -> list[str]:
     """The benchmark as `bash bench/gpu.sh` ran it on a GPU, when its results are committed."""
     run = source.read(f"{folder}/distil_rank_summary.json")
     if run is None:
         return ["", "No GPU run of the benchmark is recorded yet: `bash bench/gpu.sh` on a CUDA "
-                "machine writes one (`results/cuda/`), and this section then shows it."]
+                "machine writes one (`reference/cuda/`), and this section then shows it."]
     teachers = Results.of_summary(run)
     lines = ["", "### On a GPU", "",
              f"`bash bench/gpu.sh` on {run['environment']['device_name']} (torch "
              f"{run['environment']['torch']}, CUDA {run['environment']['cuda']}): "
              f"`python main.py --device cuda`, the default data, {len(run['seeds'])} seeds, "
-             f"distillation on the GPU (`results/cuda/`; {_run_time(run)}). Which commit it "
-             f"measured, and what its timings describe: `results/cuda/PROVENANCE.md`.", ""]
+             f"distillation on the GPU (`reference/cuda/`; {_run_time(run)}). Which commit it "
+             f"measured, and what its timings describe: `reference/cuda/PROVENANCE.md`.", ""]
     lines += results_table(teachers) + [""] + task_table(teachers) + [""]
     lines += teacher_latency_table(teachers)
     for matrix in run["latency_matrix"].values():
@@ -232,7 +231,7 @@ def gpu_section(source: Sources, folder: str = "results/cuda") -> list[str]:
     pub = source.read(f"{folder}/published/distil_rank_summary.json")
     if pub is not None:
         first = pub[pub["teachers"][0]]
-        lines += ["", f"The published preset on that GPU (`results/cuda/published/`): rank "
+        lines += ["", f"The published preset on that GPU (`reference/cuda/published/`): rank "
                   f"{pub['target_rank']} of {pub['input_dim']}-d layers, speedup at batch "
                   f"{first['latency']['teacher']['batch']} {first['speedup']:.2f}x (FLOP ratio "
                   f"{first['flop_ratio']:.1f}x)."]
@@ -364,7 +363,7 @@ def main() -> int:
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     source = Sources(committed=args.check)
-    summary = source.read("results/distil_rank_summary.json")
+    summary = source.read("reference/distil_rank_summary.json")
     speeds = [source.read(f) for f in source.glob("bench/results/speed_*.json")]
     latencies = [(f"`{f}`{_provenance(source.read(f))}", source.read(f)["matrix"])
                  for f in source.glob("bench/results/latency_*.json")]
@@ -374,12 +373,12 @@ def main() -> int:
     updated = replace_between(readme, START, END,
                               results_section(summary, speeds, latencies, calibrations,
                                               compress_models, source))
-    published_run = source.read("results/published/distil_rank_summary.json")
+    published_run = source.read("reference/published/distil_rank_summary.json")
     if published_run is not None:
         published = source.read("bench/reference/published_distil_rank.json")
         updated = replace_between(updated, PUBLISHED_START, PUBLISHED_END,
                                   published_section(published, published_run, summary))
-    ablation = source.read("results/task_trained_ablation.json")
+    ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
         updated = replace_between(updated, ABLATION_START, ABLATION_END, ablation_section(ablation))
     if args.check:

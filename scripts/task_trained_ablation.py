@@ -1,6 +1,6 @@
 """The Task-Trained teacher's recipe, ablated: which recipe gives the published row, and why.
 
-    python scripts/task_trained_ablation.py           # writes results/task_trained_ablation.json
+    python scripts/task_trained_ablation.py           # writes reference/task_trained_ablation.json
     python scripts/task_trained_ablation.py --quick   # tiny data and steps: checks the plumbing
 
 For each recipe (initialisation scale x AdamW weight decay x steps of the denoising task), on the
@@ -17,29 +17,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from distil_rank.config import Config, preset_overrides, quick_overrides  # noqa: E402
-from distil_rank.distill import DistillJob, DistillSettings, distill_together  # noqa: E402
-from distil_rank.lowrank import compress_data_aware, compress_svd  # noqa: E402
-from distil_rank.metrics import (  # noqa: E402
+from distil_rank.benchmark.config import Config, preset_overrides, quick_overrides
+from distil_rank.benchmark.latency import environment
+from distil_rank.benchmark.pipeline import load_data, resolve_rank
+from distil_rank.benchmark.teachers import TeacherSettings, task_trained_teacher
+from distil_rank.distill import DistillJob, DistillSettings, distill_together
+from distil_rank.files import write_json
+from distil_rank.lowrank import compress_data_aware, compress_svd
+from distil_rank.metrics import (
     energy_outside_data_span,
     fidelity,
     svd_discarded_energy,
 )
-from distil_rank.moments import input_moments  # noqa: E402
-from distil_rank.pipeline import load_data, resolve_rank  # noqa: E402
-from distil_rank.report import write_json  # noqa: E402
-from distil_rank.runtime import stage_seed  # noqa: E402
-from distil_rank.teachers import TeacherSettings, task_trained_teacher  # noqa: E402
-from distil_rank.timing import environment  # noqa: E402
+from distil_rank.moments import input_moments
+from distil_rank.runtime import stage_seed
+
+ROOT = Path(__file__).resolve().parents[1]
 
 INITS, WEIGHT_DECAYS, STEPS = ("default", "small", "zero"), (0.0, 1.0), (500, 2000)
 
@@ -80,7 +78,7 @@ def ablate(config: Config, recipes, steps: int | None) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny data and steps (not to be cited)")
-    p.add_argument("--out", default=str(ROOT / "results" / "task_trained_ablation.json"))
+    p.add_argument("--out", default=str(ROOT / "reference" / "task_trained_ablation.json"))
     args = p.parse_args()
     recipes = list(itertools.product(INITS, WEIGHT_DECAYS, STEPS))
     settings = {"published-1280d": Config(**preset_overrides("published")),

@@ -1,16 +1,24 @@
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+def load_script(relative: str):
+    """A script of the repository (bench/, scripts/) as a module, loaded from its file: scripts
+    are not a package, and nothing is put on sys.path."""
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def correlated_inputs(n: int, dim: int, seed: int, mean_scale: float = 3.0) -> torch.Tensor:

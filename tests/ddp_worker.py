@@ -8,9 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distil_rank.distill import DistillSettings, distill_data_parallel  # noqa: E402
-from distil_rank.lowrank import LowRankLinear  # noqa: E402
+from distil_rank.distill import DistillSettings, distill_data_parallel
+from distil_rank.lowrank import LowRankLinear
 
 
 def main(folder: str) -> None:

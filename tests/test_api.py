@@ -81,7 +81,7 @@ def test_refinement_never_worsens_the_held_out_error():
 
 
 def test_compress_model_replaces_layers_and_reports_holdout_fidelity(monkeypatch):
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     torch.manual_seed(3)
     model = Head()

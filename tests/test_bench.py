@@ -2,21 +2,18 @@
 what each step wrote, and the README sections built from those files. Nothing here pretends to
 be CUDA: on a CUDA machine `bash bench/gpu.sh` runs the same code with --device cuda."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-import main
+from conftest import load_script
+from distil_rank.benchmark import cli as main
 
 
 def load(root, relative):
-    spec = importlib.util.spec_from_file_location(relative.replace("/", "_"), root / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(relative)
 
 
 def test_the_published_preset_and_flags_beside_it():

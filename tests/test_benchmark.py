@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from conftest import correlated_inputs
-from distil_rank.benchmark import (
+from distil_rank.benchmark.compressors import (
     BenchmarkData,
     FitContext,
     compress_teacher,
@@ -11,9 +11,9 @@ from distil_rank.benchmark import (
     sweep_teacher,
     teacher_entry,
 )
+from distil_rank.benchmark.latency import LatencySettings
+from distil_rank.benchmark.results import summarise_seeds
 from distil_rank.distill import DistillSettings
-from distil_rank.results import summarise_seeds
-from distil_rank.timing import LatencySettings
 
 CPU = torch.device("cpu")
 SETTINGS = DistillSettings(steps=20, lr=3e-3, batch_size=32, alpha=0.1, weight_decay=0.01,
@@ -96,8 +96,9 @@ def test_fits_share_each_decomposition_once_and_are_charged_its_time(monkeypatch
     """The SVD of a teacher's weight, the moments of a split and a teacher's output spectrum on
     it are computed once per seed (FitMemo); a fit that reuses one is charged what it cost, and
     the students are the same as when every fit computes its own."""
-    from distil_rank import benchmark, lowrank
-    from distil_rank.benchmark import FitMemo, fit_data_aware, fit_distil, fit_svd
+    from distil_rank import lowrank
+    from distil_rank.benchmark import compressors as benchmark
+    from distil_rank.benchmark.compressors import FitMemo, fit_data_aware, fit_distil, fit_svd
 
     calls = {"svd": 0, "moments": 0, "spectrum": 0}
 

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distil_rank.data import (
-    EmbeddingSet,
-    load_embeddings,
-    resolve_data,
-    save_embeddings,
-    split_indices,
-    synthetic_embeddings,
-)
+from distil_rank.benchmark.data import resolve_data, synthetic_embeddings
+from distil_rank.embeddings import EmbeddingSet, load_embeddings, save_embeddings, split_indices
 from distil_rank.errors import InputError
 
 SYNTH = dict(n_train=300, n_val=100, dim=64, latent_dim=8)

@@ -5,8 +5,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from distil_rank.data import load_embeddings  # noqa: E402
 from distil_rank.embed import length_batches, main, read_fasta, read_labels  # noqa: E402
+from distil_rank.embeddings import load_embeddings  # noqa: E402
 from distil_rank.errors import InputError  # noqa: E402
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
@@ -87,7 +87,7 @@ def test_reject_long_sequences(tiny_esm, fasta, tmp_path, capsys):
 
 
 def test_split_writes_a_pair_that_main_runs_on(tiny_esm, fasta, tmp_path):
-    import main as benchmark
+    from distil_rank.benchmark import cli as benchmark
 
     folder = tmp_path / "pair"
     assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(folder),
@@ -144,7 +144,7 @@ def test_labels_travel_with_the_split_and_the_benchmark_builds_the_fitness_head(
                                                                                 tmp_path):
     import json
 
-    import main as benchmark
+    from distil_rank.benchmark import cli as benchmark
 
     labels = tmp_path / "dms.csv"
     values = {"p1": 0.3, "p2": -1.2, "p3": 2.5, "p4": 0.0, "p5": 1.1, "p6": -0.4}

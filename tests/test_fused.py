@@ -12,7 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distil_rank.fused import MAX_RANK, blocked_reference, candidates, fits, plan, refit, row_bucket
+from distil_rank.kernels.fused import (
+    MAX_RANK,
+    blocked_reference,
+    candidates,
+    fits,
+    plan,
+    refit,
+    row_bucket,
+)
 from distil_rank.lowrank import LowRankLinear
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
@@ -100,7 +108,7 @@ def test_fused_split_k_plans_cover_the_input_in_chunks_and_are_opt_in(monkeypatc
 def test_fused_tuning_keeps_the_fastest_right_plan_skipping_wrong_ones_and_those_too_big(
         monkeypatch):
     errors = pytest.importorskip("triton.runtime.errors", reason="Triton is not installed here")
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     x, down, up, bias = factors(4096, 1280, 1280, 64, torch.float32)
     x[0, 0] = math.nan  # the caller's values play no part: the tuning draws its own input
@@ -129,7 +137,7 @@ def test_fused_tuning_keeps_the_fastest_right_plan_skipping_wrong_ones_and_those
 
 
 def test_fused_kernel_forced_on_refuses_a_shape_where_no_plan_was_right(monkeypatch):
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     x, down, up, bias = factors(8, 40, 50, 5, torch.float32)
     nothing_right = fused.Tuning(plan(8, 40, 50, 5), math.inf, 1.0, tried=0, rejected=3)
@@ -140,7 +148,7 @@ def test_fused_kernel_forced_on_refuses_a_shape_where_no_plan_was_right(monkeypa
 
 def test_fused_tuning_never_runs_the_gpu_out_of_memory(monkeypatch):
     pytest.importorskip("triton.runtime.errors", reason="Triton is not installed here")
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     x, down, up, bias = factors(64, 40, 50, 5, torch.float32)
     plans = candidates(64, 40, 50, 5, 132, 4)
@@ -177,7 +185,7 @@ def test_fused_tuning_never_runs_the_gpu_out_of_memory(monkeypatch):
 
 
 def test_fused_relative_error_is_the_largest_difference_over_the_largest_output():
-    from distil_rank.fused import relative_error, within_rounding
+    from distil_rank.kernels.fused import relative_error, within_rounding
 
     want = torch.tensor([[4.0, -8.0], [2.0, 0.0]])
     assert relative_error(want + torch.tensor([[0.0, 0.5], [-1.0, 0.0]]), want) == 1.0 / 8.0
@@ -186,13 +194,15 @@ def test_fused_relative_error_is_the_largest_difference_over_the_largest_output(
 
 
 INTERPRETED = r"""
-import json, os, sys
+import importlib.util, json, os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
-sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, sys.argv[2])
-from test_fused import SHAPES, TOLERANCE, factors, two_products
-from distil_rank.fused import candidates, fused_lowrank, within_rounding
+spec = importlib.util.spec_from_file_location("test_fused", sys.argv[2] + "/test_fused.py")
+test_fused = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(test_fused)
+SHAPES, TOLERANCE, factors = test_fused.SHAPES, test_fused.TOLERANCE, test_fused.factors
+two_products = test_fused.two_products
+from distil_rank.kernels.fused import candidates, fused_lowrank, within_rounding
 split_launches = 0
 from distil_rank.lowrank import LowRankLinear
 errors, launches = [], 0
@@ -227,9 +237,9 @@ with torch.no_grad():  # torch.compile takes the two products: tracing the kerne
 empty = fused_lowrank(torch.randn(0, 3, 24), layer.down.detach(), layer.up.detach(), None)
 assert empty.shape == (0, 3, 20)  # no rows: nothing to launch
 trained = layer(x3.requires_grad_())  # a gradient is wanted: autograd's path
-from distil_rank.timing import fused_check
+from distil_rank.benchmark.latency import fused_check
 check = fused_check(LowRankLinear(70, 50, 9), 33, torch.device("cpu"), torch.bfloat16)
-from distil_rank import fused  # the tuning's own check of each plan, the clock a stand-in
+from distil_rank.kernels import fused  # the tuning's own check of each plan, the clock a stand-in
 fused._median_ms = lambda fn, *args: 1.0
 tuned = fused.measure_plans(*factors(33, 70, 50, 9, torch.bfloat16), 4)
 captured = None  # a split plan launched as if capturing a graph on a stream with no counters
@@ -286,7 +296,7 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
 
 
 def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
-    from distil_rank.fused import use_fused
+    from distil_rank.kernels.fused import use_fused
 
     layer = LowRankLinear(8, 8, 2)
     x = torch.randn(3, 8)
@@ -298,7 +308,7 @@ def test_fused_mode_is_checked_and_the_cpu_keeps_the_two_products():
 
 
 def test_fused_kernel_is_only_asked_for_in_its_dtypes_on_one_device(monkeypatch):
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     monkeypatch.setattr(fused, "triton_available", lambda: True)  # as if on a GPU
     monkeypatch.setattr(fused, "_interpreting", lambda: True)
@@ -313,7 +323,7 @@ def test_fused_kernel_is_only_asked_for_in_its_dtypes_on_one_device(monkeypatch)
 
 
 def test_fused_launches_and_tuning_are_put_on_the_input_s_device():
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     on = fused._on(torch.device("cuda", 1))  # built, not entered: no GPU is needed for this
     assert isinstance(on, torch.cuda.device) and on.idx == 1  # Triton would use the current one
@@ -328,7 +338,9 @@ def test_fused_first_plans_compile_for_hopper_without_spilling():
     cores and fp32 ones on FMA units (IEEE, as exact as cuBLAS), with the input staged by
     asynchronous copies. bench/fused_compile.py records every plan the tuning may try."""
     pytest.importorskip("triton", reason="Triton is not installed here: nothing to compile with")
-    from distil_rank.fused import compile_report
+    from conftest import load_script
+
+    compile_report = load_script("bench/fused_compile.py").compile_report
 
     for dtype in (torch.float32, torch.bfloat16):
         for rows, rank in ((1, 64), (65536, 64), (256, 256), (65536, 256)):
@@ -348,7 +360,9 @@ def test_fused_split_k_plans_compile_for_hopper_with_release_and_acquire(monkeyp
     """A split-K plan at a batch of one: no spills, and the arrival protocol as the GPU will
     run it: one atomic add and one reset (exchange) a program, each behind a GPU-scope fence."""
     pytest.importorskip("triton", reason="Triton is not installed here: nothing to compile with")
-    from distil_rank.fused import compile_report
+    from conftest import load_script
+
+    compile_report = load_script("bench/fused_compile.py").compile_report
 
     monkeypatch.setenv("DISTIL_RANK_SPLIT_K", "1")
     for dtype in (torch.float32, torch.bfloat16):

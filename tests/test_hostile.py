@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-import main
 from distil_rank import calibrate, embed
 from distil_rank.api import compress_linear, compress_model, load_compressed, save_compressed
+from distil_rank.benchmark import cli as main
+from distil_rank.benchmark.report import FIGURE_NAME, SUMMARY_NAME
 from distil_rank.lowrank import LowRankLinear
-from distil_rank.report import FIGURE_NAME, SUMMARY_NAME
 
 
 def snapshot(folder):
@@ -186,7 +186,7 @@ def test_a_failure_between_the_two_writes_leaves_the_old_pair(tmp_path, root, ol
 
 
 def test_a_figure_that_cannot_be_drawn_leaves_the_old_pair(root, old_results, monkeypatch):
-    from distil_rank import report
+    from distil_rank.benchmark import report
 
     def broken(*args):
         raise RuntimeError("cannot draw (injected)")

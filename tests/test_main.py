@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-import main
-from distil_rank.report import FIGURE_NAME, SUMMARY_NAME
+from distil_rank.benchmark import cli as main
+from distil_rank.benchmark.report import FIGURE_NAME, SUMMARY_NAME
 
 PUBLISHED_KEYS = ("svd_cosine", "svd_rel_mse", "student_cosine", "student_rel_mse",
                   "cosine_improvement", "mse_reduction", "latency_teacher_ms",
@@ -33,7 +33,7 @@ def quick_run(tmp_path_factory, root):
 def test_quick_run_writes_json_and_png(quick_run, root):
     summary = json.loads((quick_run / SUMMARY_NAME).read_text())
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((root / "results" / "distil_rank_summary.schema.json").read_text())
+    schema = json.loads((root / "reference" / "distil_rank_summary.schema.json").read_text())
     jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
     assert summary["real_data"] is True
     assert summary["input_dim"] == 320 and summary["target_rank"] == 16
@@ -123,7 +123,7 @@ def test_synthetic_mode_says_so_and_plants_a_task(tmp_path, capsys):
 
 
 def test_without_labels_the_head_is_skipped_and_said_so(tmp_path, root, capsys):
-    from distil_rank.data import load_embeddings
+    from distil_rank.embeddings import load_embeddings
 
     for split in ("train", "val"):  # bare tensors: no fitness
         torch.save(load_embeddings(root / f"embeddings_{split}.pt").embeddings[:300],
@@ -215,7 +215,7 @@ def test_help_documents_every_option(capsys):
 
 
 def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root, monkeypatch):
-    from distil_rank import benchmark
+    from distil_rank.benchmark import compressors as benchmark
     from distil_rank.lowrank import LowRankLinear
 
     def fit_random_factors(teacher, rank, context):

@@ -1,4 +1,4 @@
-"""The committed summaries, and a fresh run's, follow results/distil_rank_summary.schema.json."""
+"""The committed summaries, and a fresh run's, follow reference/distil_rank_summary.schema.json."""
 
 import copy
 import json
@@ -10,13 +10,13 @@ jsonschema = pytest.importorskip("jsonschema")
 
 @pytest.fixture(scope="module")
 def schema(root):
-    schema = json.loads((root / "results" / "distil_rank_summary.schema.json").read_text())
+    schema = json.loads((root / "reference" / "distil_rank_summary.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
 
 def committed_summaries(root):
-    return sorted(root.glob("results/**/distil_rank_summary.json"))
+    return sorted(root.glob("reference/**/distil_rank_summary.json"))
 
 
 def test_committed_summaries_follow_the_schema(root, schema):

@@ -4,7 +4,8 @@ import statistics
 import pytest
 import torch
 
-from distil_rank.stats import aggregate, effective_rank, mean_and_std, smallest_rank_reaching
+from distil_rank.benchmark.stats import aggregate, effective_rank, mean_and_std
+from distil_rank.lowrank import smallest_rank_reaching
 
 
 def test_mean_and_std_match_the_statistics_module():

@@ -10,7 +10,12 @@ from torch import nn
 
 from conftest import correlated_inputs
 from distil_rank.api import compress_linear, compress_model
-from distil_rank.benchmark import BenchmarkData, FitContext, fit_distil_task, train_students
+from distil_rank.benchmark.compressors import (
+    BenchmarkData,
+    FitContext,
+    fit_distil_task,
+    train_students,
+)
 from distil_rank.distill import DistillSettings
 from distil_rank.lowrank import compress_data_aware, data_aware_error_curve
 from distil_rank.moments import input_moments, output_weight

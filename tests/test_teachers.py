@@ -5,9 +5,7 @@ import torch
 from torch import nn
 
 from conftest import correlated_inputs
-from distil_rank.lowrank import compress_svd
-from distil_rank.metrics import energy_outside_data_span, explained_variance
-from distil_rank.teachers import (
+from distil_rank.benchmark.teachers import (
     HeadSettings,
     TeacherSettings,
     build_teachers,
@@ -16,6 +14,8 @@ from distil_rank.teachers import (
     spectral_teacher,
     task_trained_teacher,
 )
+from distil_rank.lowrank import compress_svd
+from distil_rank.metrics import energy_outside_data_span, explained_variance
 
 
 def test_random_teacher_is_pytorch_default_init():

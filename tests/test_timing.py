@@ -4,8 +4,8 @@ are shared and noisy; speed goals live in bench/."""
 import torch
 from torch import nn
 
+from distil_rank.benchmark.latency import break_even_batch, latency_matrix, measure_latency
 from distil_rank.lowrank import LowRankLinear
-from distil_rank.timing import break_even_batch, latency_matrix, measure_latency
 
 
 def test_measure_latency_reports_median_and_quartiles():
@@ -40,8 +40,8 @@ def test_latency_matrix_rows_and_flop_ratio():
 
 
 def test_a_wide_interquartile_range_is_flagged_noisy_and_said_so_in_the_table():
-    from distil_rank.report import latency_table
-    from distil_rank.timing import NOISY_RELATIVE_IQR, _summary
+    from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, _summary
+    from distil_rank.benchmark.report import latency_table
 
     steady, busy = _summary([1.0] * 9 + [1.01]), _summary([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0])
     assert not steady["noisy"] and busy["noisy"]
@@ -56,8 +56,8 @@ def test_a_wide_interquartile_range_is_flagged_noisy_and_said_so_in_the_table():
 
 
 def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_error():
-    from distil_rank.report import latency_table
-    from distil_rank.timing import _summary
+    from distil_rank.benchmark.latency import _summary
+    from distil_rank.benchmark.report import latency_table
 
     def timing(ms):
         return _summary([ms] * 5) | {"calls_per_replay": 10}
@@ -91,10 +91,10 @@ def test_the_teacher_latency_table_says_rows_of_one_shape_differ_only_by_noise(r
     import copy
     import json
 
-    from distil_rank.report import teacher_latency_table
-    from distil_rank.results import Results
+    from distil_rank.benchmark.report import teacher_latency_table
+    from distil_rank.benchmark.results import Results
 
-    summary = json.loads((root / "results" / "distil_rank_summary.json").read_text())
+    summary = json.loads((root / "reference" / "distil_rank_summary.json").read_text())
     speedups = [summary[t]["latency"]["teacher"]["median_ms"]
                 / summary[t]["latency"]["student"]["median_ms"] for t in summary["teachers"]]
     note = teacher_latency_table(Results.of_summary(summary))[-1]

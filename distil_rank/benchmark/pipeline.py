@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark import (
+from distil_rank.benchmark.compressors import (
     COMPRESSORS,
     HEAD_COMPRESSORS,
     STUDENT,
@@ -32,31 +32,32 @@ from distil_rank.benchmark import (
     train_students,
     warm_up,
 )
-from distil_rank.config import DEFAULT_TRAIN, DEFAULT_VAL, Config
-from distil_rank.data import Dataset, resolve_data, split_indices
-from distil_rank.distill import DistillSettings
-from distil_rank.errors import InputError
-from distil_rank.files import check_writable_folder
-from distil_rank.lowrank import check_rank
-from distil_rank.moments import input_moments
-from distil_rank.report import (
+from distil_rank.benchmark.config import DEFAULT_TRAIN, DEFAULT_VAL, Config
+from distil_rank.benchmark.data import Dataset, resolve_data
+from distil_rank.benchmark.latency import LatencySettings, environment, latency_matrix, modes_for
+from distil_rank.benchmark.report import (
     latency_table,
     results_table,
     task_table,
     teacher_latency_table,
     write_results,
 )
-from distil_rank.results import Results, TeacherEntry, summarise_seeds
-from distil_rank.runtime import resolve_device, stage_seed
-from distil_rank.stats import effective_rank
-from distil_rank.teachers import (
+from distil_rank.benchmark.results import Results, TeacherEntry, summarise_seeds
+from distil_rank.benchmark.stats import effective_rank
+from distil_rank.benchmark.teachers import (
     HEAD_NAME,
     HeadSettings,
     TeacherSettings,
     build_teachers,
     fitness_head,
 )
-from distil_rank.timing import LatencySettings, environment, latency_matrix, modes_for
+from distil_rank.distill import DistillSettings
+from distil_rank.embeddings import split_indices
+from distil_rank.errors import InputError
+from distil_rank.files import check_writable_folder
+from distil_rank.lowrank import check_rank
+from distil_rank.moments import input_moments
+from distil_rank.runtime import resolve_device, stage_seed
 
 UNDEFINED_REASONS = {
     "explained_variance": "0 / 0: the teacher's output does not vary on the validation rows "

@@ -11,7 +11,6 @@ Accepted files:
 
 from __future__ import annotations
 
-import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -227,100 +226,6 @@ def save_embeddings(path: str | Path, data: EmbeddingSet) -> None:
 
 
 # ----------------------------------------------------------------------------- choosing the data
-
-
-@dataclass
-class Dataset:
-    train: EmbeddingSet
-    val: EmbeddingSet
-    real_data: bool
-    note: str  # one line for the console and the JSON: where the data came from
-
-
-def resolve_data(
-    train_path: str,
-    val_path: str,
-    mode: str,
-    default_paths: tuple[str, str],
-    synthetic: dict,
-    seed: int,
-) -> Dataset:
-    """The embeddings a run uses. Synthetic only when asked, or when both default files are absent;
-    any other missing file is an error, never a quiet switch to other data."""
-    if mode not in ("auto", "real", "synthetic"):
-        raise InputError(f"--data {mode!r}: expected auto, real or synthetic")
-    using_defaults = (train_path, val_path) == tuple(default_paths)
-    if mode == "synthetic" or (
-        mode == "auto"
-        and using_defaults
-        and not Path(train_path).exists()
-        and not Path(val_path).exists()
-    ):
-        train, val = synthetic_embeddings(seed=seed, **synthetic)
-        why = "as asked (--data synthetic)" if mode == "synthetic" else (
-            f"because neither {train_path} nor {val_path} exists"
-        )
-        return Dataset(train, val, real_data=False, note=f"SYNTHETIC embeddings {why}")
-    missing = [p for p in (train_path, val_path) if not Path(p).exists()]
-    if len(missing) == 1 and using_defaults:
-        raise InputError(
-            f"{missing[0]}: no such file, but its partner exists; "
-            "restore it, or pass --train and --val, or --data synthetic"
-        )
-    train = load_embeddings(train_path)
-    val = load_embeddings(val_path)
-    if train.dim != val.dim:
-        raise InputError(
-            f"{val_path}: dimension {val.dim} differs from {train_path}'s dimension {train.dim}"
-        )
-    return Dataset(train, val, real_data=True,
-                   note=f"real embeddings from {train_path} and {val_path}")
-
-
-# ----------------------------------------------------------------------------- synthetic stand-in
-
-
-def synthetic_embeddings(
-    *, n_train: int, n_val: int, dim: int, latent_dim: int, seed: int
-) -> tuple[EmbeddingSet, EmbeddingSet]:
-    """Structured synthetic embeddings with what real mean-pooled PLM embeddings have:
-    a large common mean (norm 8 against a spread of norm about 1 per vector), a power-law spectrum
-    on a low-dimensional subspace (intrinsic dimension `latent_dim`), and a small isotropic floor.
-
-    A planted, nonlinear `fitness` label makes the Fitness-Head teacher exist here too. With u_k
-    the k-th latent coordinate standardised: tanh(u_0) u_1 + 0.5 sin(2 u_5) + 0.3 u_20^2 + 0.1 e,
-    e standard normal; components 5 and 20 (of latent_dim) carry little variance, as
-    fitness-relevant directions of real embeddings can.
-    """
-    g = torch.Generator().manual_seed(seed)
-    n = n_train + n_val
-    mean = torch.randn(dim, generator=g, dtype=torch.float64)
-    mean = 8.0 * mean / mean.norm()
-    basis, _ = torch.linalg.qr(torch.randn(dim, latent_dim, generator=g, dtype=torch.float64))
-    variances = torch.arange(1, latent_dim + 1, dtype=torch.float64) ** -1.2
-    floor = 0.01 * variances.sum() / dim  # isotropic floor: 1% of the latent variance, spread out
-    scale = 1.0 / math.sqrt(variances.sum() + floor * dim)  # expected centred norm: 1
-    latent = torch.randn(n, latent_dim, generator=g, dtype=torch.float64) * variances.sqrt()
-    noise = torch.randn(n, dim, generator=g, dtype=torch.float64) * floor.sqrt()
-    x = (mean + scale * (latent @ basis.T + noise)).to(torch.float32)
-    u = latent / variances.sqrt()
-    k5, k20 = min(5, latent_dim - 1), min(20, latent_dim - 1)
-    fitness = (torch.tanh(u[:, 0]) * u[:, min(1, latent_dim - 1)] + 0.5 * torch.sin(2 * u[:, k5])
-               + 0.3 * u[:, k20] ** 2 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64))
-    fitness = fitness.to(torch.float32)
-    provenance = {
-        "source": "synthetic",
-        "generator": "distil_rank.data.synthetic_embeddings",
-        "seed": seed,
-        "mean_norm": 8.0,
-        "latent_dim": latent_dim,
-        "spectrum": "power law k^-1.2 on a random latent subspace, plus a 1% isotropic floor",
-        "fitness": "planted: tanh(u0) u1 + 0.5 sin(2 u5) + 0.3 u20^2 + 0.1 noise, u the "
-                   "standardised latent coordinates",
-    }
-    return tuple(EmbeddingSet(embeddings=x[rows].clone(), fitness=fitness[rows].clone(),
-                              provenance=provenance, source="synthetic")
-                 for rows in (slice(0, n_train), slice(n_train, n)))
 
 
 def split_indices(n: int, held_fraction: float, seed: int,

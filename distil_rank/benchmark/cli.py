@@ -7,7 +7,13 @@ import argparse
 import sys
 
 from distil_rank import __version__
-from distil_rank.config import PRESET_ALIASES, PRESETS, Config, preset_overrides, quick_overrides
+from distil_rank.benchmark.config import (
+    PRESET_ALIASES,
+    PRESETS,
+    Config,
+    preset_overrides,
+    quick_overrides,
+)
 from distil_rank.errors import OneLineParser, cli_exit_code
 
 
@@ -85,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = create_parser().parse_args(argv)
-    from distil_rank.pipeline import run  # after parsing: --help needs no torch start-up
+    from distil_rank.benchmark.pipeline import run  # after parsing: --help needs no torch start-up
 
     return cli_exit_code(lambda: run(config_from_args(args)))
 

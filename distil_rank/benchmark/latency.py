@@ -24,13 +24,13 @@ import dataclasses
 import os
 import platform
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from distil_rank.kernels.clock import graph_replay, time_calls
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 
 MODES = ("eager", "cuda_graph", "fused", "fused_graph")
@@ -41,7 +41,7 @@ def modes_for(device: torch.device, fused: bool = True) -> tuple[str, ...]:
     and, with `fused`, the fused kernel's two modes where Triton is installed."""
     if device.type != "cuda":
         return ("eager",)
-    from distil_rank.fused import triton_available
+    from distil_rank.kernels.fused import triton_available
 
     return MODES if fused and triton_available() else MODES[:2]
 
@@ -62,43 +62,6 @@ def _summary(times_ms: list[float]) -> dict:
     return {"median_ms": median, "p25_ms": quartiles[0], "p75_ms": quartiles[2],
             "repeats": len(times_ms), "noisy": quartiles[2] - quartiles[0] > NOISY_RELATIVE_IQR
             * median}
-
-
-def time_calls(fn, device: torch.device, repeats: int) -> list[float]:
-    """Milliseconds of each of `repeats` calls of fn() (warm-up is the caller's)."""
-    times_ms = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times_ms.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times_ms.append((time.perf_counter() - t0) * 1e3)
-    return times_ms
-
-
-def graph_replay(fn, calls: int):
-    """Capture `calls` calls of fn() in one CUDA graph; return a function that replays it. The
-    warm-up and the capture share one side stream, so that what the warm-up set up per stream
-    (the fused kernel's split-K counters) is what the graph uses."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up on a side stream, as graph capture requires
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            fn()
-    return graph.replay
 
 
 def _input(batch: int, in_features: int, device: torch.device, dtype: torch.dtype,
@@ -159,7 +122,7 @@ def fused_check(module: LowRankLinear, batch: int, device: torch.device, dtype: 
     interpreter, no tuning: `plan`'s guess and 0), whether "auto" takes it, and its largest
     error, relative to the largest output, against the two products in fp32; beside it the two
     products' own error in `dtype`, the yardstick for rounding (`fused.within_rounding`)."""
-    from distil_rank import fused
+    from distil_rank.kernels import fused
 
     x = _input(batch, module.in_features, device, dtype, seed)
     m = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)

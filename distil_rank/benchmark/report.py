@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from distil_rank.files import atomic_write, write_together
+from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR
+from distil_rank.benchmark.results import Results
+from distil_rank.files import json_text, write_together
 from distil_rank.lowrank import flop_ratio
-from distil_rank.results import Results
-from distil_rank.timing import NOISY_RELATIVE_IQR
 
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
@@ -23,28 +22,6 @@ METHOD_LABELS = {
     "task_aware": "task_aware (closed form, head-weighted)",
     "distil_task": "distil_task (head's student)",
 }
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; null says "not defined here" (summary["undefined"]: why)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)  # e.g. bytes in a user's provenance: kept readable, never a crash
-
-
-def json_text(payload: dict) -> str:
-    return json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
-
-
-def write_json(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json_text(payload)))
 
 
 # ----------------------------------------------------------------------------- console

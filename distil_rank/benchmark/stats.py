@@ -87,13 +87,3 @@ def effective_rank(eigenvalues: torch.Tensor, shares=(0.90, 0.95, 0.99)) -> dict
         k = int((cumulative < share - 1e-12).sum().item()) + 1
         result[f"components_for_{round(share * 100)}pct"] = min(k, lam.numel())
     return result
-
-
-def smallest_rank_reaching(explained: list[float], targets=(0.95, 0.99, 0.999)) -> dict:
-    """explained[r] is the explained variance at rank r (r = 0..D); the smallest r reaching each
-    target, or None when none does."""
-    found = {}
-    for target in targets:
-        rank = next((r for r, ev in enumerate(explained) if ev >= target), None)
-        found[str(target)] = rank
-    return found

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from distil_rank.benchmark.latency import LatencySettings, measure_latency
+from distil_rank.benchmark.results import DistillRecord, TeacherEntry, method_scores
 from distil_rank.distill import DistillJob, DistillResult, DistillSettings, distill_together
 from distil_rank.lowrank import (
     DEFAULT_DAMPING,
@@ -25,13 +27,11 @@ from distil_rank.lowrank import (
     num_parameters,
     output_spectrum,
     seeded_linear,
+    smallest_rank_reaching,
 )
 from distil_rank.metrics import explained_variance, fidelity, fit_ridge, spearman
 from distil_rank.moments import InputMoments, input_moments, output_weight
-from distil_rank.results import DistillRecord, TeacherEntry, method_scores
 from distil_rank.runtime import stage_seed
-from distil_rank.stats import smallest_rank_reaching
-from distil_rank.timing import LatencySettings, measure_latency
 
 
 @dataclass

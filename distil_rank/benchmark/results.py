@@ -1,5 +1,5 @@
 """Typed results: a method's scores and a teacher's entry, built once per seed, combined over
-seeds, and turned into the JSON layout of results/distil_rank_summary.schema.json in one place.
+seeds, and turned into the JSON layout of reference/distil_rank_summary.schema.json in one place.
 
 The derived figures that people cite (speedup, compression, cosine improvement, MSE reduction)
 are computed only in `TeacherEntry.derived`, from the entry's own scores: for one seed from that
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from distil_rank.stats import aggregate
+from distil_rank.benchmark.stats import aggregate
 
 PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints", "steps_run", "noisy"})  # listed
 

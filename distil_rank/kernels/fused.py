@@ -51,7 +51,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distil_rank.lowrank import two_products
+from distil_rank.kernels import two_products
+from distil_rank.kernels.clock import graph_replay, time_calls
 
 MAX_RANK = 256  # above it, the padded h would not fit in a program's registers
 MODES = ("auto", "on", "off")
@@ -373,73 +374,6 @@ def _on(device: torch.device):
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def compile_report(p: Plan, rows: int, dim_in: int, dim_out: int, rank: int,
-                   dtype: torch.dtype, bias: bool = True, capability: int = 90) -> dict:
-    """Compile the kernel for one plan ahead of time for an NVIDIA GPU of compute `capability`
-    (90: Hopper), with no GPU: Triton's wheel carries ptxas and cuobjdump. The launch is
-    specialised as Triton's launcher would specialise one on contiguous, 16-byte-aligned tensors
-    of this shape (integers equal to 1 become constants, multiples of 16 are marked so). Returns
-    what the compiler made of it: registers per thread, stack frame and spill stores, shared
-    memory, and the instructions that matter here (tensor-core products, FMAs, asynchronous
-    copies from global to shared memory, and a split-K plan's atomics and GPU-scope fences)."""
-    import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernel = _kernel()
-    integers = dict(rows=rows, dim_in=dim_in, dim_out=dim_out, rank=rank, sxm=dim_in, sxk=1,
-                    sdr=dim_in, sdk=1, sun=rank, sur=1, sym=dim_out, syn=1, n_span=p.n_span,
-                    k_chunk=p.k_chunk)
-    constants = dict(HAS_BIAS=bias, UPCAST=False,
-                     PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                     BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_N=p.block_n, BLOCK_R=p.block_r,
-                     SPLIT_K=p.k_split)
-    pointers = {"ws_ptr": "fp32", "count_ptr": "i32"}  # the split-K workspace and counters
-    signature, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        value = integers.get(name)
-        if name.endswith("_ptr"):
-            element = pointers.get(name, _TRITON_TYPES[dtype]) if p.k_split > 1 else \
-                _TRITON_TYPES[dtype]
-            signature[name], attrs[(i,)] = f"*{element}", [["tt.divisibility", 16]]
-        elif name in constants or value == 1:
-            signature[name] = "constexpr"
-            constants.setdefault(name, value)
-        else:
-            signature[name] = "i32"
-            if value % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    with warnings.catch_warnings():  # Triton 3.9 announces a change of its FP-fusion default
-        warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-        compiled = triton.compile(ASTSource(kernel, signature, constants, attrs),
-                                  target=GPUTarget("cuda", capability, 32),
-                                  options={"num_warps": p.num_warps, "num_stages": p.num_stages})
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.TemporaryDirectory() as folder:
-        cubin = Path(folder) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-
-        def dump(flag: str) -> str:
-            return subprocess.run([str(cuobjdump), flag, str(cubin)], capture_output=True,
-                                  text=True, check=True).stdout
-
-        usage, sass = dump("-res-usage"), dump("-sass")
-    count = {op: len(re.findall(rf"\b{op}\b", sass))
-             for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS", "UTMALDG", "STL", "ATOMG")}
-    count["gpu_fences"] = len(re.findall(r"\bMEMBAR\.\w+\.GPU\b", sass))
-    return {"registers": int(re.search(r"REG:(\d+)", usage)[1]),
-            "stack_bytes": int(re.search(r"STACK:(\d+)", usage)[1]),
-            "spill_stores": count["STL"], "shared_bytes": compiled.metadata.shared,
-            "tensor_core_products": count["HGMMA"] + count["HMMA"], "fma": count["FFMA"],
-            "async_copies": count["LDGSTS"] + count["UTMALDG"],
-            "atomics": count["ATOMG"], "gpu_fences": count["gpu_fences"]}
-
-
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """The largest difference from `want` (fp32), relative to its largest magnitude."""
     scale = want.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
@@ -603,7 +537,6 @@ def _median_ms(fn, *args, repeats: int = 20) -> float:
     between Triton and cuBLAS and is paid once per graph where speed matters, does not decide;
     infinite (untimed) where the GPU has no room for the graph. Elsewhere the wall time of a
     call."""
-    from distil_rank.timing import graph_replay, time_calls
 
     x, up = args[0], args[2]
     cuda = x.device.type == "cuda"
