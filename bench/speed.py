@@ -42,7 +42,7 @@ from distil_rank.benchmark.config import Config
 from distil_rank.benchmark.data import synthetic_embeddings
 from distil_rank.benchmark.latency import device_name, environment
 from distil_rank.benchmark.teachers import random_teacher
-from distil_rank.distill import DistillJob, DistillSettings, distill, distill_together
+from distil_rank.distill import DistillJob, distill, distill_together
 from distil_rank.embeddings import load_embeddings
 from distil_rank.files import write_json
 from distil_rank.lowrank import (
@@ -80,7 +80,7 @@ def time_fits(device: torch.device, repeats: int = 7, steps: int | None = None) 
     dim = x.shape[1]
     rank = dim // cfg.rank_divisor
     teacher = random_teacher(dim, seed=0).to(device)
-    settings = cfg.settings(DistillSettings)
+    settings = cfg.distill
     if steps is not None:
         settings = replace(settings, steps=steps)
     g = torch.Generator().manual_seed(0)
@@ -132,7 +132,7 @@ def time_batched(device: torch.device, steps: int, students: int = 12) -> dict:
     """Seconds to distil `students` students one by one and together, each with its own teacher
     and seed, on the published recipe's settings (no held-out rows: every step runs)."""
     cfg = Config()
-    settings = replace(cfg.settings(DistillSettings), steps=steps)
+    settings = replace(cfg.distill, steps=steps)
     shipped = load_embeddings(ROOT / cfg.train_path).embeddings
     synthetic = synthetic_embeddings(n_train=4000, n_val=10, dim=1280, latent_dim=48, seed=0)[0]
     report = {"students": students, "steps": steps}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distil_rank.distill import DistillSettings, distill
+from distil_rank.distill import (
+    HOLDOUT_FRACTION,
+    RECIPE,
+    DistillSettings,
+    distill_together,
+    refinement_job,
+)
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import first_line
 from distil_rank.lowrank import (
@@ -108,9 +114,8 @@ def _checked_moments(linear: nn.Linear, calibration, what: str) -> InputMoments:
 def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
                     target_explained_variance: float | None = None,
                     output_weight: torch.Tensor | None = None, damping: float = DEFAULT_DAMPING,
-                    refine_steps: int = 0, refine_lr: float = 3e-3, refine_batch_size: int = 64,
-                    alpha: float = 0.1, holdout_fraction: float = 0.15,
-                    seed: int = 0) -> LowRankLinear:
+                    refine_steps: int = 0, refine_settings: DistillSettings = RECIPE,
+                    holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> LowRankLinear:
     """A drop-in low-rank replacement of `linear`, by the closed form (the least mean squared
     output error on the calibration inputs), optionally refined by distillation.
 
@@ -119,28 +124,41 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     the identity. G is damped by `damping` * tr(G) / out, so for a well-conditioned G the result
     is the exact minimiser of the G-weighted error.
 
-    With refine_steps > 0 the calibration rows are split (seeded); the closed form is fitted and
-    distilled on one part, and the checkpoint with the least error on the other part is kept,
-    the closed form itself included, so refinement never makes the held-out error worse.
-    Refinement needs the rows in memory (an iterable is concatenated) and distils the layer's
-    own output, so it does not combine with output_weight.
+    With refine_steps > 0 the calibration rows are split (seeded, `holdout_fraction` held out)
+    and the benchmark's distil_da recipe runs (distill.refinement_job): the closed form fitted
+    and distilled on one part, `refine_steps` steps of `refine_settings` (the published recipe
+    by default), keeping the checkpoint with the least error on the other part, the closed form
+    itself included, so refinement never makes the held-out error worse. Refinement needs the
+    rows in memory (an iterable is concatenated) and distils the layer's own output, so it does
+    not combine with output_weight.
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"compress_linear takes an nn.Linear, got {type(linear).__name__}")
     what = _describe(linear)
     if not all(torch.isfinite(p).all() for p in linear.parameters()):
         raise ValueError(f"{what}: its weight or bias holds NaN or Inf")
-    if refine_steps > 0 and refine_batch_size < 1:
-        raise ValueError(f"refine_batch_size = {refine_batch_size}: must be at least 1")
-    if refine_steps > 0 and not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction = {holdout_fraction}: must be between 0 and 1 "
-                         "(exclusive): refinement needs rows to fit on and rows to choose with")
     if refine_steps <= 0:
         moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
                               damping, what)
         return compress_data_aware(linear, moments, chosen, output_weight, damping)
+    fit, holdout = _refinement_rows(linear, calibration, output_weight, refine_settings,
+                                    holdout_fraction, seed, what)
+    moments = moments_of(fit)
+    chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
+    job = refinement_job(linear, compress_data_aware(linear, moments, chosen), fit, holdout,
+                         seed=seed, settings=replace(refine_settings, steps=refine_steps))
+    return distill_together([job], linear.weight.device, desc="refine")[0].student
 
+
+def _refinement_rows(linear: nn.Linear, calibration, output_weight, settings: DistillSettings,
+                     holdout_fraction: float, seed: int, what: str):
+    """The calibration rows refinement fits on and chooses with, after every check."""
+    if settings.batch_size < 1:
+        raise ValueError(f"refine_settings.batch_size = {settings.batch_size}: must be at least 1")
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction = {holdout_fraction}: must be between 0 and 1 "
+                         "(exclusive): refinement needs rows to fit on and rows to choose with")
     if output_weight is not None:
         raise ValueError("refinement distils the layer's own output: it does not combine with "
                          "output_weight (use the closed form alone)")
@@ -151,15 +169,7 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     x = torch.cat([b.reshape(-1, linear.in_features) for b in batches])
     x = x.to(linear.weight.device, linear.weight.dtype)
     fit_rows, held_rows = split_indices(x.shape[0], holdout_fraction, seed)
-    fit, holdout = x[fit_rows.to(x.device)], x[held_rows.to(x.device)]
-    moments = moments_of(fit)
-    chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
-    start = compress_data_aware(linear, moments, chosen)
-    settings = DistillSettings(steps=refine_steps, lr=refine_lr, batch_size=refine_batch_size,
-                               alpha=alpha, weight_decay=0.0, eval_every=max(1, refine_steps // 20))
-    result = distill(linear, start, fit, settings, seed=seed, device=linear.weight.device,
-                     holdout_x=holdout, desc="refine")
-    return result.student
+    return x[fit_rows.to(x.device)], x[held_rows.to(x.device)]
 
 
 # ----------------------------------------------------------------------------- whole models

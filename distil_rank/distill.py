@@ -43,13 +43,22 @@ from distil_rank.runtime import stage_seed
 
 @dataclass(frozen=True)
 class DistillSettings:
-    steps: int  # optimiser steps
-    lr: float  # AdamW learning rate
-    batch_size: int  # rows per step (per process under DDP)
-    alpha: float  # loss = MSE + alpha * (1 - cosine)
-    weight_decay: float  # AdamW's decoupled weight decay
-    eval_every: int  # steps between held-out evaluations, when there are held-out rows
-    patience: int | None = None  # stop once `patience` steps pass without a held-out improvement
+    """One recipe, used by the benchmark's distil_da and by compress_linear(refine_steps=N):
+    the published one (AdamW 3e-3 with its default weight decay, batch 64, 1000 steps,
+    MSE + 0.1 (1 - cosine)), with a held-out checkpoint every 50 steps and an early stop 200
+    steps after the best one when there are held-out rows."""
+
+    steps: int = 1000  # optimiser steps
+    lr: float = 3e-3  # AdamW learning rate
+    batch_size: int = 64  # rows per step (per process under DDP)
+    alpha: float = 0.1  # loss = MSE + alpha * (1 - cosine)
+    weight_decay: float = 0.01  # AdamW's default decoupled weight decay
+    eval_every: int = 50  # steps between held-out evaluations, when there are held-out rows
+    patience: int | None = 200  # stop `patience` steps after the best held-out checkpoint
+
+
+RECIPE = DistillSettings()  # frozen: safe as a shared default
+HOLDOUT_FRACTION = 0.15  # of the calibration rows held out to choose the checkpoint with
 
 
 @dataclass
@@ -100,6 +109,16 @@ def distill(teacher: nn.Module, student: nn.Module, train_x: torch.Tensor,
     student, readout and inputs stay as they were. One student: `distill_together` of one."""
     job = DistillJob(teacher, student, train_x, settings, seed, holdout_x, readout)
     return distill_together([job], device, desc=desc)[0]
+
+
+def refinement_job(teacher: nn.Module, start: LowRankLinear, fit_x: torch.Tensor,
+                   holdout_x: torch.Tensor, *, seed: int,
+                   settings: DistillSettings = RECIPE) -> DistillJob:
+    """The recipe that the benchmark's distil_da and compress_linear(refine_steps=N) share:
+    `start`, a closed form fitted on `fit_x`, distilled on `fit_x`, keeping the checkpoint
+    (step 0 included) with the least MSE on `holdout_x`, stopping `settings.patience` steps
+    after it. A job, so that the benchmark can train many at once (distill_together)."""
+    return DistillJob(teacher, start, fit_x, settings, seed, holdout_x=holdout_x)
 
 
 def distill_data_parallel(teacher: nn.Module, student: nn.Module, local_x: torch.Tensor,

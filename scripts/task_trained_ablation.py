@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.config import Config, preset_overrides, quick_overrides
+from distil_rank.benchmark.config import QUICK, Config, preset_overrides
 from distil_rank.benchmark.latency import environment
 from distil_rank.benchmark.pipeline import load_data, resolve_rank
-from distil_rank.benchmark.teachers import TeacherSettings, task_trained_teacher
-from distil_rank.distill import DistillJob, DistillSettings, distill_together
+from distil_rank.benchmark.teachers import task_trained_teacher, teacher_seed
+from distil_rank.distill import DistillJob, distill_together
 from distil_rank.files import write_json
 from distil_rank.lowrank import compress_data_aware, compress_svd
 from distil_rank.metrics import (
@@ -48,13 +48,12 @@ def ablate(config: Config, recipes, steps: int | None) -> list[dict]:
     dataset = load_data(config)
     train, val = dataset.train.embeddings, dataset.val.embeddings
     rank = resolve_rank(config.rank, train.shape[1], config.rank_divisor)
-    seed = stage_seed(stage_seed(config.seed, "teachers"), "teachers/Task-Trained")
+    seed = teacher_seed(config.seed, "Task-Trained")
     rows, jobs = [], []
-    distil = config.settings(DistillSettings) if steps is None else replace(
-        config.settings(DistillSettings), steps=steps)
+    distil = config.distill if steps is None else replace(config.distill, steps=steps)
     for init, weight_decay, teacher_steps in recipes:
-        settings = replace(config.settings(TeacherSettings), teacher_init=init,
-                           teacher_weight_decay=weight_decay, teacher_steps=teacher_steps)
+        settings = replace(config.teacher, init=init, weight_decay=weight_decay,
+                           steps=teacher_steps)
         teacher, losses = task_trained_teacher(train, settings, seed)
         with torch.no_grad():
             y = teacher(val)
@@ -81,11 +80,11 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "reference" / "task_trained_ablation.json"))
     args = p.parse_args()
     recipes = list(itertools.product(INITS, WEIGHT_DECAYS, STEPS))
-    settings = {"published-1280d": Config(**preset_overrides("published")),
+    settings = {"published-1280d": Config().updated(preset_overrides("published")),
                 "tem1-320d": Config()}
     steps = None
     if args.quick:
-        quick = {k: v for k, v in quick_overrides().items() if k.startswith("synthetic")}
+        quick = {k: v for k, v in QUICK.items() if k.startswith("synthetic")}
         settings = {name: replace(c, **quick, rank=8 if c.rank else None)
                     for name, c in settings.items()}
         recipes, steps = [(i, w, 20) for i, w, _ in recipes[::2]], 20

@@ -20,7 +20,8 @@ def test_the_published_preset_and_flags_beside_it():
     config = main.config_from_args(main.create_parser().parse_args(["--preset", "published"]))
     assert (config.data, config.synthetic_dim, config.rank) == ("synthetic", 1280, 64)
     assert config.out == "results/published" and config.preset == "published-1280d"
-    assert (config.steps, config.lr, config.batch_size, config.alpha) == (1000, 3e-3, 64, 0.1)
+    recipe = config.distill
+    assert (recipe.steps, recipe.lr, recipe.batch_size, recipe.alpha) == (1000, 3e-3, 64, 0.1)
     given = main.create_parser().parse_args(["--preset", "published", "--rank", "32",
                                              "--out", "elsewhere", "--seeds", "1"])
     config = main.config_from_args(given)

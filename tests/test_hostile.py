@@ -18,6 +18,7 @@ from distil_rank import calibrate, embed
 from distil_rank.api import compress_linear, compress_model, load_compressed, save_compressed
 from distil_rank.benchmark import cli as main
 from distil_rank.benchmark.report import FIGURE_NAME, SUMMARY_NAME
+from distil_rank.distill import DistillSettings
 from distil_rank.lowrank import LowRankLinear
 
 
@@ -447,8 +448,9 @@ def test_the_api_refuses_layers_and_settings_it_cannot_use_with_the_promised_typ
     with pytest.raises(ValueError, match=r"Linear\(6 -> 6\): its weight or bias holds NaN"):
         compress_linear(broken, x, rank=2)
     layer = nn.Linear(6, 6)
-    with pytest.raises(ValueError, match="refine_batch_size = 0"):
-        compress_linear(layer, x, rank=2, refine_steps=5, refine_batch_size=0)
+    with pytest.raises(ValueError, match="refine_settings.batch_size = 0"):
+        compress_linear(layer, x, rank=2, refine_steps=5,
+                        refine_settings=DistillSettings(batch_size=0))
     for fraction in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="holdout_fraction"):
             compress_linear(layer, x, rank=2, refine_steps=5, holdout_fraction=fraction)

@@ -35,7 +35,7 @@ def test_spectral_teacher_has_the_stated_singular_values():
 
 def test_task_trained_teacher_learns_to_denoise():
     x = correlated_inputs(500, 20, seed=0, mean_scale=2.0).float()
-    settings = TeacherSettings(teacher_steps=300, teacher_lr=1e-2, teacher_batch_size=64,
+    settings = TeacherSettings(steps=300, lr=1e-2, batch_size=64,
                                denoise_noise=0.5, spectral_tau=0.1)
     teacher, losses = task_trained_teacher(x, settings, seed=0)
     assert losses[-1] < 0.05 * losses[0]
@@ -48,7 +48,7 @@ def test_task_trained_teacher_learns_to_denoise():
 
 def test_teachers_leave_the_global_random_state_alone():
     x = correlated_inputs(200, 12, seed=1).float()
-    settings = TeacherSettings(teacher_steps=5, teacher_lr=1e-3, teacher_batch_size=32,
+    settings = TeacherSettings(steps=5, lr=1e-3, batch_size=32,
                                denoise_noise=0.5, spectral_tau=0.1)
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -66,7 +66,7 @@ def test_fitness_head_reads_raw_embeddings_after_folding_its_standardisation():
     x = torch.randn(1200, 10, generator=g) * torch.logspace(-2, 1, 10) + 50.0  # big mean, scales
     u = (x - x.mean(0)) / x.std(0)
     y = torch.tanh(u[:, 0]) * u[:, 1] + 0.5 * u[:, 2]
-    settings = HeadSettings(head_steps=800, head_lr=3e-3, head_batch_size=128, head_eval_every=50)
+    settings = HeadSettings(steps=800, lr=3e-3, batch_size=128, eval_every=50)
     torch.manual_seed(1)
     expected = torch.rand(2)
     torch.manual_seed(1)
@@ -97,12 +97,12 @@ def test_task_trained_recipes_differ_in_the_weight_they_leave_outside_the_data()
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(2000, 4, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5])
     x = latent @ torch.randn(4, 48, generator=g) + 0.01 * torch.randn(2000, 48, generator=g) + 5.0
-    base = TeacherSettings(teacher_steps=300, teacher_lr=1e-3, teacher_batch_size=128,
+    base = TeacherSettings(steps=300, lr=1e-3, batch_size=128,
                            denoise_noise=0.5, spectral_tau=0.1)
     outside, svd_ev = {}, {}
     for init, steps in (("default", 300), ("small", 300), ("zero", 300), ("default", 1200)):
-        teacher, _ = task_trained_teacher(x, replace(base, teacher_init=init,
-                                                     teacher_steps=steps), seed=0)
+        teacher, _ = task_trained_teacher(x, replace(base, init=init,
+                                                     steps=steps), seed=0)
         outside[init, steps] = energy_outside_data_span(teacher.weight, x)
         with torch.no_grad():
             svd_ev[init, steps] = explained_variance(teacher(x), compress_svd(teacher, 4)(x))
@@ -114,7 +114,7 @@ def test_task_trained_recipes_differ_in_the_weight_they_leave_outside_the_data()
 
 
 def test_task_trained_teacher_refuses_an_unknown_initialisation():
-    settings = TeacherSettings(teacher_steps=1, teacher_lr=1e-3, teacher_batch_size=8,
-                               denoise_noise=0.5, spectral_tau=0.1, teacher_init="ones")
-    with pytest.raises(ValueError, match="teacher_init 'ones'"):
+    settings = TeacherSettings(steps=1, lr=1e-3, batch_size=8,
+                               denoise_noise=0.5, spectral_tau=0.1, init="ones")
+    with pytest.raises(ValueError, match="teacher init 'ones'"):
         task_trained_teacher(torch.randn(10, 4), settings, seed=0)

@@ -7,13 +7,7 @@ import argparse
 import sys
 
 from distil_rank import __version__
-from distil_rank.benchmark.config import (
-    PRESET_ALIASES,
-    PRESETS,
-    Config,
-    preset_overrides,
-    quick_overrides,
-)
+from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
 from distil_rank.errors import OneLineParser, cli_exit_code
 
 
@@ -30,7 +24,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", default=defaults.val_path,
                    help="validation embeddings (same formats, same dimension D); all fidelity "
                         f"figures are measured on these (default: {defaults.val_path})")
-    p.add_argument("--preset", choices=sorted({*PRESETS, *PRESET_ALIASES}), default=None,
+    p.add_argument("--preset", choices=sorted({*PRESETS, *(n.rsplit("-", 1)[0] for n in PRESETS)}),
+                   default=None,
                    help="start from a named preset (distil_rank/config.py's PRESETS); flags given "
                         "beside it still win. published: 1280-d synthetic, rank 64, the published "
                         "recipe, into results/published")
@@ -42,8 +37,8 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
                         "parameters)")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"distillation steps (default {defaults.steps}; "
-                        f"{quick_overrides()['steps']} with --quick)")
+                   help=f"distillation steps (default {defaults.distill.steps}; "
+                        f"{QUICK['distill']['steps']} with --quick)")
     p.add_argument("--device", default=defaults.device,
                    help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=defaults.seed,
@@ -51,10 +46,10 @@ def create_parser() -> argparse.ArgumentParser:
                         f"{defaults.seed})")
     p.add_argument("--out", default=None,
                    help=f"folder for the JSON summary and the figure (default: {defaults.out}; "
-                        f"{quick_overrides()['out']} with --quick, so a smoke run never "
+                        f"{QUICK['out']} with --quick, so a smoke run never "
                         "overwrites the cited results)")
     p.add_argument("--teacher-init", choices=("zero", "small", "default"), default=None,
-                   help=f"the Task-Trained teacher's start (default: {defaults.teacher_init}); "
+                   help=f"the Task-Trained teacher's start (default: {defaults.teacher.init}); "
                         "default is PyTorch's init, the recipe before the ablation in the README")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch (default: PyTorch's choice); the JSON records "
@@ -63,7 +58,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="print only errors and the last line (where the results went)")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"repetitions with seeds seed, seed+1, ... (default {defaults.num_seeds}; "
-                        f"{quick_overrides()['num_seeds']} with --quick); teachers, the selection "
+                        f"{QUICK['num_seeds']} with --quick); teachers, the selection "
                         "split "
                         "and distillation are reseeded, the JSON gives mean and std")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
@@ -77,16 +72,19 @@ def create_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then the preset, then --quick, then every flag given: the later wins."""
-    overrides = preset_overrides(args.preset) if args.preset else {}
+    config = Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed)
+    if args.preset:
+        config = config.updated(preset_overrides(args.preset))
     if args.quick:
-        overrides.update(quick_overrides(), quick=True)
-    given = {"steps": args.steps, "num_seeds": args.seeds, "data": args.data, "rank": args.rank,
-             "out": args.out, "sweep": args.sweep, "threads": args.threads,
-             "teacher_init": args.teacher_init,
-             "quiet": args.quiet or None}
-    overrides.update({key: value for key, value in given.items() if value is not None})
-    return Config(train_path=args.train, val_path=args.val, device=args.device, seed=args.seed,
-                  **overrides)
+        config = config.updated({**QUICK, "quick": True})
+    given = {"num_seeds": args.seeds, "data": args.data, "rank": args.rank, "out": args.out,
+             "sweep": args.sweep, "threads": args.threads, "quiet": args.quiet or None}
+    config = config.updated({k: v for k, v in given.items() if v is not None})
+    if args.steps is not None:
+        config = config.updated({"distill": {"steps": args.steps}})
+    if args.teacher_init is not None:
+        config = config.updated({"teacher": {"init": args.teacher_init}})
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

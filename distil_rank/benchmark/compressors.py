@@ -15,7 +15,13 @@ from torch import nn
 
 from distil_rank.benchmark.latency import LatencySettings, measure_latency
 from distil_rank.benchmark.results import DistillRecord, TeacherEntry, method_scores
-from distil_rank.distill import DistillJob, DistillResult, DistillSettings, distill_together
+from distil_rank.distill import (
+    DistillJob,
+    DistillResult,
+    DistillSettings,
+    distill_together,
+    refinement_job,
+)
 from distil_rank.lowrank import (
     DEFAULT_DAMPING,
     compress_data_aware,
@@ -168,8 +174,8 @@ def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student
     `patience` steps after its last improvement there."""
     data, memo = context.data, context.memo
     start, start_seconds = _timed(lambda: _data_aware(teacher, data.fit, rank, memo), memo)
-    job = DistillJob(teacher, start, data.fit, context.distill,
-                     stage_seed(context.seed, "distil_da"), holdout_x=data.selection)
+    job = refinement_job(teacher, start, data.fit, data.selection,
+                         seed=stage_seed(context.seed, "distil_da"), settings=context.distill)
     return Student(None, start_seconds, warm_start=start, job=job)
 
 
@@ -282,8 +288,8 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
                                                  run.steps_run)
 
     best = STUDENT if readout is None else HEAD_STUDENT
-    timed = {who: measure_latency(module, latency.latency_batch, teacher.in_features, device,
-                                  warmup=latency.latency_warmup, repeats=latency.latency_repeats)
+    timed = {who: measure_latency(module, latency.batch, teacher.in_features, device,
+                                  warmup=latency.warmup, repeats=latency.repeats)
              for who, module in (("teacher", teacher), ("student", students[best].module))}
     return TeacherEntry(
         best, methods, distillation, timed, num_parameters(teacher),

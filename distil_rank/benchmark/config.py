@@ -1,10 +1,15 @@
 """Every setting of a benchmark run, in one frozen dataclass that is printed at start and saved
-beside the results."""
+beside the results. Each stage's own settings are a frozen dataclass of that stage, held here
+whole (`config.distill`, `config.teacher`, `config.head`, `config.latency`) and passed whole."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from distil_rank.benchmark.latency import LatencySettings
+from distil_rank.benchmark.teachers import HeadSettings, TeacherSettings
+from distil_rank.distill import HOLDOUT_FRACTION, DistillSettings
 
 DEFAULT_TRAIN = "embeddings_train.pt"
 DEFAULT_VAL = "embeddings_val.pt"
@@ -24,35 +29,15 @@ class Config:
     # --- compression ---
     rank: int | None = None  # target rank; None means input_dim // rank_divisor
     rank_divisor: int = 20  # r = D / 20 gives about 10x fewer parameters for a square layer
+    task_damping: float = 1e-3  # task_aware: G + damping * tr(G) / out * I
+    task_probes: int = 4  # task_aware: Hutchinson probes per row for a vector readout
 
-    # --- teachers ---
-    teacher_steps: int = 500  # AdamW steps of the denoising proxy task (Task-Trained)
-    teacher_lr: float = 1e-3  # Adam learning rate of the denoising task
-    teacher_batch_size: int = 256  # rows per denoising step
-    denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
-    spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
-    teacher_init: str = "zero"  # Task-Trained's start: zero, small or default (README: ablation)
-    teacher_weight_decay: float = 0.0  # AdamW weight decay of the denoising task
-
-    # --- the Fitness-Head teacher (built when both splits carry fitness labels) ---
-    head_steps: int = 1500  # Adam steps on the standardised fitness of the fit rows
-    head_lr: float = 1e-3  # Adam learning rate
-    head_batch_size: int = 128  # rows per step
-    head_eval_every: int = 50  # steps between checkpoint evaluations on the selection rows
-
-    # --- task-aware compression (heads only) ---
-    task_damping: float = 1e-3  # G + damping * tr(G) / out * I (the minimiser barely moves below)
-    task_probes: int = 4  # Hutchinson probes per row when the readout has a vector output
-
-    # --- distillation (the published Distil-Rank recipe) ---
-    steps: int = 1000  # optimiser steps
-    lr: float = 3e-3  # AdamW learning rate
-    batch_size: int = 64  # rows per step
-    alpha: float = 0.1  # loss = MSE + alpha * (1 - cosine)
-    weight_decay: float = 0.01  # AdamW's default decoupled weight decay
-    selection_fraction: float = 0.15  # part of train held out to pick distil_da's checkpoint
-    eval_every: int = 50  # steps between checkpoint evaluations on that held-out part
-    patience: int | None = 200  # a held-out student stops 200 steps after its best checkpoint
+    # --- the stages' own settings (each default commented in its class) ---
+    teacher: TeacherSettings = TeacherSettings()  # Task-Trained's denoising task, Spectral's decay
+    head: HeadSettings = HeadSettings()  # the Fitness-Head teacher's training
+    distill: DistillSettings = DistillSettings()  # the one distillation recipe
+    latency: LatencySettings = LatencySettings()  # the teacher-vs-student timing and the matrix
+    selection_fraction: float = HOLDOUT_FRACTION  # train rows held out to choose checkpoints
 
     # --- rank sweep and repetitions ---
     sweep: bool = True  # also sweep the rank for svd, data_aware and distil_da
@@ -61,13 +46,6 @@ class Config:
 
     # --- downstream probe ---
     ridge_alpha: float = 1e-2  # ridge penalty, relative to the mean eigenvalue of the features
-
-    # --- latency ---
-    latency_batch: int = 32  # rows per forward pass
-    latency_warmup: int = 20  # untimed calls before measuring
-    latency_repeats: int = 200  # timed calls; the median is reported
-    latency_batches: tuple[int, ...] = (1, 32, 256, 4096)  # the run's small latency matrix
-    latency_budget_s: float = 0.5  # seconds per matrix cell at most (at least 5 calls)
 
     # --- run ---
     device: str = "auto"  # auto: CUDA when available, else CPU
@@ -85,10 +63,12 @@ class Config:
         """The seed of each repetition."""
         return [self.seed + i for i in range(self.num_seeds)]
 
-    def settings(self, kind):
-        """A stage's settings dataclass (DistillSettings, TeacherSettings, LatencySettings),
-        filled from this config's fields of the same names: the defaults live here only."""
-        return kind(**{f.name: getattr(self, f.name) for f in dataclasses.fields(kind)})
+    def updated(self, changes: dict) -> Config:
+        """A copy with `changes` applied; a stage's settings take a dict of their own fields,
+        e.g. {"distill": {"steps": 60}}, which leaves its other fields as they are."""
+        whole = {k: dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v
+                 for k, v in changes.items()}
+        return dataclasses.replace(self, **whole)
 
 
 # Named presets, the size in the name: what each changes from the defaults above. A preset for
@@ -96,40 +76,34 @@ class Config:
 PRESETS = {
     "published-1280d": dict(
         # The published Distil-Rank setting: 1280-d layers (ESM-2 650M's width) at rank 64 with
-        # the published recipe (the defaults: AdamW 3e-3, batch 64, 1000 steps, alpha 0.1).
-        # No 650M embeddings can be had here, so the synthetic 1280-d stand-in is used.
-        # Three seeds (for the std) and a sweep of three ranks (16, 64, 256) keep it within
-        # 10 minutes on 2 CPU cores.
+        # the published recipe (DistillSettings' defaults). No 650M embeddings can be had here,
+        # so the synthetic 1280-d stand-in is used. Three seeds (for the std) and a sweep of
+        # three ranks (16, 64, 256) keep it within 10 minutes on 2 CPU cores.
         data="synthetic", synthetic_dim=1280, rank=64, out="results/published",
         num_seeds=3, sweep_divisors=(80, 20, 5),
     ),
 }
-PRESET_ALIASES = {"published": "published-1280d"}
 
 
 def preset_overrides(name: str) -> dict:
-    """What preset `name` (or its alias) changes, with its full name recorded."""
-    full = PRESET_ALIASES.get(name, name)
-    if full not in PRESETS:
+    """What preset `name` (its full name, or the part before its size: "published") changes,
+    with its full name recorded."""
+    full = next((p for p in PRESETS if name in (p, p.rsplit("-", 1)[0])), None)
+    if full is None:
         raise KeyError(name)
     return dict(PRESETS[full], preset=full)
 
 
-def quick_overrides() -> dict:
-    """What --quick changes: enough to exercise every stage, not enough to mean anything."""
-    return dict(
-        out="results/quick",  # never over the cited results
-        teacher_steps=50,
-        steps=60,
-        eval_every=20,
-        latency_warmup=3,
-        latency_repeats=10,
-        latency_batches=(1, 32, 256),
-        latency_budget_s=0.05,
-        sweep_divisors=(40, 20, 10),
-        head_steps=200,
-        num_seeds=2,
-        synthetic_dim=256,
-        synthetic_train=600,
-        synthetic_val=200,
-    )
+# What --quick changes: enough to exercise every stage, not enough to mean anything.
+QUICK = dict(
+    out="results/quick",  # never over a full run's results
+    teacher=dict(steps=50),
+    head=dict(steps=200),
+    distill=dict(steps=60, eval_every=20),
+    latency=dict(warmup=3, repeats=10, batches=(1, 32, 256), budget_s=0.05),
+    sweep_divisors=(40, 20, 10),
+    num_seeds=2,
+    synthetic_dim=256,
+    synthetic_train=600,
+    synthetic_val=200,
+)

@@ -48,9 +48,11 @@ def modes_for(device: torch.device, fused: bool = True) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LatencySettings:
-    latency_batch: int  # rows per forward pass
-    latency_warmup: int  # untimed calls before measuring
-    latency_repeats: int  # timed calls; the median is reported
+    batch: int = 32  # rows per forward pass of the teacher-against-student timing
+    warmup: int = 20  # untimed calls before measuring
+    repeats: int = 200  # timed calls; the median is reported
+    batches: tuple[int, ...] = (1, 32, 256, 4096)  # the run's small dense-vs-factorised matrix
+    budget_s: float = 0.5  # seconds per matrix cell at most (at least 5 calls)
 
 
 NOISY_RELATIVE_IQR = 0.25  # a timing whose interquartile range exceeds 25% of its median

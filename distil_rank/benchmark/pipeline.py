@@ -34,7 +34,7 @@ from distil_rank.benchmark.compressors import (
 )
 from distil_rank.benchmark.config import DEFAULT_TRAIN, DEFAULT_VAL, Config
 from distil_rank.benchmark.data import Dataset, resolve_data
-from distil_rank.benchmark.latency import LatencySettings, environment, latency_matrix, modes_for
+from distil_rank.benchmark.latency import environment, latency_matrix, modes_for
 from distil_rank.benchmark.report import (
     latency_table,
     results_table,
@@ -46,12 +46,9 @@ from distil_rank.benchmark.results import Results, TeacherEntry, summarise_seeds
 from distil_rank.benchmark.stats import effective_rank
 from distil_rank.benchmark.teachers import (
     HEAD_NAME,
-    HeadSettings,
-    TeacherSettings,
     build_teachers,
     fitness_head,
 )
-from distil_rank.distill import DistillSettings
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError
 from distil_rank.files import check_writable_folder
@@ -124,13 +121,17 @@ def fitness_usable(train_fitness, val_fitness) -> tuple[bool, str]:
 
 
 def check_settings(config: Config) -> None:
-    for name in ("steps", "teacher_steps", "batch_size", "latency_repeats", "num_seeds"):
-        if getattr(config, name) < 1:
-            raise InputError(f"{name} = {getattr(config, name)}: must be at least 1")
+    counts = {"--steps": config.distill.steps, "teacher.steps": config.teacher.steps,
+              "distill.batch_size": config.distill.batch_size,
+              "latency.repeats": config.latency.repeats, "--seeds": config.num_seeds}
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"{name} = {value}: must be at least 1")
     if config.threads is not None and config.threads < 1:
         raise InputError(f"--threads {config.threads}: must be at least 1")
-    if config.patience is not None and config.patience < 1:
-        raise InputError(f"patience = {config.patience}: must be at least 1 (or None)")
+    if config.distill.patience is not None and config.distill.patience < 1:
+        raise InputError(f"distill.patience = {config.distill.patience}: must be at least 1 "
+                         "(or None)")
     check_writable_folder(config.out, "--out")  # now, not after minutes of work
 
 
@@ -168,18 +169,18 @@ def seed_rows(dataset: Dataset, seed: int, config: Config, has_fitness: bool) ->
 def build_seed_teachers(run: SeedRun, config: Config) -> None:
     data, seed = run.data, run.seed
     run.teachers, run.denoising_loss = build_teachers(
-        data.train, config.settings(TeacherSettings), stage_seed(seed, "teachers"))
+        data.train, config.teacher, seed)
     if data.fit_fitness is not None:
         run.teachers[HEAD_NAME], (selection_mse, kept) = fitness_head(
             data.fit, data.fit_fitness, data.selection, data.selection_fitness,
-            config.settings(HeadSettings), stage_seed(seed, f"teachers/{HEAD_NAME}"))
+            config.head, stage_seed(seed, f"teachers/{HEAD_NAME}"))
         run.head_training = {"chosen_step": kept, "selection_mse": min(selection_mse)}
 
 
 def _context(run: SeedRun, name: str, config: Config, device: torch.device) -> FitContext:
-    return FitContext(run.data, config.settings(DistillSettings), device,
-                      stage_seed(run.seed, f"distil/{name}"), name, run.teachers[name].readout,
-                      config.task_damping, config.task_probes, run.memo)
+    return FitContext(run.data, config.distill, device, seed=stage_seed(run.seed, f"distil/{name}"),
+                      name=name, readout=run.teachers[name].readout,
+                      damping=config.task_damping, probes=config.task_probes, memo=run.memo)
 
 
 def fit_closed_forms(run: SeedRun, rank: int, config: Config, device: torch.device) -> None:
@@ -203,7 +204,7 @@ def measure_seed(run: SeedRun, rank: int, config: Config, device: torch.device) 
             if config.sweep else None
         run.entries[name] = teacher_entry(
             teacher.layer, run.fits[name][rank], run.data, rank,
-            config.settings(LatencySettings), device, config.ridge_alpha,
+            config.latency, device, config.ridge_alpha,
             readout=teacher.readout, sweep=sweep,
             denoising_loss=run.denoising_loss if name == "Task-Trained" else None,
             head_training=run.head_training if name == HEAD_NAME else None)
@@ -217,11 +218,11 @@ def latency_matrices(dim: int, rank: int, config: Config, device: torch.device) 
     for where in [torch.device("cpu")] + ([device] if device.type == "cuda" else []):
         cuda = where.type == "cuda"
         matrices[where.type] = latency_matrix(
-            dim, dim, rank, where, batches=config.latency_batches,
+            dim, dim, rank, where, batches=config.latency.batches,
             dtypes=(torch.float32, torch.bfloat16) if cuda else (torch.float32,),
             modes=modes_for(where, fused=False),
-            warmup=config.latency_warmup, repeats=config.latency_repeats,
-            budget_s=config.latency_budget_s, seed=stage_seed(config.seed, "latency"))
+            warmup=config.latency.warmup, repeats=config.latency.repeats,
+            budget_s=config.latency.budget_s, seed=stage_seed(config.seed, "latency"))
     return matrices
 
 
@@ -305,7 +306,7 @@ def run(config: Config) -> dict:
     names = list(runs[0].teachers)
     teachers = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
     progress.stage("latency", ": dense against rank-r, batch "
-                              f"{', '.join(map(str, config.latency_batches))}")
+                              f"{', '.join(map(str, config.latency.batches))}")
     matrices = latency_matrices(dim, rank, config, device)
     progress.stage("report")
 

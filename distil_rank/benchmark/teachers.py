@@ -6,7 +6,7 @@ Random        PyTorch's default initialisation (Kaiming-uniform weight, uniform 
 Task-Trained  trained by AdamW on a denoising proxy task over the training embeddings,
               x + noise -> x, from zero by default: a layer learned on the embeddings, all of
               whose weight the data asked for. From PyTorch's default init instead
-              (teacher_init="default", the recipe before), the random part in directions the
+              (init="default", the recipe before), the random part in directions the
               embeddings do not vary in stays, and a rank-r SVD spends its rank on it
               (scripts/task_trained_ablation.py measures both).
 Spectral      orthogonal U, V and singular values exp(-i / (tau * D)): a layer that truly is
@@ -33,7 +33,6 @@ from torch import nn
 from distil_rank.lowrank import seeded_linear
 from distil_rank.runtime import stage_seed
 
-TEACHER_NAMES = ("Random", "Task-Trained", "Spectral")
 HEAD_NAME = "Fitness-Head"
 
 
@@ -47,21 +46,23 @@ class Teacher:
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    teacher_steps: int  # Adam steps of the denoising proxy task (Task-Trained)
-    teacher_lr: float  # Adam learning rate of the denoising task
-    teacher_batch_size: int  # rows per denoising step
-    denoise_noise: float  # noise std, relative to the embeddings' per-coordinate spread
-    spectral_tau: float  # e-folding length of the Spectral teacher's singular values, / D
-    teacher_init: str = "default"  # Task-Trained's start: a key of TEACHER_INIT_SCALES
-    teacher_weight_decay: float = 0.0  # AdamW's decoupled weight decay on the denoising task
+    steps: int = 500  # AdamW steps of the denoising proxy task (Task-Trained)
+    lr: float = 1e-3  # its learning rate
+    batch_size: int = 256  # rows per denoising step
+    denoise_noise: float = 0.5  # noise std, relative to the embeddings' per-coordinate spread
+    spectral_tau: float = 0.1  # e-folding length of the Spectral teacher's singular values, / D
+    init: str = "zero"  # Task-Trained's start, a key of TEACHER_INIT_SCALES (docs: ablation)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the denoising task
 
 
 @dataclass(frozen=True)
 class HeadSettings:
-    head_steps: int  # Adam steps of the fitness head
-    head_lr: float  # Adam learning rate
-    head_batch_size: int  # rows per step
-    head_eval_every: int  # steps between evaluations on the selection rows
+    """The Fitness-Head teacher, built when both splits carry fitness labels."""
+
+    steps: int = 1500  # Adam steps on the standardised fitness of the fit rows
+    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 128  # rows per step
+    eval_every: int = 50  # steps between checkpoint evaluations on the selection rows
 
 
 def _freeze(layer: nn.Module) -> nn.Module:
@@ -82,22 +83,22 @@ def task_trained_teacher(train_x: torch.Tensor, settings: TeacherSettings,
     """Denoising: minimise ||layer(x + e) - x||^2 with e ~ N(0, (noise * spread)^2 I), where
     spread is the root-mean-square per-coordinate deviation of the embeddings from their mean
     (so the noise is on the scale of the data's own variation, not of its large common mean),
-    by AdamW from nn.Linear's default init scaled by TEACHER_INIT_SCALES[teacher_init]."""
-    if settings.teacher_init not in TEACHER_INIT_SCALES:
-        raise ValueError(f"teacher_init {settings.teacher_init!r}: expected one of "
+    by AdamW from nn.Linear's default init scaled by TEACHER_INIT_SCALES[settings.init]."""
+    if settings.init not in TEACHER_INIT_SCALES:
+        raise ValueError(f"teacher init {settings.init!r}: expected one of "
                          f"{', '.join(TEACHER_INIT_SCALES)}")
     g = torch.Generator().manual_seed(seed)
     layer = seeded_linear(train_x.shape[1], train_x.shape[1], g)
     with torch.no_grad():
         for p in layer.parameters():
-            p.mul_(TEACHER_INIT_SCALES[settings.teacher_init])
+            p.mul_(TEACHER_INIT_SCALES[settings.init])
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
-    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.teacher_lr,
-                                  weight_decay=settings.teacher_weight_decay)
+    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
     losses = []
-    for _ in range(settings.teacher_steps):
-        idx = torch.randint(train_x.shape[0], (min(settings.teacher_batch_size, train_x.shape[0]),),
+    for _ in range(settings.steps):
+        idx = torch.randint(train_x.shape[0], (min(settings.batch_size, train_x.shape[0]),),
                             generator=g)
         clean = train_x[idx]
         noisy = clean + sigma * torch.randn(clean.shape, generator=g)
@@ -133,18 +134,18 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
     head = nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
     x, sx = (fit_x - x_mean) / x_std, (selection_x - x_mean) / x_std
     y, sy = (fit_y - y_mean) / y_std, (selection_y - y_mean) / y_std
-    optimiser = torch.optim.Adam(head.parameters(), lr=settings.head_lr)
+    optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
     checkpoints, best = [], (float("inf"), None, 0)
-    for step in range(settings.head_steps + 1):
-        if step % settings.head_eval_every == 0 or step == settings.head_steps:
+    for step in range(settings.steps + 1):
+        if step % settings.eval_every == 0 or step == settings.steps:
             with torch.no_grad():
                 mse = (head(sx).squeeze(-1) - sy).pow(2).mean().item()
             checkpoints.append(mse)
             if mse < best[0]:
                 best = (mse, copy.deepcopy(head.state_dict()), step)
-        if step == settings.head_steps:
+        if step == settings.steps:
             break
-        idx = torch.randint(x.shape[0], (min(settings.head_batch_size, x.shape[0]),), generator=g)
+        idx = torch.randint(x.shape[0], (min(settings.batch_size, x.shape[0]),), generator=g)
         loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,15 +158,20 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
     return Teacher(_freeze(first), _freeze(head[1:])), (checkpoints, best[2])
 
 
+def teacher_seed(seed: int, name: str) -> int:
+    """The seed a linear teacher is drawn or trained with, in the run of seed `seed`."""
+    return stage_seed(stage_seed(seed, "teachers"), f"teachers/{name}")
+
+
 def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
-    """The linear teachers (on the CPU, float32) and the denoising loss curve."""
+    """The linear teachers of the run of seed `seed` (on the CPU, float32) and the denoising
+    loss curve."""
     dim = train_x.shape[1]
-    trained, losses = task_trained_teacher(train_x, settings,
-                                           stage_seed(seed, "teachers/Task-Trained"))
+    trained, losses = task_trained_teacher(train_x, settings, teacher_seed(seed, "Task-Trained"))
     teachers = {
-        "Random": random_teacher(dim, stage_seed(seed, "teachers/Random")),
+        "Random": random_teacher(dim, teacher_seed(seed, "Random")),
         "Task-Trained": trained,
-        "Spectral": spectral_teacher(dim, seed=stage_seed(seed, "teachers/Spectral"),
+        "Spectral": spectral_teacher(dim, seed=teacher_seed(seed, "Spectral"),
                                      tau=settings.spectral_tau),
     }
     return {name: Teacher(layer) for name, layer in teachers.items()}, losses
