@@ -331,6 +331,34 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         raise ValueError(f"rank dict has no rank for layers {missing}")
     gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
             for n, m in targets.items()}
+    prober = None if objective == "layer" else \
+        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
+    statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
+    replaced = {}
+    for name, linear in targets.items():
+        moments, weight = statistics[name]
+        chosen = _choose_rank(linear, moments, rank[name] if isinstance(rank, dict) else rank,
+                              target_explained_variance, weight, damping, f"layer {name!r}")
+        student = compress_data_aware(linear, moments, chosen, weight, damping)
+        before, after = (sum(p.numel() for p in m.parameters()) for m in (linear, student))
+        if before - after < min_params_saved:
+            continue
+        calibration_ev = explained_variance_curve(
+            data_aware_error_curve(linear.weight, moments, weight, damping))[chosen]
+        replaced[name] = (linear, student, LayerReport(
+            name, linear.in_features, linear.out_features, chosen, before, after,
+            moments.count, calibration_ev, None, objective))
+    if holdout is not None and replaced:
+        _measure_holdout(model, replaced, holdout, call, gram, skip_padding)
+    for name, (_, student, _) in replaced.items():
+        _set_module(model, name, student)
+    return [report for _, _, report in replaced.values()]
+
+
+def _layer_statistics(model: nn.Module, targets: dict[str, nn.Linear], calibration, call,
+                      prober: _Probes | None, gram: dict, skip_padding: bool) -> dict:
+    """{layer name: (its input moments, G = E[J^T J] of the output objective or None)}, from
+    one pass of the model over the calibration batches."""
     accumulators = {n: MomentAccumulator(m.in_features, m.weight.device, gram[n])
                     for n, m in targets.items()}
     sensitivity = {n: [torch.zeros(m.out_features, m.out_features, dtype=torch.float64), 0]
@@ -341,66 +369,49 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         sensitivity[name][0] += (rows.T @ rows).double().cpu()
         sensitivity[name][1] += rows.shape[0]
 
-    prober = None if objective == "layer" else \
-        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
     _record(model, targets, calibration, call, lambda n, x: accumulators[n].update(x), prober,
             on_grad, skip_padding)
-
-    replaced = {}
+    statistics = {}
     for name, linear in targets.items():
         if accumulators[name].count == 0:
             raise ValueError(f"layer {name!r} saw no calibration input: is it used in forward()?")
         moments = _checked_moments(linear, accumulators[name].moments(), f"layer {name!r}")
         weight = None
-        if objective == "output":
+        if prober is not None:
             total, count = sensitivity[name]
             if count == 0 or not total.trace() > 0:
                 raise ValueError(f"layer {name!r} does not influence the output: no gradient "
                                  "reached it")
             weight = total / count
-        layer_rank = rank[name] if isinstance(rank, dict) else rank
-        chosen = _choose_rank(linear, moments, layer_rank, target_explained_variance, weight,
-                              damping, f"layer {name!r}")
-        student = compress_data_aware(linear, moments, chosen, weight, damping)
-        before = sum(p.numel() for p in linear.parameters())
-        after = sum(p.numel() for p in student.parameters())
-        if before - after < min_params_saved:
-            continue
-        calibration_ev = explained_variance_curve(
-            data_aware_error_curve(linear.weight, moments, weight, damping))[chosen]
-        replaced[name] = (linear, student, LayerReport(
-            name, linear.in_features, linear.out_features, chosen, before, after,
-            moments.count, calibration_ev, None, objective))
+        statistics[name] = (moments, weight)
+    return statistics
 
-    if holdout is not None and replaced:
-        squared_error = {n: 0.0 for n in replaced}
-        output_moments = {n: MomentAccumulator(replaced[n][0].out_features,
-                                               replaced[n][0].weight.device, gram[n])
-                          for n in replaced}
 
-        def on_input(name, x):
-            if name not in replaced:
-                return
-            teacher, student, _ = replaced[name]
-            # F.linear, not teacher(x): calling the hooked module here would re-enter this hook
-            y = F.linear(x, teacher.weight, teacher.bias).double()
-            # the factorisation's error, not the kernel's: two products, so that on CUDA the
-            # fused kernel is not tuned here for every layer's shape and rank
-            squared_error[name] += (y - student.two_products(x).double()).pow(2).sum().item()
-            output_moments[name].update(y)
+def _measure_holdout(model: nn.Module, replaced: dict, holdout, call, gram: dict,
+                     skip_padding: bool) -> None:
+    """Each replaced layer's explained variance of its own output on the holdout batches, run
+    through the original model (before any layer is swapped), into its report."""
+    squared_error = {n: 0.0 for n in replaced}
+    output_moments = {n: MomentAccumulator(teacher.out_features, teacher.weight.device, gram[n])
+                      for n, (teacher, _, _) in replaced.items()}
 
-        with torch.no_grad():
-            _record(model, {n: targets[n] for n in replaced}, holdout, call, on_input,
-                    skip_padding=skip_padding, desc="measuring on holdout")
-        for name, (_, _, report) in replaced.items():
-            outputs = output_moments[name].moments()
-            spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2
-            report.explained_variance_holdout = (1 - squared_error[name] / spread
-                                                 if spread > 0 else None)
+    def on_input(name, x):
+        teacher, student, _ = replaced[name]
+        # F.linear, not teacher(x): calling the hooked module here would re-enter this hook
+        y = F.linear(x, teacher.weight, teacher.bias).double()
+        # the factorisation's error, not the kernel's: two products, so that on CUDA the
+        # fused kernel is not tuned here for every layer's shape and rank
+        squared_error[name] += (y - student.two_products(x).double()).pow(2).sum().item()
+        output_moments[name].update(y)
 
-    for name, (_, student, _) in replaced.items():
-        _set_module(model, name, student)
-    return [report for _, _, report in replaced.values()]
+    with torch.no_grad():
+        _record(model, {n: teacher for n, (teacher, _, _) in replaced.items()}, holdout, call,
+                on_input, skip_padding=skip_padding, desc="measuring on holdout")
+    for name, (_, _, report) in replaced.items():
+        outputs = output_moments[name].moments()
+        spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2
+        report.explained_variance_holdout = (1 - squared_error[name] / spread
+                                             if spread > 0 else None)
 
 
 def format_report(reports: list[LayerReport]) -> str:

@@ -251,124 +251,179 @@ def _batches(jobs: list[DistillJob], device: torch.device, computed: dict) -> _B
                     y_bank[torch.stack(hy_rows).to(device)] if held else None)
 
 
-def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
-                 data_parallel: bool, computed: dict, desc: str):
-    start = time.perf_counter()
-    first, settings, count = jobs[0], jobs[0].settings, len(jobs)
-    steps, held = settings.steps, first.holdout_x is not None
-    data = _batches(jobs, device, computed)
-    x_bank, y_bank, x_rows, y_rows = data.x_bank, data.y_bank, data.x_rows, data.y_rows
-    hx, hy = data.holdout_x, data.holdout_y
+class _Stack:
+    """Many students' factors stacked along a first dimension, as leaf parameters on the device,
+    and their batched forward: [students, rows, in] -> [students, rows, out] (of each student's
+    own readout, vmapped as one functional module, when the jobs have one)."""
 
-    def stacked(name):
-        values = [getattr(job.student, name) for job in jobs]
-        return None if values[0] is None else nn.Parameter(
-            torch.stack([v.detach() for v in values]).to(device))
+    def __init__(self, jobs: list[DistillJob], device: torch.device, data_parallel: bool):
+        def stacked(name):
+            values = [getattr(job.student, name) for job in jobs]
+            return None if values[0] is None else nn.Parameter(
+                torch.stack([v.detach() for v in values]).to(device))
 
-    down, up, bias = stacked("down"), stacked("up"), stacked("bias")
-    params = [p for p in (down, up, bias) if p is not None]
-    if data_parallel:  # every process starts from process 0's students
-        for p in params:
-            dist.broadcast(p.data, src=0)
-    alpha = torch.tensor([job.settings.alpha for job in jobs], dtype=down.dtype, device=device)
-    readout = None
-    if first.readout is not None:  # one functional readout, vmapped over each student's own
-        state = torch.func.stack_module_state([job.readout for job in jobs])
-        state = tuple({k: v.to(device) for k, v in part.items()} for part in state)
-        base = copy.deepcopy(first.readout).to("meta")
-        readout = torch.vmap(lambda p, b, h: torch.func.functional_call(base, (p, b), (h,)))
+        self.count = len(jobs)
+        self.down, self.up, self.bias = stacked("down"), stacked("up"), stacked("bias")
+        self.params = [p for p in (self.down, self.up, self.bias) if p is not None]
+        if data_parallel:  # every process starts from process 0's students
+            for p in self.params:
+                dist.broadcast(p.data, src=0)
+        self.alpha = torch.tensor([job.settings.alpha for job in jobs], dtype=self.down.dtype,
+                                  device=device)
+        self.readout = None
+        if jobs[0].readout is not None:
+            state = torch.func.stack_module_state([job.readout for job in jobs])
+            self.state = tuple({k: v.to(device) for k, v in part.items()} for part in state)
+            base = copy.deepcopy(jobs[0].readout).to("meta")
+            self.readout = torch.vmap(
+                lambda p, b, h: torch.func.functional_call(base, (p, b), (h,)))
 
-    def forward(x):  # [students, rows, in] -> [students, rows, out (of the readout, if any)]
-        low = torch.bmm(x, down.mT)
-        hidden = torch.bmm(low, up.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), low,
-                                                                          up.mT)
-        return hidden if readout is None else readout(*state, hidden).reshape(count, len(x[0]), -1)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        low = torch.bmm(x, self.down.mT)
+        hidden = torch.bmm(low, self.up.mT) if self.bias is None else torch.baddbmm(
+            self.bias.unsqueeze(1), low, self.up.mT)
+        if self.readout is None:
+            return hidden
+        return self.readout(*self.state, hidden).reshape(self.count, len(x[0]), -1)
 
-    use_graph = cuda_graph and device.type == "cuda" and not data_parallel
-    optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
-                                  fused=True, capturable=use_graph)
-    losses = torch.zeros(count, steps, dtype=down.dtype, device=device)
-    counter = torch.zeros(1, dtype=torch.long, device=device)  # the step, kept on the device
 
-    def step():
-        x = x_bank[x_rows.index_select(1, counter).squeeze(1)]
-        y = y_bank[y_rows.index_select(1, counter).squeeze(1)]
-        pred = forward(x)
-        loss = distill_loss(pred, y, alpha)  # [students]
+class _Steps:
+    """The stack's optimiser steps, each reading its batch by a step counter kept on the device,
+    so that a step reads nothing back to the host: run eagerly, or captured once in a CUDA graph
+    and replayed. Under data parallelism the gradients are averaged over processes first."""
+
+    def __init__(self, stack: _Stack, data: _Batches, settings: DistillSettings,
+                 device: torch.device, use_graph: bool, data_parallel: bool):
+        self.stack, self.data, self.data_parallel = stack, data, data_parallel
+        self.use_graph, self.graph, self.done = use_graph, None, 0
+        self.optimiser = torch.optim.AdamW(stack.params, lr=settings.lr,
+                                           weight_decay=settings.weight_decay, fused=True,
+                                           capturable=use_graph)
+        self.losses = torch.zeros(stack.count, settings.steps, dtype=stack.down.dtype,
+                                  device=device)
+        self.counter = torch.zeros(1, dtype=torch.long, device=device)
+
+    def step(self) -> None:
+        data, counter = self.data, self.counter
+        x = data.x_bank[data.x_rows.index_select(1, counter).squeeze(1)]
+        y = data.y_bank[data.y_rows.index_select(1, counter).squeeze(1)]
+        loss = distill_loss(self.stack(x), y, self.stack.alpha)  # [students]
         loss.sum().backward()  # the students share no parameter: each gets its own gradient
-        if data_parallel:  # the mean gradient over processes, as DistributedDataParallel takes
-            for p in params:
+        if self.data_parallel:  # the mean gradient over processes, as DDP takes
+            for p in self.stack.params:
                 dist.all_reduce(p.grad)
                 p.grad /= dist.get_world_size()
-        optimiser.step()
-        losses.index_copy_(1, counter, loss.detach().unsqueeze(1))
+        self.optimiser.step()
+        self.losses.index_copy_(1, counter, loss.detach().unsqueeze(1))
         counter.add_(1)
 
-    # held-out checkpoints: [students] tensors, updated on the device
-    evals = sorted({0, steps} | set(range(settings.eval_every, steps, settings.eval_every))) \
-        if held else [steps]
-    history = torch.full((count, len(evals)), math.nan, dtype=down.dtype, device=device)
-    best = [p.detach().clone() for p in params]
-    best_mse = torch.full((count,), math.inf, dtype=down.dtype, device=device)
-    best_step = torch.zeros(count, dtype=torch.long, device=device)
-    stopped_at = torch.full((count,), steps, dtype=torch.long, device=device)
-    active = torch.ones(count, dtype=torch.bool, device=device)
+    def run_to(self, at: int) -> None:
+        """Steps until `at` have run; the capture takes WARMUP_STEPS eager steps of its own."""
+        while self.done < at:
+            if self.use_graph and self.graph is None and at - self.done > WARMUP_STEPS:
+                self.graph = _capture(self.step, self.optimiser)
+                self.done += WARMUP_STEPS
+                self.use_graph = self.graph is not None  # a failed capture: eager from here on
+            elif self.graph is None:
+                self.optimiser.zero_grad(set_to_none=True)
+                self.step()
+                self.done += 1
+            else:
+                self.graph.replay()
+                self.done += 1
+
+
+class _Checkpoints:
+    """Every student's held-out MSE at each evaluation, its best checkpoint and its early stop,
+    as [students] tensors updated on the device."""
+
+    def __init__(self, stack: _Stack, data: _Batches, settings: DistillSettings,
+                 evaluations: int, device: torch.device, data_parallel: bool):
+        count, dtype = stack.count, stack.down.dtype
+        self.stack, self.data, self.settings = stack, data, settings
+        self.data_parallel = data_parallel
+        self.history = torch.full((count, evaluations), math.nan, dtype=dtype, device=device)
+        self.best = [p.detach().clone() for p in stack.params]
+        self.best_mse = torch.full((count,), math.inf, dtype=dtype, device=device)
+        self.best_step = torch.zeros(count, dtype=torch.long, device=device)
+        self.stopped_at = torch.full((count,), settings.steps, dtype=torch.long, device=device)
+        self.active = torch.ones(count, dtype=torch.bool, device=device)
 
     @torch.no_grad()
-    def evaluate(k: int, at: int) -> bool:
-        """The held-out MSE at step `at`; True while some student still trains."""
-        error = torch.stack([(forward(hx) - hy).pow(2).sum((1, 2)).double(),
-                             torch.full((count,), float(hy[0].numel()), device=device,
-                                        dtype=torch.float64)])
-        if data_parallel:  # every process's held-out rows: all choose the same checkpoint
+    def evaluate(self, k: int, at: int) -> bool:
+        """The held-out MSE at step `at`, evaluation `k`; True while some student still trains."""
+        hx, hy, active = self.data.holdout_x, self.data.holdout_y, self.active
+        error = torch.stack([(self.stack(hx) - hy).pow(2).sum((1, 2)).double(),
+                             torch.full((self.stack.count,), float(hy[0].numel()),
+                                        device=hy.device, dtype=torch.float64)])
+        if self.data_parallel:  # every process's held-out rows: all choose the same checkpoint
             dist.all_reduce(error)
-        mse = (error[0] / error[1]).to(down.dtype)
-        history[:, k] = torch.where(active, mse, history[:, k])
-        better = active & (mse < best_mse)
-        best_mse.copy_(torch.where(better, mse, best_mse))
-        best_step.copy_(torch.where(better, at, best_step))
-        for kept, p in zip(best, params):
+        mse = (error[0] / error[1]).to(self.best_mse.dtype)
+        self.history[:, k] = torch.where(active, mse, self.history[:, k])
+        better = active & (mse < self.best_mse)
+        self.best_mse.copy_(torch.where(better, mse, self.best_mse))
+        self.best_step.copy_(torch.where(better, at, self.best_step))
+        for kept, p in zip(self.best, self.stack.params):
             kept.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p, kept))
-        if settings.patience is None:
+        if self.settings.patience is None:
             return True
-        stop = active & (at - best_step >= settings.patience)
-        stopped_at.copy_(torch.where(stop, at, stopped_at))
+        stop = active & (at - self.best_step >= self.settings.patience)
+        self.stopped_at.copy_(torch.where(stop, at, self.stopped_at))
         active.copy_(active & ~stop)
         return bool(active.any())  # the one read-back, once per evaluation
 
-    graph, done = None, 0
+
+def _evaluation_steps(settings: DistillSettings, held: bool) -> list[int]:
+    """The steps after which a student is evaluated (0 and the last included); without held-out
+    rows, only the end."""
+    if not held:
+        return [settings.steps]
+    every = settings.eval_every
+    return sorted({0, settings.steps} | set(range(every, settings.steps, every)))
+
+
+def _train_group(jobs: list[DistillJob], device: torch.device, cuda_graph: bool,
+                 data_parallel: bool, computed: dict, desc: str) -> list[DistillResult]:
+    start = time.perf_counter()
+    settings, held = jobs[0].settings, jobs[0].holdout_x is not None
+    data = _batches(jobs, device, computed)
+    stack = _Stack(jobs, device, data_parallel)
+    use_graph = cuda_graph and device.type == "cuda" and not data_parallel
+    steps = _Steps(stack, data, settings, device, use_graph, data_parallel)
+    evals = _evaluation_steps(settings, held)
+    checkpoints = _Checkpoints(stack, data, settings, len(evals), device, data_parallel)
     if held:
-        evaluate(0, 0)
+        checkpoints.evaluate(0, 0)
     for k, at in enumerate(tqdm(evals[1:] if held else evals, desc=desc, leave=False,
                                 disable=None), start=1):
-        while done < at:
-            if use_graph and graph is None and at - done > WARMUP_STEPS:
-                graph, done = _capture(step, optimiser), done + WARMUP_STEPS
-                use_graph = graph is not None  # a failed capture: eager from here on
-            elif graph is None:
-                optimiser.zero_grad(set_to_none=True)
-                step()
-                done += 1
-            else:
-                graph.replay()
-                done += 1
-        if held and not evaluate(k, at):
+        steps.run_to(at)
+        if held and not checkpoints.evaluate(k, at):
             break
+    return _results(jobs, device, stack, steps, checkpoints if held else None, evals,
+                    (time.perf_counter() - start) / len(jobs))
 
-    chosen = best if held else params
-    history, losses = history.cpu().tolist(), losses.cpu()
-    ran, chosen_steps = stopped_at.tolist(), best_step.tolist()
-    share = (time.perf_counter() - start) / count
+
+def _results(jobs, device, stack: _Stack, steps: _Steps, checkpoints: _Checkpoints | None,
+             evals: list[int], share: float) -> list[DistillResult]:
+    """Each job's student with its chosen weights (the best held-out checkpoint, else the last
+    step's), its losses and checkpoints up to the step it stopped at."""
+    held = checkpoints is not None
+    chosen = checkpoints.best if held else stack.params
+    losses = steps.losses.cpu()
+    history = checkpoints.history.cpu().tolist() if held else None
+    ran = checkpoints.stopped_at.tolist() if held else [len(steps.losses[0])] * stack.count
+    chosen_steps = checkpoints.best_step.tolist() if held else None
     results = []
     for i, job in enumerate(jobs):
         module = copy.deepcopy(job.student).to(device)
         with torch.no_grad():
             for p, value in zip(module.parameters(), chosen):
                 p.copy_(value[i])
-        ran_i = min(ran[i], done)
-        checkpoints = [(at, m) for at, m in zip(evals, history[i]) if held and at <= ran_i]
+        ran_i = min(ran[i], steps.done)
+        checkpoints_i = [(at, m) for at, m in zip(evals, history[i]) if at <= ran_i] \
+            if held else []
         results.append(DistillResult(module.eval().requires_grad_(False),
-                                     losses[i, :ran_i].tolist(), checkpoints,
+                                     losses[i, :ran_i].tolist(), checkpoints_i,
                                      chosen_steps[i] if held else None, share, ran_i))
     return results
 

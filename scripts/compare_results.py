@@ -3,7 +3,8 @@
     python scripts/compare_results.py old_summary.json results/distil_rank_summary.json
 
 For every teacher, compressor and fidelity metric in both files: the old mean ± std over seeds,
-the new mean, and whether the two are identical, within one standard deviation (the larger of
+the new mean, and whether the two are identical, equal to rounding (a relative difference of at
+most 1e-6, as the same code gives on another CPU), within one standard deviation (the larger of
 the two runs' stds), or outside it. Exit code 1 when any figure is outside.
 """
 
@@ -14,30 +15,35 @@ import json
 import sys
 from pathlib import Path
 
+from distil_rank.benchmark.results import Results, RunSummary
+
 METRICS = ("explained_variance", "cosine", "rel_mse", "spearman")
+ROUNDING = 1e-6  # relative: what another CPU's float32 kernels move a figure by
 
 
-def std_of(entry: dict, method: str, metric: str) -> float:
-    """The std over seeds; older summaries kept it under entry["std"] only when it was present."""
-    return ((entry.get("std") or {}).get("methods", {}).get(method, {}).get(metric) or 0.0)
+def verdict(a: float, b: float, std: float) -> str:
+    if a == b:
+        return "identical"
+    if abs(a - b) <= ROUNDING * max(abs(a), abs(b)):
+        return "equal to rounding"
+    return "within 1 std" if abs(a - b) <= std else "OUTSIDE 1 std"
 
 
-def compare(old: dict, new: dict) -> list[tuple]:
+def compare(old: Results, new: Results) -> list[tuple]:
+    """Every fidelity figure of every teacher and compressor that both runs have."""
     rows = []
-    for teacher in old["teachers"]:
-        if teacher not in new:
+    for teacher, entry in old.entries.items():
+        if teacher not in new.entries:
             continue
-        for method, metrics in old[teacher]["methods"].items():
-            if method not in new[teacher]["methods"]:
-                continue
+        for method, scores in entry.methods.items():
+            theirs = new.entries[teacher].methods.get(method)
             for metric in METRICS:
-                if metric not in metrics:
+                a = getattr(scores, metric)
+                if theirs is None or a is None:
                     continue
-                a, b = metrics[metric], new[teacher]["methods"][method][metric]
-                std = max(std_of(entry[teacher], method, metric) for entry in (old, new))
-                verdict = ("identical" if a == b else "within 1 std" if abs(a - b) <= std
-                           else "OUTSIDE 1 std")
-                rows.append((teacher, method, metric, a, std, b, verdict))
+                b = getattr(theirs, metric)
+                std = max(run.std(teacher, "methods", method, metric) or 0.0 for run in (old, new))
+                rows.append((teacher, method, metric, a, std, b, verdict(a, b, std)))
     return rows
 
 
@@ -46,15 +52,18 @@ def main() -> int:
     p.add_argument("old")
     p.add_argument("new")
     args = p.parse_args()
-    old, new = (json.loads(Path(path).read_text()) for path in (args.old, args.new))
+    old, new = (RunSummary.from_json(json.loads(Path(path).read_text())).results()
+                for path in (args.old, args.new))
     rows = compare(old, new)
     print(f"{'teacher':<14}{'method':<12}{'metric':<20}{'old mean':>14}{'std':>11}"
           f"{'new mean':>14}  verdict")
-    for teacher, method, metric, a, std, b, verdict in rows:
-        print(f"{teacher:<14}{method:<12}{metric:<20}{a:>14.6g}{std:>11.2g}{b:>14.6g}  {verdict}")
+    for teacher, method, metric, a, std, b, said in rows:
+        print(f"{teacher:<14}{method:<12}{metric:<20}{a:>14.6g}{std:>11.2g}{b:>14.6g}  {said}")
     outside = sum(row[-1].startswith("OUTSIDE") for row in rows)
-    print(f"{len(rows)} figures: {sum(r[-1] == 'identical' for r in rows)} identical, "
-          f"{len(rows) - outside} within one std, {outside} outside")
+    counts = {said: sum(r[-1] == said for r in rows) for said in ("identical", "equal to rounding")}
+    print(f"{len(rows)} figures: {counts['identical']} identical, {counts['equal to rounding']} "
+          f"equal to rounding ({ROUNDING:g} relative), {len(rows) - outside} within one std, "
+          f"{outside} outside")
     return 1 if outside else 0
 
 

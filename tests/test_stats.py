@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from distil_rank.benchmark.stats import aggregate, effective_rank, mean_and_std
+from distil_rank.benchmark.stats import MEDIAN, PER_SEED, aggregate, effective_rank, mean_and_std
 from distil_rank.lowrank import smallest_rank_reaching
 
 
@@ -55,11 +55,14 @@ def test_aggregate_rules_for_timings_per_seed_lists_and_disagreements():
     seeds = [{"fit_seconds": 1.0, "latency_ms": 5.0, "steps": [(0, 1.0)], "kept": 0},
              {"fit_seconds": 9.0, "latency_ms": 1.0, "steps": [(0, 2.0)], "kept": 50},
              {"fit_seconds": 2.0, "latency_ms": 2.0, "steps": [(0, 3.0)], "kept": 0}]
-    mean, std = aggregate(seeds, per_seed_keys=frozenset({"steps", "kept"}))
+    rules = {"fit_seconds": MEDIAN, "latency_ms": MEDIAN, "steps": PER_SEED, "kept": PER_SEED}
+    mean, std = aggregate(seeds, rules)
     assert mean["fit_seconds"] == 2.0 and mean["latency_ms"] == 2.0  # medians
     assert std["fit_seconds"] == pytest.approx(statistics.stdev([1.0, 9.0, 2.0]))
     assert mean["steps"] == [[(0, 1.0)], [(0, 2.0)], [(0, 3.0)]] and "steps" not in std
     assert mean["kept"] == [0, 50, 0]
+    undeclared, _ = aggregate(seeds, {"steps": PER_SEED, "kept": PER_SEED})
+    assert undeclared["fit_seconds"] == 4.0  # the rule is declared, never read from a name
     with pytest.raises(ValueError, match="name: differs across seeds"):
         aggregate([{"name": "a"}, {"name": "b"}])
     with pytest.raises(ValueError, match="different keys"):

@@ -42,7 +42,7 @@ from distil_rank.benchmark.report import (
     teacher_latency_table,
     write_results,
 )
-from distil_rank.benchmark.results import Results, TeacherEntry, summarise_seeds
+from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry, summarise_seeds
 from distil_rank.benchmark.stats import effective_rank
 from distil_rank.benchmark.teachers import (
     HEAD_NAME,
@@ -90,9 +90,9 @@ def resolve_rank(rank: int | None, dim: int, divisor: int) -> int:
             from None
 
 
-def undefined_metrics(summary: dict) -> dict[str, str]:
+def undefined_metrics(entries: dict) -> dict[str, str]:
     """{metric key: why it is null} for every metric that is undefined (NaN, written as null)
-    somewhere in the summary."""
+    somewhere in the teachers' entries."""
     found = {}
 
     def walk(value, key=""):
@@ -107,7 +107,7 @@ def undefined_metrics(summary: dict) -> dict[str, str]:
                 if "explained_variance" in key else key
             found[key] = UNDEFINED_REASONS.get(family, "not defined for this data")
 
-    walk({t: summary[t] for t in summary["teachers"]})
+    walk(entries)
     return dict(sorted(found.items()))
 
 
@@ -258,32 +258,21 @@ class Progress:
 STAGES = ["data", "teachers", "closed forms", "training", "metrics", "latency", "report"]
 
 
-def run(config: Config) -> dict:
+def run(config: Config) -> RunSummary:
+    """The benchmark: data -> teachers -> closed forms -> training -> metrics -> latency ->
+    report, each phase over every seed at once."""
     check_settings(config)
     device = resolve_device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     progress = Progress(STAGES, config.quiet)
-    started = progress.started
-
-    # data
     dataset = load_data(config)
-    train, val = dataset.train, dataset.val
-    dim = train.dim
+    dim = dataset.train.dim
     rank = resolve_rank(config.rank, dim, config.rank_divisor)
     progress.say("config: " + json.dumps(config.as_dict()))  # validated: no error can follow it
-    progress.stage("data", f": {dataset.note}: train {tuple(train.embeddings.shape)}, val "
-                           f"{tuple(val.embeddings.shape)}; rank {rank}; device {device}")
-    if not dataset.real_data:
-        progress.say("note: synthetic data stands in for real embeddings; the JSON says "
-                     "real_data: false")
-    has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
-    if not has_fitness:
-        progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")
-    embedding_spectrum = torch.linalg.eigvalsh(input_moments(train.embeddings).covariance).flip(0)
+    has_fitness = announce_data(progress, dataset, rank, device)
     runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
             for seed in config.seeds()]
-
     warm_up(dim, device)
     for i, seed_run in enumerate(runs, 1):
         progress.stage("teachers", f", seed {seed_run.seed} ({i} of {len(runs)})")
@@ -303,50 +292,77 @@ def run(config: Config) -> dict:
         view = Results(seed_run.entries)
         progress.say(f"seed {seed_run.seed}:", *results_table(view, console=True), "",
                      *task_table(view, console=True))
-    names = list(runs[0].teachers)
-    teachers = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
-    progress.stage("latency", ": dense against rank-r, batch "
+    progress.stage("latency", f": dense against rank-r, batch "
                               f"{', '.join(map(str, config.latency.batches))}")
     matrices = latency_matrices(dim, rank, config, device)
     progress.stage("report")
-
-    # report
-    centred = train.embeddings.double() - train.embeddings.double().mean(0)
-    summary = {
-        "real_data": dataset.real_data,
-        "data_note": dataset.note,
-        "target_rank": rank,
-        "input_dim": dim,
-        "teachers": names,
-        "methods": list(COMPRESSORS) + (list(HEAD_COMPRESSORS) if has_fitness else []),
-        "student_method": STUDENT,
-        "skipped_teachers": {} if has_fitness else {HEAD_NAME: skipped_head},
-        "seeds": config.seeds(),
-        **teachers,
-        "latency_matrix": matrices,
-        "data": {
-            "train": {"source": train.source, "rows": train.num_rows,
-                      "selection_fraction": config.selection_fraction},
-            "val": {"source": val.source, "rows": val.num_rows},
-            "has_fitness": has_fitness,
-            "provenance": train.provenance,
-            "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
-            "embedding_spread_rms_norm": centred.norm(dim=1).pow(2).mean().sqrt().item(),
-            "effective_rank": effective_rank(embedding_spectrum),
-        },
-        "config": config.as_dict(),
-        "environment": {**environment(device),
-                        "run_seconds": time.perf_counter() - started},  # the figure excluded
-    }
-    summary["undefined"] = undefined_metrics(summary)
-    curves = {**curves_of(runs[0], rank), "embedding_eigenvalues": embedding_spectrum.clamp_min(0)}
+    summary = summarise_run(config, dataset, runs, rank, matrices, device, progress.started)
+    curves = {**curves_of(runs[0], rank),
+              "embedding_eigenvalues": embedding_spectrum(dataset.train.embeddings).clamp_min(0)}
     json_path, figure_path = write_results(Path(config.out), summary, curves)
-    view = Results(teachers)
-    progress.say(f"over seeds {config.seeds()} (mean ± std; timings: median):",
-                 *results_table(view, console=True), "", *task_table(view, console=True), "",
-                 *teacher_latency_table(view, console=True),
-                 *(line for m in matrices.values()
-                   for line in ["", *latency_table(m, "latency", console=True)]))
+    progress.say(*console_report(summary))
     print(f"wrote {json_path} and {figure_path} "
-          f"({summary['environment']['run_seconds']:.1f} s)", flush=True)
+          f"({summary.environment['run_seconds']:.1f} s)", flush=True)
     return summary
+
+
+def announce_data(progress: Progress, dataset: Dataset, rank: int, device) -> bool:
+    """Say what the run reads; whether both splits carry usable fitness labels."""
+    train, val = dataset.train, dataset.val
+    progress.stage("data", f": {dataset.note}: train {tuple(train.embeddings.shape)}, val "
+                           f"{tuple(val.embeddings.shape)}; rank {rank}; device {device}")
+    if not dataset.real_data:
+        progress.say("note: synthetic data stands in for real embeddings; the JSON says "
+                     "real_data: false")
+    has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
+    if not has_fitness:
+        progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")
+    return has_fitness
+
+
+def embedding_spectrum(embeddings: torch.Tensor) -> torch.Tensor:
+    """The eigenvalues of the embeddings' covariance, largest first."""
+    return torch.linalg.eigvalsh(input_moments(embeddings).covariance).flip(0)
+
+
+def data_record(dataset: Dataset, config: Config, has_fitness: bool) -> dict:
+    """The summary's `data`: sources, sizes, provenance, and the embeddings' geometry."""
+    train, val = dataset.train, dataset.val
+    centred = train.embeddings.double() - train.embeddings.double().mean(0)
+    return {
+        "train": {"source": train.source, "rows": train.num_rows,
+                  "selection_fraction": config.selection_fraction},
+        "val": {"source": val.source, "rows": val.num_rows},
+        "has_fitness": has_fitness,
+        "provenance": train.provenance,
+        "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
+        "embedding_spread_rms_norm": centred.norm(dim=1).pow(2).mean().sqrt().item(),
+        "effective_rank": effective_rank(embedding_spectrum(train.embeddings)),
+    }
+
+
+def summarise_run(config: Config, dataset: Dataset, runs: list[SeedRun], rank: int,
+                  matrices: dict, device: torch.device, started: float) -> RunSummary:
+    """The run's summary, built once: every teacher combined over seeds, and the run's facts."""
+    names = list(runs[0].teachers)
+    entries = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
+    has_fitness, skipped_head = fitness_usable(dataset.train.fitness, dataset.val.fitness)
+    return RunSummary(
+        real_data=dataset.real_data, data_note=dataset.note, target_rank=rank,
+        input_dim=dataset.train.dim, teachers=names, entries=entries,
+        methods=list(COMPRESSORS) + (list(HEAD_COMPRESSORS) if has_fitness else []),
+        student_method=STUDENT, skipped_teachers={} if has_fitness else {HEAD_NAME: skipped_head},
+        seeds=config.seeds(), latency_matrix=matrices,
+        data=data_record(dataset, config, has_fitness), config=config.as_dict(),
+        environment={**environment(device), "run_seconds": time.perf_counter() - started},
+        undefined=undefined_metrics(entries))  # run_seconds: the figure's rendering excluded
+
+
+def console_report(summary: RunSummary) -> list[str]:
+    """The run's closing tables: fidelity and task over seeds, latency."""
+    view = summary.results()
+    return [f"over seeds {summary.seeds} (mean ± std; timings: median):",
+            *results_table(view, console=True), "", *task_table(view, console=True), "",
+            *teacher_latency_table(view, console=True),
+            *(line for m in summary.latency_matrix.values()
+              for line in ["", *latency_table(m, "latency", console=True)])]

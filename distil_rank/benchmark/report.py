@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR
-from distil_rank.benchmark.results import Results
+from distil_rank.benchmark.results import Results, RunSummary
 from distil_rank.files import json_text, write_together
 from distil_rank.lowrank import flop_ratio
 
@@ -204,7 +204,7 @@ def _finite(values, default):
 
 
 def _panel_losses(ax, summary, curves, colours):
-    for teacher in summary["teachers"]:
+    for teacher in summary.teachers:
         for method, losses in curves["distillation"][teacher].items():
             losses, style = torch.as_tensor(losses), LOSS_STYLES.get(method, "-.")
             window = max(1, len(losses) // 50)
@@ -214,13 +214,13 @@ def _panel_losses(ax, summary, curves, colours):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss, MSE + alpha(1 - cos) (log)")
-    ax.set_title(f"Distillation loss, seed {summary['seeds'][0]}; dotted: SVD start (published);"
+    ax.set_title(f"Distillation loss, seed {summary.seeds[0]}; dotted: SVD start (published);"
                  "\nsolid: closed-form start; dashed: through the head (its output's MSE)")
     ax.legend(fontsize=7, ncol=2)
 
 
 def _panel_fidelity(ax, summary, view: Results):
-    teachers, methods = summary["teachers"], summary["methods"]
+    teachers, methods = summary.teachers, summary.methods
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         present = [j for j, t in enumerate(teachers) if method in view.entries[t].methods]
@@ -243,15 +243,15 @@ def _panel_fidelity(ax, summary, view: Results):
                                     for m in e.methods.values()]), 1.0))
     ax.set_ylim(top=max(top, 1.0) * 60)
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
-    n = len(summary["seeds"])
-    ax.set_title(f"Fidelity at rank {summary['target_rank']} (labels: explained variance EV;\n"
+    n = len(summary.seeds)
+    ax.set_title(f"Fidelity at rank {summary.target_rank} (labels: explained variance EV;\n"
                  f"mean of {n} seed{'s' * (n > 1)}, bars: std). "
                  "Plain cosine is near 1 for most bars")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def _panel_latency(ax, summary):
-    matrices = summary.get("latency_matrix", {})
+    matrices = summary.latency_matrix
     styles = iter(("o-", "s--", "^-.", "v:", "D-", "x--"))
     for matrix in matrices.values():
         groups = {}
@@ -280,7 +280,7 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
-    dim = summary["input_dim"]
+    dim = summary.input_dim
     curve = sweep["closed_form_train_explained_variance"]
     ranks = list(range(1, dim // 2 + 1))  # up to the rank where the factors stop saving
     ax.plot([flop_ratio(dim, dim, r) for r in ranks], _unexplained([curve[r] for r in ranks]),
@@ -310,20 +310,20 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
 
 
 def _panel_teacher_spectra(ax, summary, curves, colours):
-    rank = summary["target_rank"]
-    for teacher in summary["teachers"]:
+    rank = summary.target_rank
+    for teacher in summary.teachers:
         s = torch.as_tensor(curves["teacher_singular_values"][teacher])
         ax.plot(torch.arange(1, len(s) + 1), s / s[0], color=colours[teacher], label=teacher)
     ax.axvline(rank, color="black", ls="--", lw=1, label=f"rank cut r = {rank}")
     ax.set_yscale("log")
     ax.set_xlabel("index i")
     ax.set_ylabel("singular value s_i / s_1 (log)")
-    ax.set_title(f"Teacher weight spectra, seed {summary['seeds'][0]} (what SVD sees)")
+    ax.set_title(f"Teacher weight spectra, seed {summary.seeds[0]} (what SVD sees)")
     ax.legend(fontsize=7)
 
 
 def _panel_embedding_spectrum(ax, summary, curves):
-    rank = summary["target_rank"]
+    rank = summary.target_rank
     ev = torch.as_tensor(curves["embedding_eigenvalues"]).clamp_min(1e-30)
     share = ev / ev.sum()
     k = torch.arange(1, len(ev) + 1)
@@ -336,7 +336,7 @@ def _panel_embedding_spectrum(ax, summary, curves):
     twin.plot(k, share.cumsum(0), color="tab:blue", label="cumulative share")
     twin.set_ylim(0, 1.02)
     twin.set_ylabel("cumulative share of variance", color="tab:blue")
-    eff = summary["data"]["effective_rank"]
+    eff = summary.data["effective_rank"]
     ax.set_title(f"The embeddings' own spectrum: participation ratio "
                  f"{eff['participation_ratio']:.1f};\n{eff['components_for_90pct']} / "
                  f"{eff['components_for_95pct']} / {eff['components_for_99pct']} components hold "
@@ -346,7 +346,7 @@ def _panel_embedding_spectrum(ax, summary, curves):
               loc="center right")
 
 
-def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
+def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     """Nine panels, one message each: distillation losses; fidelity per teacher and compressor;
     speedup against batch size; fidelity against compression per teacher (the rank sweep, with
     the exact closed-form curve); teacher spectra; the embeddings' own spectrum.
@@ -359,16 +359,16 @@ def render_figure(path: str | Path, summary: dict, curves: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    teachers, view = summary["teachers"], Results.of_summary(summary)
+    teachers, view = summary.teachers, summary.results()
     colours = dict(zip(teachers, TEACHER_COLOURS))
     fig, axes = plt.subplots(3, 3, figsize=(19, 16))
-    data_word = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
+    data_word = "real ESM-2" if summary.real_data else "SYNTHETIC"
     fig.suptitle(
-        f"Distil-Rank: {summary['input_dim']}x{summary['input_dim']} layers at rank "
-        f"{summary['target_rank']} "
+        f"Distil-Rank: {summary.input_dim}x{summary.input_dim} layers at rank "
+        f"{summary.target_rank} "
         f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters), "
-        f"{data_word} embeddings ({summary['data']['train']['rows']} train / "
-        f"{summary['data']['val']['rows']} validation rows), {len(summary['seeds'])} seed(s)",
+        f"{data_word} embeddings ({summary.data['train']['rows']} train / "
+        f"{summary.data['val']['rows']} validation rows), {len(summary.seeds)} seed(s)",
         fontsize=13,
     )
     _panel_losses(axes[0, 0], summary, curves, colours)
@@ -409,7 +409,7 @@ def _panel_task(ax, summary, view: Results, teacher):
     reference = entry.teacher_task_spearman
     if reference == reference:  # not NaN
         ax.axhline(reference, color="black", lw=1, label=f"teacher head {reference:.3f}")
-    ax.axvline(summary["target_rank"], color="black", ls="--", lw=0.8)
+    ax.axvline(summary.target_rank, color="black", ls="--", lw=0.8)
     ax.set_xlabel("rank r of the head's first layer (log)")
     ax.set_ylabel("Spearman rho, head's prediction vs measured fitness (validation)")
     ax.set_title(f"{teacher}: the task against rank (mean over seeds)\n"
@@ -420,14 +420,14 @@ def _panel_task(ax, summary, view: Results, teacher):
 
 def _text_panel(ax, summary, view: Results):
     """What a reader should take away, in numbers from this run."""
-    rank, student = summary["target_rank"], summary["student_method"]
+    rank, student = summary.target_rank, summary.student_method
     lines = [f"At rank {rank}, explained variance on validation (mean over seeds):"]
     for teacher, entry in view.entries.items():
         m = entry.methods
         lines.append(f"  {teacher:<13} svd {m['svd'].explained_variance:>9.3g}   "
                      f"data_aware {m['data_aware'].explained_variance:.3f}   "
                      f"{student} {m[student].explained_variance:.3f}")
-    if summary["data"]["has_fitness"]:
+    if summary.data["has_fitness"]:
         lines.append("")
         lines.append("Downstream: Spearman rho of a fitness probe fitted on the teacher:")
         for teacher, entry in view.entries.items():
@@ -437,10 +437,10 @@ def _text_panel(ax, summary, view: Results):
             transform=ax.transAxes)
 
 
-def write_results(out: Path, summary: dict, curves: dict) -> tuple[Path, Path]:
+def write_results(out: Path, summary: RunSummary, curves: dict) -> tuple[Path, Path]:
     """The JSON and the figure, written as a pair (files.write_together): `out` keeps the old
     pair or gets the new one, never a mix."""
     targets = (out / SUMMARY_NAME, out / FIGURE_NAME)
-    write_together({targets[0]: lambda tmp: Path(tmp).write_text(json_text(summary)),
+    write_together({targets[0]: lambda tmp: Path(tmp).write_text(json_text(summary.to_json())),
                     targets[1]: lambda tmp: render_figure(tmp, summary, curves)})
     return targets

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from distil_rank.benchmark.stats import aggregate
+from distil_rank.benchmark.stats import MEDIAN, PER_SEED, aggregate
 
-PER_SEED_KEYS = frozenset({"chosen_step", "selection_checkpoints", "steps_run", "noisy"})  # listed
+
+def combined_by(rule: str) -> dict:
+    """A field's declared rule for combining it over seeds (stats.aggregate); the default is
+    the mean."""
+    return {"combine": rule}
 
 
 def _present(record) -> dict:
@@ -38,7 +42,8 @@ class MethodScores:
     cosine_min: float
     rel_mse: float  # mean squared error / mean squared teacher output
     explained_variance: float  # 1 - SSE / total variance of the teacher's output: the headline
-    fit_seconds: float  # wall time of the fit (a distilled student: warm start + its share)
+    fit_seconds: float = field(metadata=combined_by(MEDIAN))  # the fit's wall time (a distilled
+    # student: its warm start's, plus its share of its training group's wall time)
     params: int
     rank: int
     spearman: float | None = None  # the teacher's fitness probe on this output
@@ -60,9 +65,11 @@ class DistillRecord:
     """One distillation run."""
 
     final_loss: float  # training loss at the last step run
-    chosen_step: int | None  # 0: the warm start; None: the last step (no held-out choice)
-    selection_checkpoints: list  # [step, held-out MSE] at each evaluation
-    steps_run: int | None = None  # steps taken before the end or an early stop (None: older runs)
+    chosen_step: int | None = field(metadata=combined_by(PER_SEED))  # 0: the warm start;
+    # None: the last step (no held-out choice)
+    selection_checkpoints: list = field(metadata=combined_by(PER_SEED))  # [step, held-out MSE]
+    steps_run: int | None = field(default=None, metadata=combined_by(PER_SEED))  # steps taken
+    # before the end or an early stop (None: older runs)
 
 
 @dataclass
@@ -127,13 +134,20 @@ class TeacherEntry:
         return cls(**values)
 
 
+# How each figure is combined over seeds: the rules the records' fields declare, and those of
+# the timing dict (latency.measure_latency) that each entry's `latency` holds.
+TIMING_RULES = {"median_ms": MEDIAN, "p25_ms": MEDIAN, "p75_ms": MEDIAN, "noisy": PER_SEED}
+COMBINE = {f.name: f.metadata["combine"] for record in (MethodScores, DistillRecord)
+           for f in fields(record) if "combine" in f.metadata} | TIMING_RULES
+
+
 def summarise_seeds(entries: list[TeacherEntry]) -> dict:
     """A teacher's JSON over seeds: the combined entry (means; timings: medians) with its derived
     figures computed from the combined scores, `std` of every figure over seeds (derived ones
     included), and each seed's entry under `per_seed`."""
-    mean, _ = aggregate([e.to_json(derived=False) for e in entries], PER_SEED_KEYS)
+    mean, _ = aggregate([e.to_json(derived=False) for e in entries], COMBINE)
     per_seed = [e.to_json() for e in entries]
-    _, std = aggregate(per_seed, PER_SEED_KEYS)
+    _, std = aggregate(per_seed, COMBINE)
     return {**TeacherEntry.from_json(mean).to_json(), "std": std, "per_seed": per_seed}
 
 
@@ -160,3 +174,44 @@ class Results:
         for key in path:
             node = None if node is None else node.get(key)
         return node
+
+
+@dataclass
+class RunSummary:
+    """A run's summary, typed: the JSON layout of reference/distil_rank_summary.schema.json,
+    built once at the end of the pipeline (`pipeline.summarise_run`) and read back from any
+    committed summary with `from_json`. The report, the docs generator and compare_results read
+    figures through it (`results()` for the teachers' typed entries)."""
+
+    real_data: bool  # False: the synthetic stand-in
+    data_note: str  # where the data came from, in one line
+    target_rank: int
+    input_dim: int
+    teachers: list[str]  # in the order they were built
+    entries: dict[str, dict]  # teacher -> its summarise_seeds JSON (with std and per_seed)
+    methods: list[str]  # the compressors applied
+    student_method: str  # a linear teacher's student, whose numbers fill the published keys
+    skipped_teachers: dict[str, str]  # teacher -> why it was not built
+    seeds: list[int]
+    latency_matrix: dict  # device type -> latency.latency_matrix
+    data: dict  # the data's sources, sizes, provenance and spectrum
+    config: dict  # Config.as_dict()
+    environment: dict  # latency.environment, plus run_seconds
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it is null
+
+    def results(self) -> Results:
+        return Results(self.entries)
+
+    def to_json(self) -> dict:
+        tree = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}
+        names = list(tree)
+        at = names.index("seeds") + 1  # teachers' entries sit after the seeds, as they always did
+        ordered = {k: tree[k] for k in names[:at]} | self.entries | \
+            {k: tree[k] for k in names[at:]}
+        return ordered
+
+    @classmethod
+    def from_json(cls, tree: dict) -> RunSummary:
+        known = {f.name for f in fields(cls)} - {"entries"}
+        return cls(entries={name: tree[name] for name in tree["teachers"]},
+                   **{k: v for k, v in tree.items() if k in known})

@@ -23,47 +23,50 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def _is_timing(key: str) -> bool:
-    return key.endswith("_ms") or key.endswith("_seconds")
+MEAN, MEDIAN, PER_SEED = "mean", "median", "per_seed"  # the rules a field can declare
 
 
-def aggregate(trees: list, per_seed_keys: frozenset[str] = frozenset(), path: str = ""):
-    """Combine per-seed results of the same shape into (mean tree, std tree).
+def aggregate(trees: list, rules: dict[str, str] | None = None, path: str = ""):
+    """Combine per-seed results of the same shape into (mean tree, std tree), by the rule that
+    `rules` declares for a key (MEAN when it declares none):
 
-    The rule for every kind of value:
-      number          the mean over seeds, or for timings (keys ending in _ms or _seconds) the
-                      median, which one slow seed on a busy machine cannot drag; the std tree
-                      holds the sample standard deviation. A number equal in every seed is kept
-                      as it is (an int stays an int) with std 0.
-      list of numbers of equal length: element by element, as numbers.
-      dict            key by key; every seed must have the same keys.
-      key in `per_seed_keys`: the list of the per-seed values (e.g. which checkpoint each seed
-                      kept), absent from the std tree.
-      anything else   (strings, None, other lists) must be equal in every seed and is kept; a
-                      difference is an error, never "the first seed's".
+      MEAN            a number: its mean over seeds; the std tree holds the sample standard
+                      deviation. A number equal in every seed is kept as it is (an int stays an
+                      int) with std 0.
+      MEDIAN          the same with the median, which one slow seed on a busy machine cannot
+                      drag (timings declare it); the std tree still holds the std.
+      PER_SEED        the list of the per-seed values (e.g. which checkpoint each seed kept),
+                      absent from the std tree.
+    Whatever the rule, a dict is combined key by key (every seed must have the same keys), a
+    list of numbers of equal length element by element, and anything else (strings, None,
+    other lists) must be equal in every seed and is kept: a difference is an error, never
+    "the first seed's".
     """
-    first = trees[0]
+    rules = rules or {}
+    first, key = trees[0], path.rsplit(".", 1)[-1]
+    rule = rules.get(key, MEAN)
+    if rule not in (MEAN, MEDIAN, PER_SEED):
+        raise ValueError(f"{path}: unknown rule {rule!r}")
     if isinstance(first, dict):
         if any(not isinstance(t, dict) or t.keys() != first.keys() for t in trees):
             raise ValueError(f"{path or 'result'}: seeds have different keys")
         means, stds = {}, {}
-        for key in first:
-            values = [t[key] for t in trees]
-            if key in per_seed_keys:
-                means[key] = values
+        for name in first:
+            values = [t[name] for t in trees]
+            if rules.get(name) == PER_SEED:
+                means[name] = values
                 continue
-            means[key], std = aggregate(values, per_seed_keys, f"{path}.{key}".lstrip("."))
+            means[name], std = aggregate(values, rules, f"{path}.{name}".lstrip("."))
             if std is not None:
-                stds[key] = std
+                stds[name] = std
         return means, stds
-    timing = _is_timing(path.rsplit(".", 1)[-1])
     if all(_is_number(t) for t in trees):
-        return _combine([float(t) for t in trees], timing) if any(t != first for t in trees) \
-            else (first, 0.0)
+        return _combine([float(t) for t in trees], rule == MEDIAN) \
+            if any(t != first for t in trees) else (first, 0.0)
     if (isinstance(first, (list, tuple)) and first and all(_is_number(v) for v in first)
             and all(isinstance(t, (list, tuple)) and len(t) == len(first)
                     and all(_is_number(v) for v in t) for t in trees)):
-        pairs = [aggregate([t[i] for t in trees], per_seed_keys, path) for i in range(len(first))]
+        pairs = [aggregate([t[i] for t in trees], rules, path) for i in range(len(first))]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     if any(t != first for t in trees):
         raise ValueError(f"{path or 'result'}: differs across seeds and has no rule to combine it")
