@@ -194,16 +194,20 @@ class LayerReport:
 
 
 def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
+    """The chosen nn.Linear layers by name: at least one, each one of the model's."""
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if layers is None:
-        return linears
-    if callable(layers):
-        return {n: m for n, m in linears.items() if layers(n, m)}
-    missing = [n for n in layers if n not in linears]
-    if missing:
+        chosen = linears
+    elif callable(layers):
+        chosen = {n: m for n, m in linears.items() if layers(n, m)}
+    elif missing := [n for n in layers if n not in linears]:
         raise ValueError(f"not nn.Linear layers of the model: {missing}; "
                          f"the model's are: {sorted(linears)}")
-    return {n: linears[n] for n in layers}
+    else:
+        chosen = {n: linears[n] for n in layers}
+    if not chosen:
+        raise ValueError("no nn.Linear layer selected")
+    return chosen
 
 
 def _forward(model: nn.Module, batch, call: Callable | None):
@@ -325,8 +329,6 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     if isinstance(rank, dict) and layers is None:
         layers = list(rank)
     targets = _select(model, layers)
-    if not targets:
-        raise ValueError("no nn.Linear layer selected")
     if isinstance(rank, dict) and (missing := [n for n in targets if n not in rank]):
         raise ValueError(f"rank dict has no rank for layers {missing}")
     gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)

@@ -279,6 +279,22 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _provenance(args: argparse.Namespace, source: str, dtype, device, truncated: int,
+                limit: int) -> dict:
+    """What the written embeddings are: the model, layer, pooling, the FASTA's hash, and how."""
+    provenance = {
+        "model": args.model, "model_source": source,
+        "layer": "final" if args.layer is None else args.layer,
+        "pooling": "mean over residues (no BOS, EOS or padding)", "fasta": str(args.fasta),
+        "fasta_sha256": hashlib.sha256(Path(args.fasta).read_bytes()).hexdigest(),
+        "dtype": str(dtype).replace("torch.", ""), "device": str(device),
+        "truncated": truncated, "max_residues": limit, "tool": "python -m distil_rank.embed",
+    }
+    if args.labels is not None:
+        provenance["labels"] = str(args.labels)
+    return provenance
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     if args.split is not None and not 0 < args.split < 1:
         raise InputError(f"--split {args.split}: must be between 0 and 1")
@@ -310,18 +326,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     embeddings = embed_sequences(model, tokenizer, sequences, layer=args.layer,
                                  max_tokens=args.max_tokens)
 
-    fasta_bytes = Path(args.fasta).read_bytes()
-    provenance = {
-        "model": args.model, "model_source": source,
-        "layer": "final" if args.layer is None else args.layer,
-        "pooling": "mean over residues (no BOS, EOS or padding)",
-        "fasta": str(args.fasta), "fasta_sha256": hashlib.sha256(fasta_bytes).hexdigest(),
-        "dtype": str(dtype).replace("torch.", ""), "device": str(device),
-        "truncated": len(long), "max_residues": limit,
-        "tool": "python -m distil_rank.embed",
-    }
-    if args.labels is not None:
-        provenance["labels"] = str(args.labels)
+    provenance = _provenance(args, source, dtype, device, len(long), limit)
     ids = [r.id for r in records]
     if args.split is None:
         out = Path(args.out)

@@ -1,4 +1,4 @@
-"""Load, validate and split embeddings; generate the synthetic stand-in.
+"""Embedding files: load and validate them, save them, and split their rows.
 
 Accepted files:
   .pt/.pth  a dict {"embeddings": [N, D] tensor, optional "fitness": [N], "position": [N],
@@ -123,47 +123,55 @@ def _pick(obj: dict, keys: tuple[str, ...]):
 
 def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
     """Read one embedding file and check it: 2-D, at least `min_rows` rows and 2 columns,
-    finite."""
+    finite; its labels, when it has any, one per row."""
     path = Path(path)
+    raw, labels = _unpack(path, _read(path))
+    embeddings = _checked_embeddings(path, raw, min_rows)
+    fitness, position, ids = _checked_labels(path, len(embeddings), *labels[:3])
+    return EmbeddingSet(embeddings=embeddings, fitness=fitness, position=position, ids=ids,
+                        provenance=dict(labels[3]), source=str(path))
+
+
+def _read(path: Path):
+    """The file's object, refusing before any read what is not a regular file (a folder, a
+    device such as /dev/zero, a FIFO) or not of a known type."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected an embedding file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a device, a FIFO or a socket): refused "
+                         "before reading")
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
-        obj = _read_pt(path)
-    elif suffix in (".npy", ".npz"):
-        obj = _read_numpy(path)
-    else:
-        raise InputError(f"{path}: unknown file type '{suffix}', expected .pt, .pth, .npy or .npz")
+        return _read_pt(path)
+    if suffix in (".npy", ".npz"):
+        return _read_numpy(path)
+    raise InputError(f"{path}: unknown file type '{suffix}', expected .pt, .pth, .npy or .npz")
 
-    fitness = position = ids = None
-    provenance: dict = {}
-    if isinstance(obj, dict):
-        raw = _pick(obj, EMBEDDING_KEYS)
-        if raw is None:
-            keys = ", ".join(repr(k) for k in obj) or "none"
-            raise InputError(f"{path}: dict has no 'embeddings' entry (keys: {keys})")
-        fitness = obj.get("fitness")
-        position = _pick(obj, POSITION_KEYS)
-        ids = obj.get("ids")
-        provenance = obj.get("provenance") or {}
-        if not isinstance(provenance, dict):
-            raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, "
-                             "expected a dict")
-    elif isinstance(obj, (torch.Tensor, np.ndarray)):
-        raw = obj
-    else:
-        raise InputError(
-            f"{path}: holds a {type(obj).__name__}, expected a 2-D tensor or a dict with "
-            "'embeddings'"
-        )
 
+def _unpack(path: Path, obj):
+    """(the raw embeddings, (fitness, position, ids, provenance)) of a file's object."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj, (None, None, None, {})
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: holds a {type(obj).__name__}, expected a 2-D tensor or a "
+                         "dict with 'embeddings'")
+    raw = _pick(obj, EMBEDDING_KEYS)
+    if raw is None:
+        keys = ", ".join(repr(k) for k in obj) or "none"
+        raise InputError(f"{path}: dict has no 'embeddings' entry (keys: {keys})")
+    provenance = obj.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise InputError(f"{path}: 'provenance' is a {type(provenance).__name__}, expected a dict")
+    return raw, (obj.get("fitness"), _pick(obj, POSITION_KEYS), obj.get("ids"), provenance)
+
+
+def _checked_embeddings(path: Path, raw, min_rows: int) -> torch.Tensor:
     embeddings = _as_tensor(path, "embeddings", raw)
     if embeddings.dim() != 2:
         raise InputError(
-            f"{path}: embeddings have shape {tuple(embeddings.shape)}, expected 2-D [N, D]"
-        )
+            f"{path}: embeddings have shape {tuple(embeddings.shape)}, expected 2-D [N, D]")
     n, d = embeddings.shape
     if n < max(min_rows, 1):
         what = "empty (0 rows)" if n == 0 else f"{n} row(s), need at least {min_rows} embeddings"
@@ -174,15 +182,16 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
     finite = torch.isfinite(wide).all(dim=1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()
-        raise InputError(
-            f"{path}: {bad.numel()} row(s) hold NaN or Inf (first: row {int(bad[0])})"
-        )
+        raise InputError(f"{path}: {bad.numel()} row(s) hold NaN or Inf (first: row "
+                         f"{int(bad[0])})")
     largest = wide.abs().max().item()
     if largest > MAX_ABS_VALUE:
         raise InputError(f"{path}: values as large as {largest:.3g}; beyond {MAX_ABS_VALUE:.0e} "
                          "float32 arithmetic overflows or loses all precision: rescale them")
-    embeddings = embeddings.to(torch.float32).contiguous()
+    return embeddings.to(torch.float32).contiguous()
 
+
+def _checked_labels(path: Path, n: int, fitness, position, ids):
     if fitness is not None:
         fitness = _as_tensor(path, "fitness", fitness).to(torch.float32).flatten()
         if fitness.numel() != n:
@@ -197,14 +206,7 @@ def load_embeddings(path: str | Path, min_rows: int = 2) -> EmbeddingSet:
         if not isinstance(ids, (list, tuple)) or len(ids) != n:
             raise InputError(f"{path}: 'ids' must be a list of {n} strings")
         ids = [str(i) for i in ids]
-    return EmbeddingSet(
-        embeddings=embeddings,
-        fitness=fitness,
-        position=position,
-        ids=ids,
-        provenance=dict(provenance),
-        source=str(path),
-    )
+    return fitness, position, ids
 
 
 def embeddings_payload(data: EmbeddingSet) -> dict:

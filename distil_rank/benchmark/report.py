@@ -77,6 +77,21 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
     if floor:
         lines.append(f"\n/ floor: the rank-r time over the time to read x and write y once at "
                      f"the copy bandwidth measured on this device ({floor:.0f} GB/s).")
+    lines += _fused_lines(matrix)
+    if any(row.get("noisy") for row in matrix["rows"]):
+        lines.append(f"\n(noisy): the interquartile range of a time exceeds "
+                     f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "
+                     "speedup is not a finding.")
+    for skip in matrix.get("skipped", []):
+        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
+                     f"{skip['why']}.")
+    return lines
+
+
+def _fused_lines(matrix: dict) -> list[str]:
+    """What the fused kernel's rows of a matrix say: its speed under graph replay against what
+    the memory floor would allow, its error, and where `auto` takes it."""
+    lines = []
     fused_rows: dict[str, list[dict]] = {}  # dtype -> the rows that ran the fused kernel
     for row in matrix["rows"]:
         if "fused" in row:
@@ -107,13 +122,6 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
                      "`fused = \"auto\"` takes it at batch "
                      f"{', '.join(map(str, taken)) or 'none'} and keeps the two "
                      "products elsewhere.")
-    if any(row.get("noisy") for row in matrix["rows"]):
-        lines.append(f"\n(noisy): the interquartile range of a time exceeds "
-                     f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "
-                     "speedup is not a finding.")
-    for skip in matrix.get("skipped", []):
-        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
-                     f"{skip['why']}.")
     return lines
 
 

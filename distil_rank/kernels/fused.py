@@ -194,9 +194,48 @@ def _interpreting() -> bool:
 
 
 @functools.cache
+def _parts() -> None:
+    """The kernel's two pieces that read best on their own, as Triton functions it inlines.
+    They become this module's globals, where the compiler and the interpreter (which runs a
+    kernel's source again, seeing globals only) both find them; made on first use, so that
+    TRITON_INTERPRET is read when the kernel is, not at import."""
+    global round_to_bf16, down_product
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def round_to_bf16(v):
+        """float32 rounded to bfloat16's precision, to nearest, ties to even, kept in float32."""
+        bits = v.to(tl.uint32, bitcast=True)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def down_product(x_ptr, down_ptr, rm, rr, k_start, k_stop, rows, rank, sxm, sxk, sdr, sdk,
+                     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+        """h = x A^T for the rows rm over the input columns k_start..k_stop, in slices."""
+        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,  # read once: stream it
+                        mask=(rm[:, None] < rows) & (rk[None, :] < k_stop), other=0.0,
+                        eviction_policy="evict_first")
+            a = tl.load(down_ptr + rr[None, :] * sdr + rk[:, None] * sdk,  # every program's
+                        mask=(rr[None, :] < rank) & (rk[:, None] < k_stop), other=0.0,
+                        eviction_policy="evict_last")
+            if UPCAST:
+                x = x.to(tl.float32)
+                a = a.to(tl.float32)
+            h += tl.dot(x, a, input_precision=PRECISION)
+        return h
+
+
+@functools.cache
 def _kernel():
     import triton
     import triton.language as tl
+
+    _parts()
 
     @triton.jit
     def lowrank_kernel(x_ptr, down_ptr, up_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr, rows, dim_in,
@@ -209,21 +248,10 @@ def _kernel():
             rm, k_start = tl.arange(0, BLOCK_M), pm * k_chunk
         else:
             rm, k_start = pm * BLOCK_M + tl.arange(0, BLOCK_M), 0
-        k_stop = tl.minimum(dim_in, k_start + k_chunk)
         rr = tl.arange(0, BLOCK_R)
-        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-        for k0 in range(k_start, k_stop, BLOCK_K):  # h = x A^T, over the input in slices
-            rk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,  # read once: stream it
-                        mask=(rm[:, None] < rows) & (rk[None, :] < k_stop), other=0.0,
-                        eviction_policy="evict_first")
-            a = tl.load(down_ptr + rr[None, :] * sdr + rk[:, None] * sdk,  # every program's
-                        mask=(rr[None, :] < rank) & (rk[:, None] < k_stop), other=0.0,
-                        eviction_policy="evict_last")
-            if UPCAST:
-                x = x.to(tl.float32)
-                a = a.to(tl.float32)
-            h += tl.dot(x, a, input_precision=PRECISION)
+        h = down_product(x_ptr, down_ptr, rm, rr, k_start, tl.minimum(dim_in, k_start + k_chunk),
+                         rows, rank, sxm, sxk, sdr, sdk, UPCAST, PRECISION, BLOCK_M, BLOCK_K,
+                         BLOCK_R)
         if SPLIT_K > 1:  # partial sums to memory; the span's last program to arrive adds them
             tile = rm[:, None] * BLOCK_R + rr[None, :]
             span = ws_ptr + pn * SPLIT_K * BLOCK_M * BLOCK_R
@@ -238,10 +266,8 @@ def _kernel():
                 for part in range(SPLIT_K):  # in order: the same sum on every run
                     h += tl.load(span + part * BLOCK_M * BLOCK_R + tile, volatile=True)
                 tl.atomic_xchg(count_ptr + pn, 0)  # ready for the next launch
-            if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # to nearest, ties to even
-                bits = h.to(tl.uint32, bitcast=True)
-                h = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
-                                                                           bitcast=True)
+            if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:
+                h = round_to_bf16(h)
             h_in = h.to(y_ptr.dtype.element_ty)  # rounded as the two-product path rounds it
             if UPCAST:
                 h_in = h_in.to(tl.float32)
@@ -257,9 +283,7 @@ def _kernel():
                     y += tl.load(bias_ptr + rn, mask=rn < dim_out,
                                  other=0.0).to(tl.float32)[None, :]
                 if UPCAST and y_ptr.dtype.element_ty == tl.bfloat16:  # as h above
-                    bits = y.to(tl.uint32, bitcast=True)
-                    y = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32,
-                                                                               bitcast=True)
+                    y = round_to_bf16(y)
                 tl.store(y_ptr + rm[:, None] * sym + rn[None, :] * syn,
                          y.to(y_ptr.dtype.element_ty),
                          mask=(rm[:, None] < rows) & (rn[None, :] < dim_out))
