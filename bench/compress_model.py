@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import time
 from pathlib import Path
 
 import torch
 
 from distil_rank.api import compress_model
-from distil_rank.benchmark.latency import device_name, environment
+from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +88,7 @@ def main() -> None:
         "max_abs_explained_variance_change_float32_products":
             max(abs(float32_only[n] - exact[n]) for n in exact),
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(torch.device("cpu")).lower()).strip("-")
+    slug = name_slug(device_name(torch.device("cpu")))
     path = Path(args.out_dir) / f"compress_model_{slug.removeprefix('cpu-')}.json"
     write_json(path, report)
     print(f"{report['layers']} layers, {tokens} tokens of {positions} positions "

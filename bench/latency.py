@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.latency import environment, latency_matrix, modes_for
+from distil_rank.benchmark.latency import environment, latency_matrix, modes_for, name_slug
 from distil_rank.benchmark.report import latency_table
 from distil_rank.files import write_json
 from distil_rank.kernels.fused import split_k_enabled
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
 def main() -> int:
@@ -75,8 +70,8 @@ def main() -> int:
         matrix["split_k_plans"] = split_k_enabled() if cuda else None
         report = {"environment": environment(device), "matrix": matrix}
         suffix = "_splitk" if args.split_k else ""
-        out = Path(args.out_dir) / (f"latency_{slug(matrix['device'])}_d{args.dim}_r{args.rank}"
-                                    f"{suffix}.json")
+        name = f"latency_{name_slug(matrix['device'])}_d{args.dim}_r{args.rank}{suffix}.json"
+        out = Path(args.out_dir) / name
         write_json(out, report)
         print("\n".join(latency_table(matrix, "latency matrix", console=True)))
         print(f"wrote {out}")

@@ -18,7 +18,6 @@ On CUDA the device is synchronised before every clock read.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,12 @@ from distil_rank.benchmark.compressors import (
 )
 from distil_rank.benchmark.config import Config
 from distil_rank.benchmark.data import synthetic_embeddings
-from distil_rank.benchmark.latency import device_name, environment
+from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.benchmark.teachers import random_teacher
 from distil_rank.distill import DistillJob, distill, distill_together
 from distil_rank.embeddings import load_embeddings
 from distil_rank.files import write_json
+from distil_rank.kernels.clock import time_calls
 from distil_rank.lowrank import (
     LowRankLinear,
     compress_data_aware,
@@ -65,13 +65,8 @@ def time_default_run() -> float:
 
 
 def _seconds(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    """One call of fn(), on the project's one clock (CUDA events on a GPU)."""
+    return time_calls(fn, device, 1)[0] / 1e3
 
 
 def time_fits(device: torch.device, repeats: int = 7, steps: int | None = None) -> dict:
@@ -177,7 +172,7 @@ def main() -> None:
               "batched": time_batched(device, args.batched_steps)}
     if not args.skip_default_run:
         report["default_run_seconds"] = time_default_run()
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")[:40]
+    slug = name_slug(device_name(device), 40)
     threads = f"_{torch.get_num_threads()}t" if device.type == "cpu" else ""
     path = Path(args.out_dir) / f"speed_{device.type}_{slug.removeprefix('cpu-')}{threads}.json"
     write_json(path, report)

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import os
 import platform
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import nn
 from distil_rank.kernels.clock import graph_replay, time_calls
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 
-MODES = ("eager", "cuda_graph", "fused", "fused_graph")
+TIMING_MODES = ("eager", "cuda_graph", "fused", "fused_graph")
 
 
 def modes_for(device: torch.device, fused: bool = True) -> tuple[str, ...]:
@@ -43,7 +44,7 @@ def modes_for(device: torch.device, fused: bool = True) -> tuple[str, ...]:
         return ("eager",)
     from distil_rank.kernels.fused import triton_available
 
-    return MODES if fused and triton_available() else MODES[:2]
+    return TIMING_MODES if fused and triton_available() else TIMING_MODES[:2]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
     With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
     that `repeats` of them would take longer than the budget (at least 5 are always made).
     """
-    if mode not in MODES:
+    if mode not in TIMING_MODES:
         raise ValueError(f"unknown timing mode {mode!r}")
     if mode != "eager" and device.type != "cuda":
         raise ValueError(f"mode {mode} needs a CUDA device")
@@ -232,6 +233,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def name_slug(text: str, limit: int = 48) -> str:
+    """A device's name as part of a file name: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit]
 
 
 def device_name(device: torch.device) -> str:

@@ -55,7 +55,7 @@ from distil_rank.kernels import two_products
 from distil_rank.kernels.clock import graph_replay, time_calls
 
 MAX_RANK = 256  # above it, the padded h would not fit in a program's registers
-MODES = ("auto", "on", "off")
+FUSED_CHOICES = ("auto", "on", "off")  # LowRankLinear.fused
 
 
 @dataclass(frozen=True)
@@ -517,8 +517,9 @@ def measure_plans(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 def use_fused(mode: str, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
               bias: torch.Tensor | None) -> bool:
     """Whether LowRankLinear's forward should take the kernel (see the module docstring)."""
-    if mode not in MODES:
-        raise ValueError(f"LowRankLinear.fused = {mode!r}: expected one of {', '.join(MODES)}")
+    if mode not in FUSED_CHOICES:
+        raise ValueError(f"LowRankLinear.fused = {mode!r}: expected one of "
+                         f"{', '.join(FUSED_CHOICES)}")
     if mode == "off" or up.shape[1] > MAX_RANK or x.numel() == 0:
         return False
     if x.dtype not in _TRITON_TYPES or any(
