@@ -1,7 +1,16 @@
-"""Distil-Rank: compress the dense projections on top of protein language model embeddings."""
+"""Distil-Rank: compress the dense projections on top of protein language model embeddings.
 
+    from distil_rank import compress_linear, compress_model, save_compressed, load_compressed
+
+The library (this package) never imports the benchmark (`distil_rank.benchmark`), and importing
+it loads neither the benchmark nor matplotlib.
+"""
+
+from distil_rank.api import compress_linear, compress_model, load_compressed, save_compressed
+from distil_rank.distill import DistillSettings
 from distil_rank.errors import InputError
 from distil_rank.lowrank import LowRankLinear
 
-__version__ = "0.3.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
-__all__ = ["InputError", "LowRankLinear", "__version__"]
+__version__ = "0.4.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+__all__ = ["DistillSettings", "InputError", "LowRankLinear", "__version__", "compress_linear",
+           "compress_model", "load_compressed", "save_compressed"]

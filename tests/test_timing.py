@@ -92,15 +92,15 @@ def test_the_teacher_latency_table_says_rows_of_one_shape_differ_only_by_noise(r
     import json
 
     from distil_rank.benchmark.report import teacher_latency_table
-    from distil_rank.benchmark.results import Results
+    from distil_rank.benchmark.results import RunSummary
 
     summary = json.loads((root / "reference" / "distil_rank_summary.json").read_text())
     speedups = [summary[t]["latency"]["teacher"]["median_ms"]
                 / summary[t]["latency"]["student"]["median_ms"] for t in summary["teachers"]]
-    note = teacher_latency_table(Results.of_summary(summary))[-1]
+    note = teacher_latency_table(RunSummary.from_json(summary).results())[-1]
     assert "same shape" in note and "is the machine's noise" in note
     assert f"{min(speedups):.2f}x to {max(speedups):.2f}x" in note
     wider = copy.deepcopy(summary)  # one teacher of another shape: no such claim
     wider[summary["teachers"][0]]["params_teacher"] += 1
     assert not any("same shape" in line
-                   for line in teacher_latency_table(Results.of_summary(wider)))
+                   for line in teacher_latency_table(RunSummary.from_json(wider).results()))

@@ -161,10 +161,6 @@ class Results:
                       for n, e in teachers.items()}
         self.entries = {n: TeacherEntry.from_json(e) for n, e in self._json.items()}
 
-    @classmethod
-    def of_summary(cls, summary: dict) -> Results:
-        return cls({name: summary[name] for name in summary["teachers"]})
-
     def heads(self) -> dict[str, TeacherEntry]:
         """The teachers judged by a task (a head's first layer)."""
         return {n: e for n, e in self.entries.items() if e.teacher_task_spearman is not None}
@@ -201,6 +197,15 @@ class RunSummary:
 
     def results(self) -> Results:
         return Results(self.entries)
+
+    def setting(self, stage: str, name: str):
+        """A setting of the run's Config, from either layout of `config`: nested by stage (from
+        0.4 on, e.g. config["distill"]["steps"]) or flat, as older summaries keep it
+        (config["steps"], config["latency_repeats"])."""
+        nested = self.config.get(stage)
+        if isinstance(nested, dict):
+            return nested[name]
+        return self.config.get(f"{stage}_{name}", self.config.get(name))
 
     def to_json(self) -> dict:
         tree = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}

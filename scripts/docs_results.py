@@ -1,9 +1,11 @@
-"""Regenerate the README's results section from the committed JSON (no number typed by hand).
+"""Regenerate docs/results.md and the README's headline table from the committed records (no
+number typed by hand).
 
-    python scripts/readme_results.py            # rewrites README.md between the markers
-    python scripts/readme_results.py --check    # exit 1 if README.md is out of date
+    python scripts/docs_results.py            # rewrites both between their markers
+    python scripts/docs_results.py --check    # exit 1 if either is out of date
 
-Reads results/distil_rank_summary.json and bench/results/{speed,latency,calibrate}_*.json.
+Reads reference/**/distil_rank_summary.json, reference/task_trained_ablation.json and
+bench/results/{speed,latency,calibrate,compress_model}_*.json, through RunSummary.
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ from distil_rank.benchmark.report import (
     task_table,
     teacher_latency_table,
 )
-from distil_rank.benchmark.results import Results, TeacherEntry
+from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
-def sweep_tables(summary: dict, view: Results) -> list[str]:
-    first = view.entries[summary["teachers"][0]].sweep
+def sweep_tables(summary: RunSummary, view: Results) -> list[str]:
+    first = view.entries[summary.teachers[0]].sweep
     if not first:
         return ["(This run had no rank sweep: `python main.py --sweep`.)"]
     ranks = first["ranks"]
@@ -79,11 +82,11 @@ def sweep_tables(summary: dict, view: Results) -> list[str]:
             errs = std["methods"][method]["task_spearman"]
             lines.append(f"| {method} | " + " | ".join(
                 pm(v, e, ".3f") for v, e in zip(curve["task_spearman"], errs)) + " |")
-    eff = summary["data"]["effective_rank"]
+    eff = summary.data["effective_rank"]
     lines += ["", f"The training embeddings' own effective rank: participation ratio "
               f"{eff['participation_ratio']:.1f}; {eff['components_for_90pct']}, "
               f"{eff['components_for_95pct']} and {eff['components_for_99pct']} principal "
-              f"components hold 90, 95 and 99% of their variance (D = {summary['input_dim']})."]
+              f"components hold 90, 95 and 99% of their variance (D = {summary.input_dim})."]
     return lines
 
 
@@ -106,7 +109,7 @@ def calibration_paragraph(cal: dict) -> str:
 
 def compress_model_paragraph(run: dict) -> str:
     """A bench/compress_model.py record in words."""
-    timed, env = run["runs"], run["environment"]
+    timed, env = run['runs'], run['environment']
     return (f"`compress_model` on a transformer (`python bench/compress_model.py`, "
             f"{env['device_name']}, {env['torch_threads']} threads): {run['model']}, "
             f"{run['layers']} layers, {run['tokens']:,} tokens in {run['positions']:,} padded "
@@ -118,25 +121,24 @@ def compress_model_paragraph(run: dict) -> str:
             f"by at most {run['max_abs_explained_variance_change_float32_products']:.0e}.")
 
 
-def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str, dict]],
+def results_section(summary: RunSummary, speeds: list[dict], latencies: list[tuple[str, dict]],
                     calibrations: list[dict], compress_models: list[dict],
                     source: Sources) -> str:
-    env = summary["environment"]
-    cfg = summary["config"]
-    data = summary["data"]
-    kind = "real ESM-2" if summary["real_data"] else "SYNTHETIC"
-    view = Results.of_summary(summary)
-    first = view.entries[summary["teachers"][0]].derived()
+    env = summary.environment
+    data = summary.data
+    kind = "real ESM-2" if summary.real_data else "SYNTHETIC"
+    view = summary.results()
+    first = view.entries[summary.teachers[0]].derived()
     lines = [
-        f"Produced by `python main.py` (seeds {', '.join(map(str, summary['seeds']))}; "
-        f"{cfg['steps']} distillation steps; {_run_time(summary)}) on "
+        f"Produced by `python main.py` (seeds {', '.join(map(str, summary.seeds))}; "
+        f"{summary.setting('distill', 'steps')} distillation steps; {_run_time(summary)}) on "
         f"{env['device_name']} with {env['torch_threads']} threads, torch {env['torch']}; "
         f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} "
         "validation rows, "
-        f"D = {summary['input_dim']}, rank r = {summary['target_rank']} "
+        f"D = {summary.input_dim}, rank r = {summary.target_rank} "
         f"({first['params_teacher']:,} -> {first['params_student']:,} parameters, "
         f"{first['compression']:.1f}x fewer). All fidelity figures are on the validation rows, "
-        f"mean ± standard deviation over the {len(summary['seeds'])} seeds. "
+        f"mean ± standard deviation over the {len(summary.seeds)} seeds. "
         f"The training embeddings' common mean has norm {data['embedding_mean_norm']:.3g}; their "
         f"root-mean-square distance from it is {data['embedding_spread_rms_norm']:.3g}.",
         "",
@@ -151,18 +153,18 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
         for name, entry in view.heads().items():
             m, run = entry.methods, entry.distillation["distil_task"]
             share = {k: m[k].task_spearman / entry.teacher_task_spearman for k in m}
-            lines += ["", f"At rank {summary['target_rank']} the {name}'s `task_aware` keeps "
+            lines += ["", f"At rank {summary.target_rank} the {name}'s `task_aware` keeps "
                       f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
                       f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
                       f"in {run.chosen_step.count(0)} of {len(run.chosen_step)} seeds"
                       + (f", stopping early after {', '.join(map(str, run.steps_run))} steps."
                          if isinstance(run.steps_run, list) else ".")]
     lines += ["", "### Rank sweep", ""] + sweep_tables(summary, view)
-    batch = view.entries[summary["teachers"][0]].latency["teacher"]["batch"]
+    batch = view.entries[summary.teachers[0]].latency["teacher"]["batch"]
     lines += ["", "### Latency", "", "Latency of one forward pass at batch "
-              f"{batch} (median of {cfg['latency_repeats']}):", "",
+              f"{batch} (median of {summary.setting('latency', 'repeats')}):", "",
               ] + teacher_latency_table(view)
-    for matrix in summary.get("latency_matrix", {}).values():
+    for matrix in summary.latency_matrix.values():
         lines += [""] + latency_table(matrix, "The run's own latency matrix (`python main.py`)")
     for label, matrix in latencies:
         lines += [""] + latency_table(matrix, label)
@@ -213,26 +215,26 @@ def results_section(summary: dict, speeds: list[dict], latencies: list[tuple[str
 
 def gpu_section(source: Sources, folder: str = "reference/cuda") -> list[str]:
     """The benchmark as `bash bench/gpu.sh` ran it on a GPU, when its results are committed."""
-    run = source.read(f"{folder}/distil_rank_summary.json")
+    run = source.summary(f"{folder}/distil_rank_summary.json")
     if run is None:
         return ["", "No GPU run of the benchmark is recorded yet: `bash bench/gpu.sh` on a CUDA "
                 "machine writes one (`reference/cuda/`), and this section then shows it."]
-    teachers = Results.of_summary(run)
+    teachers = run.results()
     lines = ["", "### On a GPU", "",
-             f"`bash bench/gpu.sh` on {run['environment']['device_name']} (torch "
-             f"{run['environment']['torch']}, CUDA {run['environment']['cuda']}): "
-             f"`python main.py --device cuda`, the default data, {len(run['seeds'])} seeds, "
+             f"`bash bench/gpu.sh` on {run.environment['device_name']} (torch "
+             f"{run.environment['torch']}, CUDA {run.environment['cuda']}): "
+             f"`python main.py --device cuda`, the default data, {len(run.seeds)} seeds, "
              f"distillation on the GPU (`reference/cuda/`; {_run_time(run)}). Which commit it "
              f"measured, and what its timings describe: `reference/cuda/PROVENANCE.md`.", ""]
     lines += results_table(teachers) + [""] + task_table(teachers) + [""]
     lines += teacher_latency_table(teachers)
-    for matrix in run["latency_matrix"].values():
+    for matrix in run.latency_matrix.values():
         lines += [""] + latency_table(matrix, "That run's latency matrix")
-    pub = source.read(f"{folder}/published/distil_rank_summary.json")
+    pub = source.summary(f"{folder}/published/distil_rank_summary.json")
     if pub is not None:
-        first = pub[pub["teachers"][0]]
+        first = pub.entries[pub.teachers[0]]
         lines += ["", f"The published preset on that GPU (`reference/cuda/published/`): rank "
-                  f"{pub['target_rank']} of {pub['input_dim']}-d layers, speedup at batch "
+                  f"{pub.target_rank} of {pub.input_dim}-d layers, speedup at batch "
                   f"{first['latency']['teacher']['batch']} {first['speedup']:.2f}x (FLOP ratio "
                   f"{first['flop_ratio']:.1f}x)."]
     return lines
@@ -244,8 +246,8 @@ def _provenance(record: dict) -> str:
     return f" ({note})" if note else ""
 
 
-def _run_time(summary: dict) -> str:
-    seconds = summary["environment"].get("run_seconds")  # absent from runs before it was kept
+def _run_time(summary: RunSummary) -> str:
+    seconds = summary.environment.get("run_seconds")  # absent from runs before it was kept
     return "wall time not recorded" if seconds is None else f"{seconds:.0f} s wall time"
 
 
@@ -254,29 +256,37 @@ def recipe_figures(entry: dict) -> dict:
     return replace(TeacherEntry.from_json(entry), student_method=RECIPE).derived()
 
 
-def published_section(published: dict, same_recipe: dict, real: dict) -> str:
+def _explained(summary: RunSummary, teacher: str, method: str) -> float:
+    return summary.results().entries[teacher].methods[method].explained_variance
+
+
+def _median_speedup(summary: RunSummary) -> float:
+    return statistics.median(summary.entries[t]["speedup"] for t in summary.teachers)
+
+
+def published_section(published: dict, same_recipe: RunSummary, real: RunSummary) -> str:
     """Their table beside ours: the same recipe on 1280-d synthetic data at rank 64, and on the
     real 320-d TEM-1 embeddings at rank 16."""
     columns = (same_recipe, real)
     lines = [
         "| | published (their data, ESM-2 650M, 1280-d, r = 64) | ours, same recipe, 1280-d "
-        f"synthetic, r = {same_recipe['target_rank']} | ours, real TEM-1 ESM-2 8M, "
-        f"{real['input_dim']}-d, r = {real['target_rank']} |",
+        f"synthetic, r = {same_recipe.target_rank} | ours, real TEM-1 ESM-2 8M, "
+        f"{real.input_dim}-d, r = {real.target_rank} |",
         "|---|---:|---:|---:|",
     ]
     rows = (("SVD cosine", "svd_cosine", ".3f"), ("student cosine", "student_cosine", ".3f"),
             ("improvement", "cosine_improvement", "+.1%"),
             ("MSE reduction", "mse_reduction", ".1%"))
     for teacher, theirs in published["teachers"].items():
-        ours = [recipe_figures(c[teacher]) for c in columns]
+        ours = [recipe_figures(c.entries[teacher]) for c in columns]
         for label, key, spec in rows:
             lines.append(f"| {theirs['label']}: {label} | {format(theirs[key], spec)} | "
                          + " | ".join(format(o[key], spec) for o in ours) + " |")
-    first = [c[c["teachers"][0]] for c in columns]
+    first = [c.entries[c.teachers[0]] for c in columns]
     lines.append(f"| speedup at batch {first[0]['latency']['teacher']['batch']} (ours: the "
                  f"median over the teachers) | {published['speedup']} | "
-                 + " | ".join(f"{statistics.median(c[t]['speedup'] for t in c['teachers']):.1f}x"
-                              f" ({c['environment']['device_name']})" for c in columns) + " |")
+                 + " | ".join(f"{_median_speedup(c):.1f}x ({c.environment['device_name']})"
+                              for c in columns) + " |")
     lines.append(f"| compression | {published['compression']}x | "
                  + " | ".join(f"{f['compression']:.1f}x" for f in first) + " |")
     lines.append(f"| parameters | {published['params_teacher']} -> {published['params_student']} | "
@@ -285,12 +295,12 @@ def published_section(published: dict, same_recipe: dict, real: dict) -> str:
     for method, label in ((RECIPE, "published recipe"), ("data_aware", "closed form")):
         for teacher, theirs in published["teachers"].items():
             lines.append(f"| {theirs['label']}: explained variance, {label} | not reported | "
-                         + " | ".join(f"{c[teacher]['methods'][method]['explained_variance']:.4g}"
-                                      for c in columns) + " |")
-    seeds = " and ".join(str(len(c["seeds"])) for c in columns)
+                         + " | ".join(f"{_explained(c, teacher, method):.4g}" for c in columns)
+                         + " |")
+    seeds = " and ".join(str(len(c.seeds)) for c in columns)
     times = " and ".join(_run_time(c) for c in columns)
     lines += ["", f"Our columns: `python main.py --preset published` and `python main.py` "
-              f"({times} on {columns[0]['environment']['device_name']}), the "
+              f"({times} on {columns[0].environment['device_name']}), the "
               f"means of {seeds} seeds, with the published recipe (`distil`: SVD warm start, AdamW "
               f"3e-3, batch 64, 1000 steps, MSE + 0.1 (1 - cos)) as the student, so that like is "
               f"compared with like; improvement is student minus SVD cosine, MSE reduction is "
@@ -348,6 +358,10 @@ class Sources:
             return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern))
         return sorted(p for p in self.tracked if fnmatch.fnmatch(p, pattern))
 
+    def summary(self, path: str) -> RunSummary | None:
+        tree = self.read(path)
+        return None if tree is None else RunSummary.from_json(tree)
+
     def read(self, path: str) -> dict | None:
         if self.tracked is None:
             file = self.root / path
@@ -358,36 +372,67 @@ class Sources:
                                          check=True, capture_output=True, text=True).stdout)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true")
-    args = p.parse_args()
-    source = Sources(committed=args.check)
-    summary = source.read("reference/distil_rank_summary.json")
+def headline_table(summary: RunSummary) -> str:
+    """The README's one table: at the default rank, how much of each teacher's output variation
+    each compressor keeps, and for a head the task."""
+    view, student = summary.results(), summary.student_method
+    entry = view.entries[summary.teachers[0]].derived()
+    lines = [f"Explained variance on the validation rows at rank {summary.target_rank} of "
+             f"{summary.input_dim} ({entry['compression']:.1f}x fewer parameters), mean over "
+             f"{len(summary.seeds)} seeds ({summary.data_note}):", "",
+             f"| teacher | svd | published recipe (`{RECIPE}`) | closed form (`data_aware`) | "
+             f"student (`{student}`) | task Spearman, teacher / best compressed |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, e in view.entries.items():
+        m = e.methods
+        best = max((k for k in ("task_aware", "distil_task") if k in m),
+                   key=lambda k: m[k].task_spearman, default=None)
+        task = "" if best is None else \
+            f"{e.teacher_task_spearman:.3f} / {m[best].task_spearman:.3f} (`{best}`)"
+        kept = [m[k].explained_variance for k in (RECIPE, "data_aware", student)]
+        lines.append(f"| {name} | {m['svd'].explained_variance:.4g} | "
+                     + " | ".join(f"{v:.4f}" for v in kept) + f" | {task} |")
+    return "\n".join(lines)
+
+
+def render(source: Sources) -> dict[Path, str]:
+    """The new text of docs/results.md and README.md."""
+    summary = source.summary("reference/distil_rank_summary.json")
     speeds = [source.read(f) for f in source.glob("bench/results/speed_*.json")]
     latencies = [(f"`{f}`{_provenance(source.read(f))}", source.read(f)["matrix"])
                  for f in source.glob("bench/results/latency_*.json")]
     calibrations = [source.read(f) for f in source.glob("bench/results/calibrate_*.json")]
     compress_models = [source.read(f) for f in source.glob("bench/results/compress_model_*.json")]
-    readme = (ROOT / "README.md").read_text()
-    updated = replace_between(readme, START, END,
-                              results_section(summary, speeds, latencies, calibrations,
-                                              compress_models, source))
-    published_run = source.read("reference/published/distil_rank_summary.json")
+    docs = (ROOT / "docs" / "results.md").read_text()
+    docs = replace_between(docs, START, END, results_section(
+        summary, speeds, latencies, calibrations, compress_models, source))
+    published_run = source.summary("reference/published/distil_rank_summary.json")
     if published_run is not None:
         published = source.read("bench/reference/published_distil_rank.json")
-        updated = replace_between(updated, PUBLISHED_START, PUBLISHED_END,
-                                  published_section(published, published_run, summary))
+        docs = replace_between(docs, PUBLISHED_START, PUBLISHED_END,
+                               published_section(published, published_run, summary))
     ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
-        updated = replace_between(updated, ABLATION_START, ABLATION_END, ablation_section(ablation))
+        docs = replace_between(docs, ABLATION_START, ABLATION_END, ablation_section(ablation))
+    readme = replace_between((ROOT / "README.md").read_text(), HEADLINE_START, HEADLINE_END,
+                             headline_table(summary))
+    return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args()
+    pages = render(Sources(committed=args.check))
+    stale = [path.name for path, text in pages.items() if path.read_text() != text]
     if args.check:
-        if updated != readme:
-            print("README.md results section is out of date: run python scripts/readme_results.py")
+        if stale:
+            print(f"{', '.join(stale)} out of date: run python scripts/docs_results.py")
             return 1
         return 0
-    (ROOT / "README.md").write_text(updated)
-    print("README.md results section regenerated")
+    for path, text in pages.items():
+        path.write_text(text)
+    print(f"regenerated {', '.join(path.name for path in pages)}")
     return 0
 
 
