@@ -1,15 +1,7 @@
-"""Compress the linear layers of your own model with the closed form the benchmark shows best.
-
-    from distil_rank.api import compress_linear, compress_model, save_compressed, load_compressed
-
-    small = compress_linear(head.proj, calibration=embeddings, rank=64)            # one layer
-    small = compress_linear(head.proj, calibration=batches, target_explained_variance=0.99)
-    small = compress_linear(head.proj, embeddings, rank=64, output_weight=G)       # task-aware
-    report = compress_model(model, calibration=train_batches, holdout=val_batches,
-                            layers=["proj"], target_explained_variance=0.99)         # in place
-    report = compress_model(model, train_batches, rank={"proj": 64}, objective="output")
-    save_compressed(model, "model.lowrank.safetensors")
-    load_compressed(fresh_model, "model.lowrank.safetensors")
+"""Compress the linear layers of your own model with the closed form the benchmark shows best:
+`compress_linear` for one layer, `compress_model` for a model's chosen layers (to a rank, a
+rank per layer or a target explained variance), `save_compressed` and `load_compressed` for
+the result. docs/api.md shows each in use.
 
 Calibration inputs are what the layer sees: for compress_linear a tensor [N, in] or an iterable
 of such batches (any leading dimensions are flattened); for compress_model, batches of *model*

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from distil_rank.kernels.fused import (
     MAX_RANK,
-    blocked_reference,
     candidates,
     fits,
     plan,
@@ -22,6 +21,35 @@ from distil_rank.kernels.fused import (
     row_bucket,
 )
 from distil_rank.lowrank import LowRankLinear
+
+
+def blocked_reference(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                      bias: torch.Tensor | None, p) -> torch.Tensor:
+    """The kernel's loops in plain PyTorch, tile by tile with its padding, for a 2-D x and plan
+    p: its blocking logic, tested where Triton is absent."""
+    rows, dim_in = x.shape
+    dim_out, rank = up.shape
+    out = torch.empty(rows, dim_out, dtype=x.dtype)
+    padded_down = F.pad(down, (0, 0, 0, p.block_r - rank)).float()  # [block_r, dim_in]
+    padded_up = F.pad(up, (0, p.block_r - rank)).float()  # [dim_out, block_r]
+    for pm in range(1 if p.k_split > 1 else p.grid[0]):
+        m = slice(pm * p.block_m, min(rows, (pm + 1) * p.block_m))
+        for pn in range(p.grid[1]):
+            h = torch.zeros(m.stop - m.start, p.block_r)
+            for c0 in range(0, dim_in, p.k_chunk):  # one program's chunk each, summed in order
+                part = torch.zeros_like(h)
+                for k0 in range(c0, min(dim_in, c0 + p.k_chunk), p.block_k):
+                    k = slice(k0, min(dim_in, k0 + p.block_k))
+                    part += x[m, k].float() @ padded_down[:, k].T
+                h += part
+            h = h.to(x.dtype).float()  # rounded as the two-product path rounds it
+            for n0 in range(pn * p.n_span, min(dim_out, (pn + 1) * p.n_span), p.block_n):
+                n = slice(n0, min(dim_out, n0 + p.block_n))
+                y = h @ padded_up[n].T + (0 if bias is None else bias[n].float())
+                out[m, n] = y.to(x.dtype)
+    return out
+
+
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
 SHAPES = [(1, 40, 50, 5), (17, 70, 33, 16), (70, 130, 200, 33), (300, 64, 129, 1)]

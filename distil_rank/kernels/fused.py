@@ -25,17 +25,12 @@ decide), and caches the result (`tuning`), as Triton's autotuner and cuDNN's ben
 later calls in the bucket refit the chosen blocks to their rows. Nothing is timed during
 CUDA-graph capture: a bucket not seen before takes the first guess.
 
-Inference only: autograd never sees the kernel. LowRankLinear uses it (its `fused` attribute)
-when it is "on" (with the fastest plan), or when it is "auto" (the default), on CUDA with
-Triton, no gradient wanted, and the kernel's fastest plan beat the two-product path. Under
-torch.compile the layer takes the two products, which the compiler generates kernels for
-itself: tracing into the tuning and the launch failed (seen under the interpreter).
+Inference only, and opt-in (LowRankLinear.fused "auto" or "on"; the default "off" keeps the two
+products until a GPU record shows the kernel right and faster). docs/kernel.md says more.
 
-Tests run the kernel on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which computes
-tl.dot on bfloat16 wrongly and rounds fp32 to bfloat16 by truncation (a GPU rounds to nearest
-even); there the operands are upcast to fp32 first (UPCAST), and bfloat16 rounding is done by
-hand, to nearest even, where the real kernel rounds. `blocked_reference` replays the
-kernel's tiling in plain PyTorch, so that the blocking logic is tested where Triton is absent.
+Under Triton's interpreter (TRITON_INTERPRET=1, the tests), which computes tl.dot on bfloat16
+wrongly and truncates fp32 to bfloat16, the operands are upcast to fp32 first (UPCAST) and
+bfloat16 is rounded by hand, to nearest even, as a GPU rounds.
 """
 
 from __future__ import annotations
@@ -49,7 +44,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from distil_rank.kernels import two_products
 from distil_rank.kernels.clock import graph_replay, time_calls
@@ -161,32 +155,6 @@ def candidates(rows: int, dim_in: int, dim_out: int, rank: int, processors: int 
         if p is not None and p not in chosen and fits(p, element_bytes):
             chosen.append(p)
     return chosen
-
-
-def blocked_reference(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
-                      bias: torch.Tensor | None, p: Plan) -> torch.Tensor:
-    """The kernel's loops in plain PyTorch, tile by tile with its padding, for a 2-D x."""
-    rows, dim_in = x.shape
-    dim_out, rank = up.shape
-    out = torch.empty(rows, dim_out, dtype=x.dtype)
-    padded_down = F.pad(down, (0, 0, 0, p.block_r - rank)).float()  # [block_r, dim_in]
-    padded_up = F.pad(up, (0, p.block_r - rank)).float()  # [dim_out, block_r]
-    for pm in range(1 if p.k_split > 1 else p.grid[0]):
-        m = slice(pm * p.block_m, min(rows, (pm + 1) * p.block_m))
-        for pn in range(p.grid[1]):
-            h = torch.zeros(m.stop - m.start, p.block_r)
-            for c0 in range(0, dim_in, p.k_chunk):  # one program's chunk each, summed in order
-                part = torch.zeros_like(h)
-                for k0 in range(c0, min(dim_in, c0 + p.k_chunk), p.block_k):
-                    k = slice(k0, min(dim_in, k0 + p.block_k))
-                    part += x[m, k].float() @ padded_down[:, k].T
-                h += part
-            h = h.to(x.dtype).float()  # rounded as the two-product path rounds it
-            for n0 in range(pn * p.n_span, min(dim_out, (pn + 1) * p.n_span), p.block_n):
-                n = slice(n0, min(dim_out, n0 + p.block_n))
-                y = h @ padded_up[n].T + (0 if bias is None else bias[n].float())
-                out[m, n] = y.to(x.dtype)
-    return out
 
 
 def _interpreting() -> bool:
