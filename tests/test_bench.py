@@ -66,8 +66,8 @@ def test_a_file_from_another_device_is_refused(root, tmp_path):
         gpu.check_outputs(tmp_path, ["results/cuda/missing*.json"], "cuda", since=0)
 
 
-def test_readme_sections_from_the_dry_run(root, dry_run):
-    readme = load(root, "scripts/readme_results.py")
+def test_docs_sections_from_the_dry_run(root, dry_run):
+    readme = load(root, "scripts/docs_results.py")
     lines = readme.gpu_section(readme.Sources(committed=False, root=dry_run), "results/cpu")
     text = "\n".join(lines)
     assert "### On a GPU" in text and "CPU" in text  # it names the device that ran, whatever it is
@@ -77,7 +77,8 @@ def test_readme_sections_from_the_dry_run(root, dry_run):
     summary = json.loads((dry_run / "results" / "cpu" / "distil_rank_summary.json").read_text())
     published = json.loads((root / "bench" / "reference" /
                             "published_distil_rank.json").read_text())
-    table = readme.published_section(published, summary, summary)
+    run = readme.RunSummary.from_json(summary)
+    table = readme.published_section(published, run, run)
     svd = summary["Random"]["methods"]["svd"]["cosine"]
     recipe = summary["Random"]["methods"]["distil"]["cosine"]
     assert f"| Random: SVD cosine | 0.467 | {svd:.3f} | {svd:.3f} |" in table

@@ -50,7 +50,7 @@ def create_parser() -> argparse.ArgumentParser:
                         "overwrites the cited results)")
     p.add_argument("--teacher-init", choices=("zero", "small", "default"), default=None,
                    help=f"the Task-Trained teacher's start (default: {defaults.teacher.init}); "
-                        "default is PyTorch's init, the recipe before the ablation in the README")
+                        "default is PyTorch's init, the recipe before the ablation in docs/results.md")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch (default: PyTorch's choice); the JSON records "
                         "the count, and latency figures from a busy machine are flagged noisy")

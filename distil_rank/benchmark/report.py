@@ -26,7 +26,7 @@ METHOD_LABELS = {
 
 # ----------------------------------------------------------------------------- console
 
-CONSOLE_WIDTH = 100  # console tables are aligned columns that fit this; the README's are Markdown
+CONSOLE_WIDTH = 100  # console tables are aligned columns that fit this; docs/results.md's are Markdown
 
 
 def _table(header: tuple[str, ...], align: str, rows: list[list[str]],
@@ -47,7 +47,7 @@ def _table(header: tuple[str, ...], align: str, rows: list[list[str]],
 
 def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]:
     """The dense-versus-rank-r latency matrix as a table, with what it was measured on and the
-    break-even batch: the one renderer for the console, bench/ and the README. On CUDA a column
+    break-even batch: the one renderer for the console, bench/ and docs/results.md. On CUDA a column
     says how far the rank-r time is from the memory floor (reading x and writing y once)."""
     floor = matrix.get("copy_bandwidth_gb_s")  # absent or null off CUDA and in older records
     rows = []
@@ -137,7 +137,7 @@ def pm(mean, std, spec: str) -> str:
 
 def results_table(view: Results, console: bool = False) -> list[str]:
     """Fidelity per teacher and compressor, explained variance first: one seed's entries or the
-    entries over seeds (then with ± std). The console (short names) and the README."""
+    entries over seeds (then with ± std). The console (short names) and docs/results.md."""
     header = ("teacher", "method", "EV", "cosine mean / min", "rel_mse", "probe rho", "fit s") \
         if console else ("teacher", "compressor", "explained variance", "cosine (mean / min)",
                          "rel_mse", "Spearman rho (teacher's probe)", "fit s")
