@@ -162,6 +162,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: 1000)")
     p.add_argument("--batched-steps", type=int, default=300,
                    help="steps per student in the batched comparison")
+    p.add_argument("--students", type=int, default=12,
+                   help="students trained together in the batched comparison (a multiple of 6)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     device = torch.device(args.device)
@@ -169,7 +171,7 @@ def main() -> None:
         sys.exit("error: --device cuda: CUDA is not available on this machine")
     report = {"environment": environment(device),
               "fits": time_fits(device, args.repeats, args.steps),
-              "batched": time_batched(device, args.batched_steps)}
+              "batched": time_batched(device, args.batched_steps, args.students)}
     if not args.skip_default_run:
         report["default_run_seconds"] = time_default_run()
     slug = name_slug(device_name(device), 40)

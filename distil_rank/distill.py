@@ -144,7 +144,7 @@ def process_seed(seed: int, process_rank: int) -> int:
 # ----------------------------------------------------------------------------- many students
 
 
-def _group_key(job: DistillJob) -> tuple:
+def group_key(job: DistillJob) -> tuple:
     """Students that can share one stacked step: same shapes, optimiser settings and loss
     structure (alpha may differ), and the same number of held-out rows."""
     s, st = job.student, job.settings
@@ -172,7 +172,7 @@ def distill_together(jobs: list[DistillJob], device: torch.device, *, cuda_graph
         if not isinstance(job.student, LowRankLinear):
             raise TypeError(f"distill_together trains LowRankLinear students, got "
                             f"{type(job.student).__name__}")
-        groups.setdefault(_group_key(job), []).append(i)
+        groups.setdefault(group_key(job), []).append(i)
     results: list[DistillResult | None] = [None] * len(jobs)
     targets: dict = {}  # the teachers' outputs, computed once for every group that needs them
     for members in groups.values():

@@ -25,6 +25,8 @@ import csv
 import hashlib
 import itertools
 import math
+import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,15 +168,42 @@ def read_labels(path: str | Path, records: list[Record]) -> torch.Tensor:
 
 
 def resolve_model_name(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local directory)."""
+    """(what to pass to from_pretrained, whether to read local files only): a local folder, a
+    hub model already in the local cache, or a hub model that the hub can be asked for. A hub
+    name that is not cached fails at once, in one line, when the hub cannot be reached (offline
+    by HF_HUB_OFFLINE or by the network), where transformers would spend half a minute in
+    retries first."""
     if Path(name).is_dir():
         return name, True
     if name in ESM2_MODELS:
-        return ESM2_MODELS[name][0], False
-    if name.startswith("facebook/esm2_"):
-        return name, False
-    raise InputError(f"--model {name!r}: not a local directory nor an ESM-2 name "
-                     f"({', '.join(ESM2_MODELS)})")
+        name = ESM2_MODELS[name][0]
+    elif not name.startswith("facebook/esm2_"):
+        raise InputError(f"--model {name!r}: not a local directory nor an ESM-2 name "
+                         f"({', '.join(ESM2_MODELS)})")
+    if _cached(name):
+        return name, True
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub (huggingface.co) cannot be reached"
+        raise InputError(f"--model {name}: not in the local cache, and {why}: pass a local "
+                         "folder of the model (transformers format)")
+    return name, False
+
+
+def _cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def load_esm(name: str, device: torch.device, dtype: torch.dtype):

@@ -1,9 +1,12 @@
-"""Seeds and devices: what every stage needs, owned by no stage (library code never imports the
-benchmark's Config)."""
+"""Seeds, devices and CPU threads: what every stage needs, owned by no stage."""
 
 from __future__ import annotations
 
+import os
+import time
 import zlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -33,3 +36,66 @@ def resolve_device(name: str) -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many CPU threads PyTorch is given, and why."""
+
+    threads: int
+    cores: int  # the cores this process may run on
+    other_runnable: int | None  # runnable tasks besides this one at the start; None: unknown
+    reason: str
+
+
+def other_runnable(samples: int = 5, interval_s: float = 0.02) -> int | None:
+    """Runnable tasks other than this process, the fewest seen in a few samples of /proc/stat's
+    procs_running (which counts the reader itself): a busy loop is in every sample, a process
+    passing by in one. None where there is no /proc/stat."""
+    seen = []
+    for i in range(samples):
+        try:
+            text = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+        running = next((int(line.split()[1]) for line in text.splitlines()
+                        if line.startswith("procs_running")), None)
+        if running is None:
+            return None
+        seen.append(max(0, running - 1))
+        if i < samples - 1:
+            time.sleep(interval_s)
+    return min(seen)
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_threads(requested: int | None) -> ThreadChoice:
+    """--threads when given; OMP_NUM_THREADS when set; else PyTorch's default capped at the
+    cores that other runnable tasks leave free (at least 1). On a shared machine two threads
+    fighting two busy processes for two cores ran 6-30x slower than one thread."""
+    cores = usable_cores()
+    if requested is not None:
+        return ThreadChoice(requested, cores, None, "--threads")
+    if os.environ.get("OMP_NUM_THREADS"):
+        return ThreadChoice(torch.get_num_threads(), cores, None, "OMP_NUM_THREADS")
+    others = other_runnable()
+    if others is None:
+        return ThreadChoice(torch.get_num_threads(), cores, None,
+                            "PyTorch's default; this system does not say how busy it is")
+    threads = max(1, min(torch.get_num_threads(), cores - others))
+    return ThreadChoice(threads, cores, others,
+                        f"{cores} core(s), {others} other runnable task(s) at the start")
+
+
+def machine_load() -> dict:
+    """The load average and the other runnable tasks now, for the environment record."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        one = five = fifteen = None
+    return {"load_average_1_5_15_min": [one, five, fifteen], "other_runnable": other_runnable()}

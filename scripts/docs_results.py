@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from distil_rank.benchmark.report import (
+    describe_data,
     fmt,
     latency_table,
     pm,
@@ -126,14 +127,14 @@ def results_section(summary: RunSummary, speeds: list[dict], latencies: list[tup
                     source: Sources) -> str:
     env = summary.environment
     data = summary.data
-    kind = "real ESM-2" if summary.real_data else "SYNTHETIC"
+    kind = describe_data(summary)
     view = summary.results()
     first = view.entries[summary.teachers[0]].derived()
     lines = [
         f"Produced by `python main.py` (seeds {', '.join(map(str, summary.seeds))}; "
         f"{summary.setting('distill', 'steps')} distillation steps; {_run_time(summary)}) on "
         f"{env['device_name']} with {env['torch_threads']} threads, torch {env['torch']}; "
-        f"{kind} embeddings: {data['train']['rows']} train / {data['val']['rows']} "
+        f"{kind}: {data['train']['rows']} train / {data['val']['rows']} "
         "validation rows, "
         f"D = {summary.input_dim}, rank r = {summary.target_rank} "
         f"({first['params_teacher']:,} -> {first['params_student']:,} parameters, "
@@ -205,7 +206,8 @@ def results_section(summary: RunSummary, speeds: list[dict], latencies: list[tup
             sweep = batched["320d_sweep_ranks"]
             lines += ["", f"Students trained together (same run): {batched['students']} "
                       f"students, {batched['steps']} steps each, every student its own teacher "
-                      f"and seed. {cases}. Twelve students at the sweep's ranks 4 to 80: "
+                      f"and seed. {cases}. {batched['students']} students at the sweep's ranks "
+                      f"4 to 80: "
                       f"{sweep['grouped_by_rank_seconds']:.2f} s grouped by rank, "
                       f"{sweep['padded_to_max_rank_seconds']:.2f} s zero-padded to rank 80 in "
                       f"one stack."]

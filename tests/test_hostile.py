@@ -117,7 +117,14 @@ def main_cases(tmp, root):
         "out is a file": ["--out", str(root / "README.md")],
         "out unwritable": ["--out", "/proc/no/such/place"],
         "dimensions differ": ["--train", train, "--val", save("d7.pt", torch.randn(9, 7))],
+        "the same file as --train and --val": ["--train", train, "--val", train],
     })
+    zero = tmp / "zero.pt"  # a device: reading it never ends
+    zero.symlink_to("/dev/zero")
+    fifo = tmp / "fifo.pt"  # a FIFO: opening it waits for a writer
+    os.mkfifo(fifo)
+    cases["a /dev/zero symlink"] = ["--train", str(zero), "--val", val]
+    cases["a FIFO"] = ["--train", str(fifo), "--val", val]
     if not torch.cuda.is_available():
         cases["no cuda"] = ["--device", "cuda"]
     return cases
@@ -431,7 +438,8 @@ def test_main_says_in_plain_words_what_a_file_that_is_not_a_tensor_file_is(tmp_p
                                                                            old_results, capsys):
     text = tmp_path / "notes.pt"
     text.write_text("id,fitness\nP1,0.3\n")
-    line = assert_refused(main.main, ["--quick", "--train", str(text), "--val", str(text),
+    line = assert_refused(main.main, ["--quick", "--train", str(text), "--val",
+                                      str(root / "embeddings_val.pt"),
                                       "--out", str(old_results)], old_results, capsys, "text")
     assert "not a tensor file written by torch.save" in line
     assert "weights_only" not in line  # never the advice to load it unsafely
@@ -457,3 +465,35 @@ def test_the_api_refuses_layers_and_settings_it_cannot_use_with_the_promised_typ
     from distil_rank import InputError
     assert issubclass(InputError, ValueError)  # what the README promises API callers
 
+
+
+def test_validation_rows_that_are_also_training_rows_are_counted_and_warned(tmp_path, capsys):
+    torch.manual_seed(3)
+    train = torch.randn(120, 16)
+    val = torch.cat([train[:7], torch.randn(53, 16)])  # 7 rows copied from training
+    torch.save({"embeddings": train}, tmp_path / "train.pt")
+    torch.save({"embeddings": val}, tmp_path / "val.pt")
+    out = tmp_path / "out"
+    code, err = run_cli(main.main, ["--quick", "--no-sweep", "--seeds", "1", "--train",
+                                    str(tmp_path / "train.pt"), "--val", str(tmp_path / "val.pt"),
+                                    "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert "warning: 7 of 60 validation rows are also training rows" in err
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["data"]["val"]["rows_also_in_train"] == 7
+
+
+def test_the_embedding_tool_fails_at_once_on_a_hub_model_it_cannot_have(tmp_path, capsys,
+                                                                      monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and an empty cache: the model cannot be had
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text(">p1\nMKTAYIAKQR\n")
+    started = time.perf_counter()
+    line = assert_refused(embed.main, ["--fasta", str(fasta), "--model", "esm2_t6_8M_UR50D",
+                                       "--out", str(tmp_path / "e.pt")], tmp_path, capsys,
+                          "offline hub name")
+    assert time.perf_counter() - started < 10  # no retries against a hub it cannot reach
+    assert "not in the local cache" in line and "HF_HUB_OFFLINE" in line

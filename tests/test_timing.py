@@ -104,3 +104,41 @@ def test_the_teacher_latency_table_says_rows_of_one_shape_differ_only_by_noise(r
     wider[summary["teachers"][0]]["params_teacher"] += 1
     assert not any("same shape" in line
                    for line in teacher_latency_table(RunSummary.from_json(wider).results()))
+
+
+def test_times_that_snap_to_the_scheduler_tick_are_flagged_and_random_ones_are_not():
+    from distil_rank.benchmark.latency import quantised
+
+    g = torch.Generator().manual_seed(0)
+    ticks = [8.0 * (1 + int(k)) + 0.05 * float(e) for k, e in
+             zip(torch.randint(0, 3, (40,), generator=g), torch.randn(40, generator=g))]
+    assert quantised(ticks)  # multiples of 8 ms, a tight spread: waiting for the scheduler
+    spread = (2.0 + 20 * torch.rand(200, generator=g)).tolist()
+    assert not quantised(spread)  # times that fall anywhere
+    assert not quantised([0.41, 0.40, 0.42, 0.40])  # fast calls: below two ticks of any clock
+
+
+def test_an_implausible_speedup_is_untrusted_and_kept_out_of_the_break_even_batch():
+    from distil_rank.benchmark.latency import trust_flags
+
+    quiet = {"noisy": False, "quantised": False}
+    assert trust_flags(quiet, quiet, 9.0, 10.0) == []
+    assert trust_flags(quiet, quiet, 22.0, 10.0) == ["above the FLOP ratio"]
+    assert trust_flags(quiet, {"noisy": False, "quantised": True}, 2.0, 10.0) == ["quantised"]
+    rows = [{"batch": 1, "speedup": 0.5, "untrusted": []},
+            {"batch": 32, "speedup": 221.7, "untrusted": ["above the FLOP ratio"]},
+            {"batch": 256, "speedup": 0.9, "untrusted": []},
+            {"batch": 4096, "speedup": 3.0, "untrusted": []}]
+    assert break_even_batch(rows) == 4096  # the 221x cell at batch 32 decides nothing
+
+
+def test_dense_and_factorised_are_timed_interleaved(monkeypatch):
+    from distil_rank.benchmark import latency
+
+    order = []
+    dense, factorised = nn.Linear(8, 8), LowRankLinear(8, 8, 2)
+    dense.register_forward_hook(lambda *a: order.append("A"))
+    factorised.register_forward_hook(lambda *a: order.append("B"))
+    latency.measure_latencies([dense, factorised], 4, 8, torch.device("cpu"), warmup=0,
+                              repeats=5)
+    assert "".join(order) == "AB" * 5  # each round times one call of each, in turn

@@ -50,10 +50,12 @@ def create_parser() -> argparse.ArgumentParser:
                         "overwrites the cited results)")
     p.add_argument("--teacher-init", choices=("zero", "small", "default"), default=None,
                    help=f"the Task-Trained teacher's start (default: {defaults.teacher.init}); "
-                        "default is PyTorch's init, the recipe before the ablation in docs/results.md")
+                        "default is PyTorch's init, the recipe before the ablation "
+                        "(docs/results.md)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for PyTorch (default: PyTorch's choice); the JSON records "
-                        "the count, and latency figures from a busy machine are flagged noisy")
+                   help="CPU threads for PyTorch (default: OMP_NUM_THREADS if set, else "
+                        "PyTorch's own, capped at the cores other runnable processes leave "
+                        "free); the JSON records the choice and the machine's load")
     p.add_argument("--quiet", action="store_true",
                    help="print only errors and the last line (where the results went)")
     p.add_argument("--seeds", type=int, default=None,

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from distil_rank.benchmark.latency import LatencySettings, measure_latency
+from distil_rank.benchmark.latency import LatencySettings, measure_latencies
 from distil_rank.benchmark.results import DistillRecord, TeacherEntry, method_scores
 from distil_rank.distill import (
     DistillJob,
     DistillResult,
     DistillSettings,
     distill_together,
+    group_key,
     refinement_job,
 )
 from distil_rank.lowrank import (
@@ -125,12 +126,30 @@ class Student:
                                 selection_mse_chosen=min(m for _, m in run.checkpoints))
 
 
-def train_students(students, device: torch.device, desc: str = "distil") -> None:
-    """Every pending distillation among `students`, trained together (distill_together)."""
+def train_students(students, device: torch.device, desc: str = "distil",
+                   time_alone: bool = False) -> None:
+    """Every pending distillation among `students`, trained together (distill_together).
+
+    A student's fit_seconds then holds its share of its group's wall time, which is not what
+    its distillation costs on its own. With `time_alone`, the first student of every group
+    (students that share a stacked step: distill.group_key) is trained once more on its own,
+    timed, and its seconds are given to every student of the group as
+    `distill_alone_seconds`: what one such distillation costs when nothing shares its steps."""
     pending = [s for s in students if s.job is not None]
-    for student, run in zip(pending, distill_together([s.job for s in pending], device,
-                                                      desc=desc)):
+    jobs = [s.job for s in pending]
+    for student, run in zip(pending, distill_together(jobs, device, desc=desc)):
         student.finish(run)
+    if not time_alone:
+        return
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(group_key(job), []).append(i)
+    for members in groups.values():
+        start = time.perf_counter()
+        distill_together([jobs[members[0]]], device, desc=desc)
+        alone = time.perf_counter() - start
+        for i in members:
+            pending[i].details["distill_alone_seconds"] = alone
 
 
 def _timed(fn, memo: FitMemo):
@@ -288,9 +307,9 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
                                                  run.steps_run)
 
     best = STUDENT if readout is None else HEAD_STUDENT
-    timed = {who: measure_latency(module, latency.batch, teacher.in_features, device,
-                                  warmup=latency.warmup, repeats=latency.repeats)
-             for who, module in (("teacher", teacher), ("student", students[best].module))}
+    timed = dict(zip(("teacher", "student"), measure_latencies(  # interleaved: the same load
+        [teacher, students[best].module], latency.batch, teacher.in_features, device,
+        warmup=latency.warmup, repeats=latency.repeats)))
     return TeacherEntry(
         best, methods, distillation, timed, num_parameters(teacher),
         flop_ratio(teacher.in_features, teacher.out_features, rank),

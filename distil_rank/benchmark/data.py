@@ -4,6 +4,7 @@ both default files are absent (and the run says so)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Dataset:
     val: EmbeddingSet
     real_data: bool
     note: str  # one line for the console and the JSON: where the data came from
+    val_rows_in_train: int = 0  # validation rows that are also, bit for bit, training rows
 
 
 def resolve_data(
@@ -51,6 +53,10 @@ def resolve_data(
             f"{missing[0]}: no such file, but its partner exists; "
             "restore it, or pass --train and --val, or --data synthetic"
         )
+    if all(Path(p).exists() for p in (train_path, val_path)) and \
+            os.path.samefile(train_path, val_path):
+        raise InputError(f"{val_path}: the same file as --train {train_path}: every held-out "
+                         "figure would be measured on training rows")
     train = load_embeddings(train_path)
     val = load_embeddings(val_path)
     if train.dim != val.dim:
@@ -58,7 +64,9 @@ def resolve_data(
             f"{val_path}: dimension {val.dim} differs from {train_path}'s dimension {train.dim}"
         )
     return Dataset(train, val, real_data=True,
-                   note=f"real embeddings from {train_path} and {val_path}")
+                   note=f"{describe_embeddings(train.provenance)}, from {train_path} and "
+                        f"{val_path}",
+                   val_rows_in_train=rows_also_in(val.embeddings, train.embeddings))
 
 
 # ----------------------------------------------------------------------------- synthetic stand-in
@@ -105,3 +113,19 @@ def synthetic_embeddings(
     return tuple(EmbeddingSet(embeddings=x[rows].clone(), fitness=fitness[rows].clone(),
                               provenance=provenance, source="synthetic")
                  for rows in (slice(0, n_train), slice(n_train, n)))
+
+
+def rows_also_in(rows: torch.Tensor, reference: torch.Tensor) -> int:
+    """How many of `rows` are, bit for bit, a row of `reference`: validation rows that are also
+    training rows measure nothing held out."""
+    seen = {bytes(row.numpy().tobytes()) for row in reference.contiguous()}
+    return sum(bytes(row.numpy().tobytes()) in seen for row in rows.contiguous())
+
+
+def describe_embeddings(provenance: dict) -> str:
+    """What real embeddings are, from their provenance: ESM-2 only where it says so."""
+    model = str(provenance.get("model", ""))
+    what = (f"ESM-2 embeddings ({model})" if "esm2" in model.lower() else
+            f"embeddings from {model}" if model else "embeddings of unrecorded origin")
+    proteins = provenance.get("proteins")
+    return f"{what} of {proteins}" if proteins else what

@@ -73,15 +73,26 @@ def _input(batch: int, in_features: int, device: torch.device, dtype: torch.dtyp
     return torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
 
 
-@torch.inference_mode()
-def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device, *,
-                    warmup: int, repeats: int, dtype: torch.dtype = torch.float32,
-                    mode: str = "eager", seed: int = 0, budget_s: float | None = None,
-                    graph_calls: int = 10) -> dict:
-    """Milliseconds per forward pass of a copy of `module` on a [batch, in_features] input
-    (the caller's module is never moved). Graph modes replay `graph_calls` passes at a time.
+def _timed_call(module: nn.Module, x: torch.Tensor, mode: str, graph_calls: int):
+    """(one timed call, forward passes per call) of a copy of `module` prepared for `mode`."""
+    module = copy.deepcopy(module).to(device=x.device, dtype=x.dtype).eval().requires_grad_(False)
+    if isinstance(module, LowRankLinear):
+        module.fused = "on" if mode.startswith("fused") else "off"
+    if mode.endswith("graph"):
+        return graph_replay(lambda: module(x), graph_calls), graph_calls
+    return (lambda: module(x)), 1
 
-    With `budget_s`, `repeats` is an upper bound: fewer calls are made when one call is so slow
+
+@torch.inference_mode()
+def measure_latencies(modules: list[nn.Module], batch: int, in_features: int,
+                      device: torch.device, *, warmup: int, repeats: int,
+                      dtype: torch.dtype = torch.float32, mode: str = "eager", seed: int = 0,
+                      budget_s: float | None = None, graph_calls: int = 10) -> list[dict]:
+    """Milliseconds per forward pass of copies of `modules` on one [batch, in_features] input
+    (the caller's modules are never moved), timed interleaved, A, B, A, B ..., so that every
+    module sees the same load. Graph modes replay `graph_calls` passes at a time.
+
+    With `budget_s`, `repeats` is an upper bound: fewer rounds are made when one is so slow
     that `repeats` of them would take longer than the budget (at least 5 are always made).
     """
     if mode not in TIMING_MODES:
@@ -89,21 +100,58 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
     if mode != "eager" and device.type != "cuda":
         raise ValueError(f"mode {mode} needs a CUDA device")
     x = _input(batch, in_features, device, dtype, seed)
-    module = copy.deepcopy(module).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if isinstance(module, LowRankLinear):
-        module.fused = "on" if mode.startswith("fused") else "off"
-    calls = graph_calls if mode.endswith("graph") else 1
-    fn = graph_replay(lambda: module(x), calls) if mode.endswith("graph") else (lambda: module(x))
+    calls = [_timed_call(module, x, mode, graph_calls) for module in modules]
     for _ in range(warmup):
-        fn()
+        for fn, _ in calls:
+            fn()
     if budget_s is not None:
-        one_call_s = statistics.median(time_calls(fn, device, 3)) / 1e3
-        repeats = max(5, min(repeats, int(budget_s / max(one_call_s, 1e-9))))
-    result = _summary([t / calls for t in time_calls(fn, device, repeats)])
-    result.update(batch=batch, dtype=str(dtype).replace("torch.", ""), mode=mode,
-                  device=device_name(device), calls_per_replay=calls,
-                  threads=torch.get_num_threads() if device.type == "cpu" else None)
-    return result
+        one_round_s = sum(statistics.median(time_calls(fn, device, 3)) for fn, _ in calls) / 1e3
+        repeats = max(5, min(repeats, int(budget_s / max(one_round_s, 1e-9))))
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for (fn, passes), kept in zip(calls, times):
+            kept.append(time_calls(fn, device, 1)[0] / passes)
+    return [{**_summary(kept), "quantised": quantised(kept), "batch": batch,
+             "dtype": str(dtype).replace("torch.", ""), "mode": mode,
+             "device": device_name(device), "calls_per_replay": passes,
+             "threads": torch.get_num_threads() if device.type == "cpu" else None}
+            for kept, (_, passes) in zip(times, calls)]
+
+
+def measure_latency(module: nn.Module, batch: int, in_features: int, device: torch.device,
+                    **timing) -> dict:
+    """`measure_latencies` of one module."""
+    return measure_latencies([module], batch, in_features, device, **timing)[0]
+
+
+SCHEDULER_TICKS_MS = (1.0, 4.0, 10.0)  # the kernel's timer tick at HZ = 1000, 250 and 100
+
+
+def quantised(times_ms: list[float]) -> bool:
+    """Whether the times snap to a scheduler tick: at least 80% of them within a tenth of a tick
+    of a whole number of ticks, at a median of two ticks or more. A process that waits for a
+    core on a busy machine is timed in the scheduler's slices, with a tight spread that the
+    interquartile test does not catch; times that fall at random are near a whole number of
+    ticks one time in five."""
+    median = statistics.median(times_ms)
+    for tick in SCHEDULER_TICKS_MS:
+        if median >= 2 * tick:
+            near = sum(abs(t / tick - round(t / tick)) <= 0.1 for t in times_ms)
+            if near >= 0.8 * len(times_ms):
+                return True
+    return False
+
+
+PLAUSIBLE_OVER_FLOPS = 1.5  # a speedup above 1.5x the FLOP ratio is the clock's, not the layer's
+
+
+def trust_flags(dense: dict, factorised: dict, speedup: float, flop_ratio: float) -> list[str]:
+    """Why a dense-against-factorised cell cannot be trusted; empty when it can."""
+    flags = [name for name, raised in (
+        ("noisy", dense["noisy"] or factorised["noisy"]),
+        ("quantised", dense.get("quantised") or factorised.get("quantised")),
+        ("above the FLOP ratio", speedup > PLAUSIBLE_OVER_FLOPS * flop_ratio)) if raised]
+    return flags
 
 
 def copy_bandwidth_gb_s(device: torch.device, megabytes: int = 1024, repeats: int = 10) -> float:
@@ -164,8 +212,9 @@ def _fits_in_memory(batch: int, dim_in: int, dim_out: int, rank: int, dtype: tor
 
 def break_even_batch(rows: list[dict]) -> int | None:
     """The smallest batch from which the factorised layer is faster at every larger batch
-    measured; None when it is not faster even at the largest."""
-    rows = sorted(rows, key=lambda r: r["batch"])
+    measured, over the cells that can be trusted; None when it is not faster even at the
+    largest."""
+    rows = sorted((r for r in rows if not r.get("untrusted")), key=lambda r: r["batch"])
     answer = None
     for row in reversed(rows):
         if row["speedup"] >= 1.0:
@@ -197,12 +246,13 @@ def latency_matrix(dim_in: int, dim_out: int, rank: int, device: torch.device, *
                     continue
                 common = dict(warmup=warmup, repeats=repeats, dtype=dtype, mode=mode, seed=seed,
                               budget_s=budget_s, graph_calls=graph_calls)
-                d = measure_latency(dense, batch, dim_in, device, **common)
-                f = measure_latency(factorised, batch, dim_in, device, **common)
+                d, f = measure_latencies([dense, factorised], batch, dim_in, device, **common)
+                speedup, ratio = d["median_ms"] / f["median_ms"], flop_ratio(dim_in, dim_out,
+                                                                              rank)
+                flags = trust_flags(d, f, speedup, ratio)
                 row = {"batch": batch, "dtype": d["dtype"], "mode": mode, "dense": d,
-                       "factorised": f, "speedup": d["median_ms"] / f["median_ms"],
-                       "flop_ratio": flop_ratio(dim_in, dim_out, rank),
-                       "noisy": d["noisy"] or f["noisy"]}
+                       "factorised": f, "speedup": speedup, "flop_ratio": ratio,
+                       "noisy": d["noisy"] or f["noisy"], "untrusted": flags}
                 if bandwidth:
                     moved = batch * (dim_in + dim_out) * torch.finfo(dtype).bits // 8
                     row["memory_bound_ms"] = moved / (bandwidth * 1e9) * 1e3

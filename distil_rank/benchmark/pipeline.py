@@ -11,8 +11,9 @@ instead of one small model at a time waiting on Python.
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from distil_rank.benchmark.config import DEFAULT_TRAIN, DEFAULT_VAL, Config
 from distil_rank.benchmark.data import Dataset, resolve_data
 from distil_rank.benchmark.latency import environment, latency_matrix, modes_for
 from distil_rank.benchmark.report import (
+    headline,
     latency_table,
     results_table,
     task_table,
@@ -54,7 +56,7 @@ from distil_rank.errors import InputError
 from distil_rank.files import check_writable_folder
 from distil_rank.lowrank import check_rank
 from distil_rank.moments import input_moments
-from distil_rank.runtime import resolve_device, stage_seed
+from distil_rank.runtime import choose_threads, machine_load, resolve_device, stage_seed
 
 UNDEFINED_REASONS = {
     "explained_variance": "0 / 0: the teacher's output does not vary on the validation rows "
@@ -263,13 +265,15 @@ def run(config: Config) -> RunSummary:
     report, each phase over every seed at once."""
     check_settings(config)
     device = resolve_device(config.device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    load_at_start = machine_load()
+    threads = choose_threads(config.threads)
+    torch.set_num_threads(threads.threads)
     progress = Progress(STAGES, config.quiet)
     dataset = load_data(config)
     dim = dataset.train.dim
     rank = resolve_rank(config.rank, dim, config.rank_divisor)
     progress.say("config: " + json.dumps(config.as_dict()))  # validated: no error can follow it
+    progress.say(f"threads: {threads.threads} ({threads.reason}; --threads N overrides)")
     has_fitness = announce_data(progress, dataset, rank, device)
     runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
             for seed in config.seeds()]
@@ -285,7 +289,7 @@ def run(config: Config) -> RunSummary:
                 for s in at_rank.values()]
     progress.stage("training", f": {sum(s.job is not None for s in students)} students "
                                "distilled together")
-    train_students(students, device)  # every distillation of the run, together
+    train_students(students, device, time_alone=True)  # every distillation, together
     for seed_run in runs:
         progress.stage("metrics", f", seed {seed_run.seed}")
         measure_seed(seed_run, rank, config, device)
@@ -296,11 +300,14 @@ def run(config: Config) -> RunSummary:
                               f"{', '.join(map(str, config.latency.batches))}")
     matrices = latency_matrices(dim, rank, config, device)
     progress.stage("report")
-    summary = summarise_run(config, dataset, runs, rank, matrices, device, progress.started)
+    load = {"start": load_at_start, "end": machine_load()}
+    summary = summarise_run(config, dataset, runs, rank, matrices, device, progress.started,
+                            {"threads": asdict(threads), "load": load})
+    summary.headline = headline(summary)
     curves = {**curves_of(runs[0], rank),
               "embedding_eigenvalues": embedding_spectrum(dataset.train.embeddings).clamp_min(0)}
     json_path, figure_path = write_results(Path(config.out), summary, curves)
-    progress.say(*console_report(summary))
+    progress.say(*console_report(summary), "", *busy_note(load), summary.headline)
     print(f"wrote {json_path} and {figure_path} "
           f"({summary.environment['run_seconds']:.1f} s)", flush=True)
     return summary
@@ -317,6 +324,10 @@ def announce_data(progress: Progress, dataset: Dataset, rank: int, device) -> bo
     has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
     if not has_fitness:
         progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")
+    if dataset.val_rows_in_train:
+        print(f"warning: {dataset.val_rows_in_train} of {val.num_rows} validation rows are also "
+              f"training rows: their figures are not held out (data.val.rows_also_in_train)",
+              file=sys.stderr, flush=True)
     return has_fitness
 
 
@@ -332,7 +343,8 @@ def data_record(dataset: Dataset, config: Config, has_fitness: bool) -> dict:
     return {
         "train": {"source": train.source, "rows": train.num_rows,
                   "selection_fraction": config.selection_fraction},
-        "val": {"source": val.source, "rows": val.num_rows},
+        "val": {"source": val.source, "rows": val.num_rows,
+                "rows_also_in_train": dataset.val_rows_in_train},
         "has_fitness": has_fitness,
         "provenance": train.provenance,
         "embedding_mean_norm": train.embeddings.double().mean(0).norm().item(),
@@ -342,7 +354,8 @@ def data_record(dataset: Dataset, config: Config, has_fitness: bool) -> dict:
 
 
 def summarise_run(config: Config, dataset: Dataset, runs: list[SeedRun], rank: int,
-                  matrices: dict, device: torch.device, started: float) -> RunSummary:
+                  matrices: dict, device: torch.device, started: float,
+                  machine: dict) -> RunSummary:
     """The run's summary, built once: every teacher combined over seeds, and the run's facts."""
     names = list(runs[0].teachers)
     entries = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
@@ -354,8 +367,19 @@ def summarise_run(config: Config, dataset: Dataset, runs: list[SeedRun], rank: i
         student_method=STUDENT, skipped_teachers={} if has_fitness else {HEAD_NAME: skipped_head},
         seeds=config.seeds(), latency_matrix=matrices,
         data=data_record(dataset, config, has_fitness), config=config.as_dict(),
-        environment={**environment(device), "run_seconds": time.perf_counter() - started},
+        environment={**environment(device), **machine,
+                     "run_seconds": time.perf_counter() - started},
         undefined=undefined_metrics(entries))  # run_seconds: the figure's rendering excluded
+
+
+def busy_note(load: dict) -> list[str]:
+    """A line when the machine was busy during the run: its timings are then suspect."""
+    others = [load[when]["other_runnable"] or 0 for when in ("start", "end")]
+    if not any(others):
+        return []
+    return [f"note: the machine was busy ({others[0]} other runnable task(s) at the start, "
+            f"{others[1]} at the end): latency figures were taken under load, and those that "
+            "cannot be trusted are flagged"]
 
 
 def console_report(summary: RunSummary) -> list[str]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR
+from distil_rank.benchmark.data import describe_embeddings
+from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, PLAUSIBLE_OVER_FLOPS
 from distil_rank.benchmark.results import Results, RunSummary
 from distil_rank.files import json_text, write_together
 from distil_rank.lowrank import flop_ratio
@@ -26,7 +27,7 @@ METHOD_LABELS = {
 
 # ----------------------------------------------------------------------------- console
 
-CONSOLE_WIDTH = 100  # console tables are aligned columns that fit this; docs/results.md's are Markdown
+CONSOLE_WIDTH = 100  # console tables are aligned columns that fit this; the docs' are Markdown
 
 
 def _table(header: tuple[str, ...], align: str, rows: list[list[str]],
@@ -53,7 +54,8 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
     rows = []
     for row in matrix["rows"]:
         d, f = row["dense"], row["factorised"]
-        noisy = " (noisy)" if row.get("noisy") else ""  # absent from records before it was kept
+        flags = untrusted(row)
+        noisy = f" ({', '.join(flags)})" if flags else ""
         rows.append([row["dtype"], row["mode"], str(row["batch"]),
                      f"{d['median_ms']:.4g} ({d['p25_ms']:.3g}-{d['p75_ms']:.3g})",
                      f"{f['median_ms']:.4g} ({f['p25_ms']:.3g}-{f['p75_ms']:.3g})",
@@ -78,10 +80,13 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
         lines.append(f"\n/ floor: the rank-r time over the time to read x and write y once at "
                      f"the copy bandwidth measured on this device ({floor:.0f} GB/s).")
     lines += _fused_lines(matrix)
-    if any(row.get("noisy") for row in matrix["rows"]):
-        lines.append(f"\n(noisy): the interquartile range of a time exceeds "
-                     f"{NOISY_RELATIVE_IQR:.0%} of its median: the machine was busy, and that "
-                     "speedup is not a finding.")
+    if any(untrusted(row) for row in matrix["rows"]):
+        lines.append(f"\nA speedup in brackets is not a finding, and is left out of the "
+                     f"break-even batch: noisy, the interquartile range of a time exceeds "
+                     f"{NOISY_RELATIVE_IQR:.0%} of its median; quantised, its times snap to the "
+                     f"scheduler's tick; above the FLOP ratio, more than "
+                     f"{PLAUSIBLE_OVER_FLOPS}x it, which no layer can gain. The machine was "
+                     "busy.")
     for skip in matrix.get("skipped", []):
         lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
                      f"{skip['why']}.")
@@ -238,10 +243,10 @@ def _panel_fidelity(ax, summary, view: Results):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
                       label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
-        for bar, ev in zip(bars, means):
-            ax.annotate(fmt(ev, ".3g"), (bar.get_x() + bar.get_width() / 2,
+        for bar, ev in zip(bars, means):  # upright, so that neighbours of equal height
+            ax.annotate(fmt(ev, ".3g"), (bar.get_x() + bar.get_width() / 2,  # never overlap
                                          bar.get_height() if ev == ev else 1.0),
-                        ha="center", va="bottom", fontsize=6.5, xytext=(0, 2),
+                        ha="center", va="bottom", fontsize=6.5, xytext=(0, 2), rotation=90,
                         textcoords="offset points")
     ax.set_xticks(range(len(teachers)), teachers)
     ax.set_yscale("log")
@@ -252,23 +257,94 @@ def _panel_fidelity(ax, summary, view: Results):
     ax.set_ylim(top=max(top, 1.0) * 60)
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary.seeds)
+    cosines = [m.cosine for e in view.entries.values() for m in e.methods.values()]
+    high = sum(c > 0.99 for c in cosines)
     ax.set_title(f"Fidelity at rank {summary.target_rank} (labels: explained variance EV;\n"
                  f"mean of {n} seed{'s' * (n > 1)}, bars: std). "
-                 "Plain cosine is near 1 for most bars")
+                 f"Plain cosine above 0.99 for {high} of {len(cosines)} bars")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
+
+
+def _span(values: list[float], spec: str) -> str:
+    low, high = min(values), max(values)
+    return format(low, spec) if format(low, spec) == format(high, spec) else \
+        f"{format(low, spec)} to {format(high, spec)}"
+
+
+def headline(summary: RunSummary) -> str:
+    """The run's finding in two or three sentences, every figure from the summary: what the
+    closed form, the SVD and the student keep of the linear teachers' output variance, what the
+    best compressed head keeps of the task, and the speedup at the latency batch with its
+    flags."""
+    view, student = summary.results(), summary.student_method
+    linear = [e for e in view.entries.values() if e.teacher_task_spearman is None]
+    first = view.entries[summary.teachers[0]].derived()
+    sentences = []
+    if linear:
+        ev = {m: [e.methods[m].explained_variance for e in linear]
+              for m in ("data_aware", "svd", student)}
+        sentences.append(
+            f"At rank {summary.target_rank} of {summary.input_dim} ({first['compression']:.1f}x "
+            f"fewer parameters) on {describe_data(summary)}, the closed form keeps "
+            f"{_span(ev['data_aware'], '.3f')} of the linear teachers' output variance on "
+            f"held-out rows, the data-free SVD {_span(ev['svd'], '.3g')}, and {student} "
+            f"{_span(ev[student], '.3f')}.")
+    for name, entry in view.heads().items():
+        best = max((m for m in ("task_aware", "distil_task") if m in entry.methods),
+                   key=lambda m: entry.methods[m].task_spearman)
+        sentences.append(f"The {name}'s best compressed head ({best}) reaches Spearman "
+                         f"{entry.methods[best].task_spearman:.3f} on the measured fitness, "
+                         f"against the dense head's {entry.teacher_task_spearman:.3f}.")
+    sentences.append(_speed_sentence(summary))
+    return " ".join(s for s in sentences if s)
+
+
+def _speed_sentence(summary: RunSummary) -> str:
+    batch = summary.setting("latency", "batch")
+    matrix = summary.latency_matrix.get("cpu")
+    row = next((r for r in (matrix or {}).get("rows", []) if r["batch"] == batch
+                and r["mode"] == "eager" and r["dtype"] == "float32"), None)
+    if row is None:
+        return ""
+    flags = untrusted(row)
+    said = (f"At batch {batch} on {matrix['device']} the rank-r layer ran {row['speedup']:.2f}x "
+            f"faster than dense (FLOP ratio {row['flop_ratio']:.1f}x)")
+    return said + (f", a figure that cannot be trusted ({', '.join(flags)}: the machine was "
+                   "busy)." if flags else ".")
+
+
+def describe_data(summary: RunSummary) -> str:
+    """What the embeddings are, from their provenance: ESM-2 only where it says so."""
+    if not summary.real_data:
+        return "SYNTHETIC embeddings"
+    return describe_embeddings(summary.data.get("provenance") or {})
+
+
+def untrusted(row: dict) -> list[str]:
+    """Why a latency cell cannot be trusted (latency.trust_flags); older records kept only
+    `noisy`."""
+    return row.get("untrusted", ["noisy"] if row.get("noisy") else [])
 
 
 def _panel_latency(ax, summary):
     matrices = summary.latency_matrix
     styles = iter(("o-", "s--", "^-.", "v:", "D-", "x--"))
+    hollow = False
     for matrix in matrices.values():
         groups = {}
         for row in matrix["rows"]:
             groups.setdefault(f"{row['dtype']} {row['mode']}", []).append(row)
         for key, rows in groups.items():
-            ax.plot([r["batch"] for r in rows], [r["speedup"] for r in rows], next(styles),
-                    label=f"{matrix['device'][:28]} {key}")
+            line, = ax.plot([r["batch"] for r in rows], [r["speedup"] for r in rows],
+                            next(styles), label=f"{matrix['device'][:28]} {key}")
+            doubtful = [r for r in rows if untrusted(r)]  # drawn hollow: not a finding
+            ax.plot([r["batch"] for r in doubtful], [r["speedup"] for r in doubtful], "o",
+                    ms=9, mfc="white", mec=line.get_color(), zorder=3)
+            hollow = hollow or bool(doubtful)
         flop = matrix["flop_ratio"]
+    if hollow:
+        ax.plot([], [], "o", ms=9, mfc="white", mec="gray",
+                label="hollow: untrusted (noisy, quantised or above the FLOP ratio)")
     if matrices:
         ax.axhline(flop, color="gray", ls=":", lw=1, label=f"FLOP ratio {flop:.1f}x")
     ax.axhline(1.0, color="black", lw=0.8, label="break-even (1x)")
@@ -277,7 +353,7 @@ def _panel_latency(ax, summary):
     ax.set_xlabel("batch size (rows per forward pass, log)")
     ax.set_ylabel("speedup of the rank-r layer (dense time / rank-r time)")
     ax.set_title("Is the rank-r layer faster? Speedup against batch size\n"
-                 "(GPU figures: bench/latency.py, README table)")
+                 "(GPU figures: bench/latency.py, docs/results.md)")
     ax.legend(fontsize=7)
 
 
@@ -370,12 +446,12 @@ def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     teachers, view = summary.teachers, summary.results()
     colours = dict(zip(teachers, TEACHER_COLOURS))
     fig, axes = plt.subplots(3, 3, figsize=(19, 16))
-    data_word = "real ESM-2" if summary.real_data else "SYNTHETIC"
+    data_word = describe_data(summary)
     fig.suptitle(
         f"Distil-Rank: {summary.input_dim}x{summary.input_dim} layers at rank "
         f"{summary.target_rank} "
         f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters), "
-        f"{data_word} embeddings ({summary.data['train']['rows']} train / "
+        f"{data_word} ({summary.data['train']['rows']} train / "
         f"{summary.data['val']['rows']} validation rows), {len(summary.seeds)} seed(s)",
         fontsize=13,
     )
@@ -420,9 +496,8 @@ def _panel_task(ax, summary, view: Results, teacher):
     ax.axvline(summary.target_rank, color="black", ls="--", lw=0.8)
     ax.set_xlabel("rank r of the head's first layer (log)")
     ax.set_ylabel("Spearman rho, head's prediction vs measured fitness (validation)")
-    ax.set_title(f"{teacher}: the task against rank (mean over seeds)\n"
-                 f"{entry.student_method} is the student; task_aware knows what the head reads",
-                 fontsize=9.5)
+    drawn = ", ".join(sweep["methods"]) if sweep else ", ".join(entry.methods)
+    ax.set_title(f"{teacher}: the task against rank (mean over seeds)\n{drawn}", fontsize=9.5)
     ax.legend(fontsize=7, loc="lower right")
 
 

@@ -52,6 +52,9 @@ class MethodScores:
     task_spearman: float | None = None  # a head: its prediction against the measured fitness
     selection_mse_warm_start: float | None = None  # held-out MSE at step 0
     selection_mse_chosen: float | None = None  # held-out MSE of the checkpoint kept
+    distill_alone_seconds: float | None = field(default=None, metadata=combined_by(MEDIAN))
+    # one distillation of this student's group trained on its own (fit_seconds holds its share
+    # of the group's batched wall time)
     extra: dict = field(default_factory=dict)  # a registered compressor's own facts
 
     def as_json(self) -> dict:
@@ -194,6 +197,7 @@ class RunSummary:
     config: dict  # Config.as_dict()
     environment: dict  # latency.environment, plus run_seconds
     undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it is null
+    headline: str = ""  # the finding in a sentence or two (report.headline); "" in older runs
 
     def results(self) -> Results:
         return Results(self.entries)
@@ -208,7 +212,8 @@ class RunSummary:
         return self.config.get(f"{stage}_{name}", self.config.get(name))
 
     def to_json(self) -> dict:
-        tree = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"}
+        tree = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"
+                and not (f.name == "headline" and not self.headline)}
         names = list(tree)
         at = names.index("seeds") + 1  # teachers' entries sit after the seeds, as they always did
         ordered = {k: tree[k] for k in names[:at]} | self.entries | \
