@@ -385,6 +385,8 @@ def headline_table(summary: RunSummary) -> str:
              f"| teacher | svd | published recipe (`{RECIPE}`) | closed form (`data_aware`) | "
              f"student (`{student}`) | task Spearman, teacher / best compressed |",
              "|---|---:|---:|---:|---:|---:|"]
+    tail = ["", f"The run's own headline (`headline` in the JSON): {summary.headline}"] \
+        if summary.headline else []
     for name, e in view.entries.items():
         m = e.methods
         best = max((k for k in ("task_aware", "distil_task") if k in m),
@@ -394,7 +396,7 @@ def headline_table(summary: RunSummary) -> str:
         kept = [m[k].explained_variance for k in (RECIPE, "data_aware", student)]
         lines.append(f"| {name} | {m['svd'].explained_variance:.4g} | "
                      + " | ".join(f"{v:.4f}" for v in kept) + f" | {task} |")
-    return "\n".join(lines)
+    return "\n".join(lines + tail)
 
 
 def render(source: Sources) -> dict[Path, str]:

@@ -250,8 +250,7 @@ def _panel_fidelity(ax, summary, view: Results):
                         textcoords="offset points")
     ax.set_xticks(range(len(teachers)), teachers)
     ax.set_yscale("log")
-    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-    ax.text(len(teachers) - 0.55, 1.1, "= predicting the mean", fontsize=7, ha="right")
+    ax.axhline(1.0, color="black", lw=0.8, ls="--", label="EV 0: predicting the mean")
     top = max(_finite(_unexplained([m.explained_variance for e in view.entries.values()
                                     for m in e.methods.values()]), 1.0))
     ax.set_ylim(top=max(top, 1.0) * 60)
@@ -450,7 +449,7 @@ def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     fig.suptitle(
         f"Distil-Rank: {summary.input_dim}x{summary.input_dim} layers at rank "
         f"{summary.target_rank} "
-        f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters), "
+        f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters),\n"
         f"{data_word} ({summary.data['train']['rows']} train / "
         f"{summary.data['val']['rows']} validation rows), {len(summary.seeds)} seed(s)",
         fontsize=13,
@@ -468,7 +467,7 @@ def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     else:
         axes[2, 2].set_axis_off()
         _text_panel(axes[2, 2], summary, view)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     try:
         fig.savefig(path, dpi=100, format="png")
     finally:
