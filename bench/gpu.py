@@ -40,7 +40,7 @@ STEPS = ("main", "latency", "split_k", "speed", "published")
 def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], list[str]]]:
     """{step: (command, glob patterns of the JSON it writes, relative to root)}."""
     py = sys.executable
-    quick_main = ["--quick"] if quick else []
+    quick_main = ["--quick", "--seeds", "1", "--no-sweep"] if quick else []
     quick_latency = ["--dim", "64", "--rank", "4", "--batches", "1,32", "--repeats", "5",
                      "--budget", "0.05"] if quick else []
     quick_speed = ["--repeats", "2", "--steps", "20", "--batched-steps", "5",

@@ -286,13 +286,14 @@ print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error":
 """
 
 
-@pytest.mark.parametrize("split_k", ["0", "1"])
-def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path,
-                                                                            split_k):
+def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path):
     """Every plan, in each dtype, within twice the two products' own rounding error (the bar
     bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU. With split-K
     plans too: the interpreter runs programs one after another, so this checks their sums and
-    their counters, not the memory ordering a GPU must keep (see fused.split_k_enabled)."""
+    their counters, not the memory ordering a GPU must keep (see fused.split_k_enabled). The
+    opt-in is on here, so that both kinds of plan run in one interpreted process (without it
+    the candidates are the unsplit ones, test_fused_plan_candidates_... above)."""
+    split_k = "1"
     pytest.importorskip("triton", reason="Triton is not installed here: the kernel itself is "
                         "not run; its blocking logic is tested in plain PyTorch above")
     script = tmp_path / "interpreted.py"
