@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from distil_rank.allocate import allocate_ranks
 from distil_rank.distill import (
     HOLDOUT_FRACTION,
     RECIPE,
@@ -67,7 +68,8 @@ def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,
 def _choose_rank(linear, moments, rank, target, output_weight=None, damping=DEFAULT_DAMPING,
                  what: str = "layer"):
     if (rank is None) == (target is None):
-        raise ValueError(f"{what}: give exactly one of rank and target_explained_variance")
+        raise ValueError(f"{what}: give exactly one of rank, target_explained_variance and "
+                         "(for a model) budget")
     if rank is not None:
         return check_rank(rank, min(linear.in_features, linear.out_features), f"{what}: rank")
     return rank_for_target(linear, moments, target, output_weight, damping)
@@ -172,7 +174,7 @@ class LayerReport:
     name: str
     in_features: int
     out_features: int
-    rank: int
+    rank: int | None  # None: kept dense, the better use of a budget
     params_before: int
     params_after: int
     calibration_rows: int
@@ -290,7 +292,8 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                    rank: int | dict[str, int] | None = None,
-                   target_explained_variance: float | None = None, objective: str = "layer",
+                   target_explained_variance: float | None = None,
+                   budget: float | None = None, objective: str = "layer",
                    output_fn: Callable | None = None, probes: int = 4, seed: int = 0,
                    damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
                    call: Callable | None = None, min_params_saved: int = 1,
@@ -299,8 +302,14 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
 
     layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
-    predicate (name, module) -> bool. rank: one rank for every layer, or {layer name: rank}, so
-    that objectives can be compared at equal size.
+    predicate (name, module) -> bool. Give one of: rank, one rank for every layer or {layer
+    name: rank} (so that objectives can be compared at equal size); target_explained_variance,
+    the smallest rank per layer that reaches it; or budget, the fraction in (0, 1] of the
+    selected layers' weights (biases aside) to keep, with ranks allocated exactly across the
+    layers to minimise their summed error (distil_rank.allocate: each layer's unexplained
+    fraction of its output variance for the "layer" objective, its G-weighted error, in units of
+    the model's output, for "output"); a layer is kept dense where that is the better use of
+    the budget, and then counts in full.
     objective: "layer" (each layer's own output error) or "output" (the error of the model's
     output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
     seeded Gaussian probes per batch; no labels needed).
@@ -318,6 +327,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     """
     if objective not in ("layer", "output"):
         raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
+    if budget is not None and (rank is not None or target_explained_variance is not None):
+        raise ValueError("give exactly one of rank, target_explained_variance and budget")
     if isinstance(rank, dict) and layers is None:
         layers = list(rank)
     targets = _select(model, layers)
@@ -328,14 +339,22 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     prober = None if objective == "layer" else \
         _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
     statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
-    replaced = {}
+    allocated = None if budget is None else \
+        _budget_ranks(targets, statistics, budget, objective, damping)
+    replaced, dense = {}, {}
     for name, linear in targets.items():
         moments, weight = statistics[name]
-        chosen = _choose_rank(linear, moments, rank[name] if isinstance(rank, dict) else rank,
-                              target_explained_variance, weight, damping, f"layer {name!r}")
+        if allocated is None:
+            chosen = _choose_rank(linear, moments, rank[name] if isinstance(rank, dict) else rank,
+                                  target_explained_variance, weight, damping, f"layer {name!r}")
+        elif (chosen := allocated[name]) is None:  # dense is the better use of the budget
+            params = sum(p.numel() for p in linear.parameters())
+            dense[name] = LayerReport(name, linear.in_features, linear.out_features, None,
+                                      params, params, moments.count, 1.0, None, objective)
+            continue
         student = compress_data_aware(linear, moments, chosen, weight, damping)
         before, after = (sum(p.numel() for p in m.parameters()) for m in (linear, student))
-        if before - after < min_params_saved:
+        if allocated is None and before - after < min_params_saved:
             continue
         calibration_ev = explained_variance_curve(
             data_aware_error_curve(linear.weight, moments, weight, damping))[chosen]
@@ -346,7 +365,25 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         _measure_holdout(model, replaced, holdout, call, gram, skip_padding)
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
-    return [report for _, _, report in replaced.values()]
+    reports = {**{n: r for n, (_, _, r) in replaced.items()}, **dense}
+    return [reports[n] for n in targets if n in reports]
+
+
+def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
+                  objective: str, damping: float) -> dict[str, int | None]:
+    """Each layer's rank under the budget (None: kept dense), allocated exactly."""
+    if (isinstance(budget, bool) or not isinstance(budget, (int, float))
+            or not 0 < budget <= 1):
+        raise ValueError(f"budget {budget!r}: expected a fraction of the weights in (0, 1]")
+    curves, shapes, weights = {}, {}, {}
+    for name, linear in targets.items():
+        moments, weight = statistics[name]
+        curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping)
+        shapes[name] = (linear.in_features, linear.out_features)
+        total = float(curves[name][0])  # the layer's output variance (G-weighted for "output")
+        weights[name] = 1.0 if objective == "output" else 1.0 / total if total > 0 else 0.0
+    kept = int(budget * sum(i * o for i, o in shapes.values()))
+    return {n: c.rank for n, c in allocate_ranks(curves, shapes, kept, weights).items()}
 
 
 def _layer_statistics(model: nn.Module, targets: dict[str, nn.Linear], calibration, call,
@@ -409,14 +446,20 @@ def _measure_holdout(model: nn.Module, replaced: dict, holdout, call, gram: dict
 
 
 def format_report(reports: list[LayerReport]) -> str:
+    """The reports as a table, with the share of the reported layers' weights kept."""
     lines = [f"{'layer':<32}{'objective':>10}{'shape':>14}{'rank':>6}{'params saved':>14}"
              f"{'EV calib':>10}{'EV holdout':>12}"]
     for r in reports:
         holdout = "n/a" if r.explained_variance_holdout is None else \
             f"{r.explained_variance_holdout:.4f}"
         lines.append(f"{r.name:<32}{r.objective:>10}{f'{r.out_features}x{r.in_features}':>14}"
-                     f"{r.rank:>6}"
+                     f"{'dense' if r.rank is None else r.rank:>6}"
                      f"{r.params_saved:>14,}{r.explained_variance_calibration:>10.4f}{holdout:>12}")
+    before = sum(r.in_features * r.out_features for r in reports)
+    kept = sum(r.in_features * r.out_features if r.rank is None else
+               r.rank * (r.in_features + r.out_features) for r in reports)
+    if before:
+        lines.append(f"weights kept (biases aside): {kept:,} of {before:,} ({kept / before:.1%})")
     return "\n".join(lines)
 
 
