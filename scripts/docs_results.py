@@ -36,6 +36,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+REAL_START, REAL_END = "<!-- real-model:start -->", "<!-- real-model:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
@@ -374,6 +375,27 @@ class Sources:
                                          check=True, capture_output=True, text=True).stdout)
 
 
+def real_model_section(record: dict) -> str:
+    """A bench/real_model.py record as a table."""
+    env, total = record["environment"], record["encoder_linear_weights"]
+    lines = [f"`python bench/real_model.py` ({env['device_name']}, {env['torch_threads']} "
+             f"thread(s)): {record['model']}, calibrated on {record['calibration_sentences']} "
+             f"sentences of {record['corpus']}, measured on {record['held_out_sentences']} "
+             "held-out ones. Cosine: of each held-out sentence embedding to the dense model's; "
+             "top-1: the share of held-out sentences whose nearest held-out neighbour is the "
+             "dense model's; throughput: sentences per second at batch 32, forward only.", "",
+             "| variant | encoder weights kept | cosine to dense | top-1 agreement | "
+             "sentences / s | file MB | compress s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in record["variants"].items():
+        kept = "int8" if row["weights_kept"] is None else f"{row['weights_kept'] / total:.0%}"
+        seconds = row.get("compress_seconds")
+        lines.append(f"| {name} | {kept} | {row['cosine_to_dense']:.4f} | "
+                     f"{row['top1_neighbour_agreement']:.3f} | "
+                     f"{row['sentences_per_second']:.0f} | {row['file_bytes'] / 1e6:.1f} | "
+                     + ("" if seconds is None else f"{seconds:.1f}") + " |")
+    return "\n".join(lines)
+
+
 def headline_table(summary: RunSummary) -> str:
     """The README's one table: at the default rank, how much of each teacher's output variation
     each compressor keeps, and for a head the task."""
@@ -418,6 +440,10 @@ def render(source: Sources) -> dict[Path, str]:
     ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
         docs = replace_between(docs, ABLATION_START, ABLATION_END, ablation_section(ablation))
+    for path in source.glob("bench/results/real_model_*.json"):
+        if not path.endswith("_quick.json"):
+            docs = replace_between(docs, REAL_START, REAL_END,
+                                   real_model_section(source.read(path)))
     readme = replace_between((ROOT / "README.md").read_text(), HEADLINE_START, HEADLINE_END,
                              headline_table(summary))
     return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}
