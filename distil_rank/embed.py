@@ -209,10 +209,12 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 def load_esm(name: str, device: torch.device, dtype: torch.dtype):
     try:
         from transformers import AutoConfig, AutoTokenizer, EsmModel
+        from transformers.utils import logging
     except ImportError:
         raise InputError("the embedding tool needs transformers: "
                          "pip install -r requirements-embed.txt") from None
     source, local = resolve_model_name(name)
+    logging.disable_progress_bar()  # the tool's own lines, and an error's, stay the only ones
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
         if config.model_type != "esm":

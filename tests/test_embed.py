@@ -1,5 +1,7 @@
 """The embedding tool, offline, on a tiny randomly initialised ESM-2 built here from a config."""
 
+import json
+
 import pytest
 import torch
 
@@ -181,3 +183,42 @@ def test_label_problems_name_the_record_and_line(fasta, tmp_path, text, message)
         read_labels(path, read_fasta(fasta))
     assert message in str(err.value) and str(path) in str(err.value)
 
+
+
+def test_compress_writes_a_model_that_load_compressed_loads_and_a_report(tiny_esm, tmp_path):
+    from distil_rank import load_compressed
+    from distil_rank.compress import main as compress
+
+    fasta = tmp_path / "many.fasta"
+    g = torch.Generator().manual_seed(0)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    fasta.write_text("".join(
+        f">q{i}\n" + "".join(letters[int(k)] for k in torch.randint(0, 20, (8 + i % 11,),
+                                                                     generator=g)) + "\n"
+        for i in range(40)))
+    for objective in ("layer", "output"):
+        out = tmp_path / objective
+        assert compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", "0.5",
+                         "--out", str(out), "--objective", objective, "--device", "cpu"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["weights_kept_fraction"] <= 0.5
+        ranks = [layer["rank"] for layer in report["layers"]]
+        assert len(ranks) == 2 * 6 and any(r is not None for r in ranks)  # 6 Linear a layer
+        assert -1 < report["holdout"]["explained_variance"] <= 1
+        assert report["tokens_per_second"]["dense"] > 0 and report["proteins"]["holdout"] == 8
+        fresh = transformers.EsmModel.from_pretrained(tiny_esm, add_pooling_layer=False)
+        load_compressed(fresh, out / "model.lowrank.safetensors")  # checks every key and shape
+        compressed = sum(type(m).__name__ == "LowRankLinear" for m in fresh.modules())
+        assert compressed == sum(r is not None for r in ranks)
+
+
+def test_compress_refuses_a_budget_it_cannot_keep_in_one_line(tiny_esm, fasta, tmp_path,
+                                                             capsys):
+    from distil_rank.compress import main as compress
+
+    for budget in ("0", "1.5", "0.001"):  # the last: below rank 1 in every layer
+        code = compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", budget,
+                         "--out", str(tmp_path / "out"), "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: --budget"), err
+        assert not (tmp_path / "out" / "report.json").exists()

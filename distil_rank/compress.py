@@ -1,0 +1,154 @@
+"""distil-rank-compress: an ESM-2 encoder compressed to a parameter budget, from the command line.
+
+    python -m distil_rank.compress --model esm2_t33_650M_UR50D --fasta proteins.fasta \\
+        --budget 0.5 --out esm650m-half/ [--objective layer|output] [--holdout 0.2]
+
+The model loads as the embedding tool loads it (a local folder, or an ESM-2 name in the local
+cache). The FASTA's proteins are split (seeded) into calibration and held-out ones; the
+encoder's Linear layers are calibrated on the calibration proteins' hidden states (padding
+excluded) and compressed with `compress_model(..., budget=F)`, the ranks allocated exactly
+across the layers; with `--objective output` each layer's error is weighted by its effect on the
+mean-pooled protein embedding. Writes, as a pair, `model.lowrank.safetensors` (loadable with
+`distil_rank.load_compressed` into a fresh model of the same config) and `report.json`: each
+layer's rank, explained variance and parameters; on the held-out proteins, the mean-pooled
+embedding's cosine and explained variance against the dense model's; tokens per second before
+and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distil_rank.api import compress_model, save_compressed
+from distil_rank.embed import embed_sequences, length_batches, load_esm, read_fasta
+from distil_rank.embeddings import split_indices
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code
+from distil_rank.files import check_writable_folder, json_text, write_together
+from distil_rank.metrics import explained_variance
+from distil_rank.runtime import resolve_device
+
+MODEL_FILE, REPORT_FILE = "model.lowrank.safetensors", "report.json"
+
+
+def create_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="distil-rank-compress",
+                      description="Compress an ESM-2 encoder's Linear layers to a budget.")
+    p.add_argument("--model", required=True, help="an ESM-2 name or a local transformers folder")
+    p.add_argument("--fasta", required=True, help="proteins to calibrate on and to measure with")
+    p.add_argument("--budget", type=float, required=True,
+                   help="fraction in (0, 1] of the encoder's Linear weights to keep")
+    p.add_argument("--out", required=True, help="folder for the model and the report")
+    p.add_argument("--objective", choices=("layer", "output"), default="layer",
+                   help="layer: each layer's own output error; output: the error of the "
+                        "mean-pooled embedding (default: layer)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="fraction of the proteins held out for the report (default: 0.2)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split and the probes")
+    return p
+
+
+def token_batches(tokenizer, sequences: list[str], max_tokens: int, device) -> list[dict]:
+    """Length-sorted padded batches within the token budget, as model keyword arguments."""
+    return [{k: v.to(device) for k, v in tokenizer([sequences[i] for i in rows], padding=True,
+                                                   return_tensors="pt").items()}
+            for rows in length_batches([len(s) for s in sequences], max_tokens)]
+
+
+def pooled(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The mean of the last hidden states over the residues (not <cls>, <eos> or padding)."""
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].clone()
+    mask[:, 0] = 0  # <cls>
+    mask[torch.arange(len(mask)), batch["attention_mask"].sum(1) - 1] = 0  # <eos>
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def tokens_per_second(model: nn.Module, tokenizer, sequences: list[str], max_tokens: int):
+    """(the pooled embeddings, tokens per second of the pass that made them, after one)."""
+    embed_sequences(model, tokenizer, sequences, max_tokens=max_tokens, progress=False)
+    start = time.perf_counter()
+    out = embed_sequences(model, tokenizer, sequences, max_tokens=max_tokens, progress=False)
+    return out, sum(len(s) + 2 for s in sequences) / (time.perf_counter() - start)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 < args.budget <= 1:
+        raise InputError(f"--budget {args.budget}: a fraction of the weights in (0, 1]")
+    if not 0 < args.holdout < 1:
+        raise InputError(f"--holdout {args.holdout}: must be between 0 and 1 (exclusive)")
+    if args.max_tokens < 3:
+        raise InputError(f"--max-tokens {args.max_tokens}: too small for one residue")
+    check_writable_folder(args.out, "--out")
+
+
+def run(args: argparse.Namespace) -> dict:
+    _check(args)
+    records = read_fasta(args.fasta)
+    if len(records) < 2:
+        raise InputError(f"{args.fasta}: {len(records)} protein(s), need 2 to calibrate on one "
+                         "and measure on another")
+    device = resolve_device(args.device)
+    tokenizer, model, source = load_esm(args.model, device, torch.float32)
+    limit = model.config.max_position_embeddings - 2
+    sequences = [r.sequence[:limit] for r in records]
+    fit, held = split_indices(len(sequences), args.holdout, args.seed)
+    calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device)
+    holdout_sequences = [sequences[i] for i in held]
+    dense, dense_speed = tokens_per_second(model, tokenizer, holdout_sequences, args.max_tokens)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.startswith("encoder.")]
+    try:
+        layers = compress_model(
+            model, calibration, layers=names, budget=args.budget, objective=args.objective,
+            call=pooled if args.objective == "output" else None, seed=args.seed,
+            holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
+    except ValueError as err:  # e.g. a budget below rank 1 in every layer
+        raise InputError(f"--budget {args.budget}: {err}") from None
+    small, small_speed = tokens_per_second(model, tokenizer, holdout_sequences, args.max_tokens)
+    report = _report(args, source, layers, dense, small, dense_speed, small_speed, len(fit))
+    out = Path(args.out)
+    write_together({out / MODEL_FILE: lambda tmp: save_compressed(model, tmp),
+                    out / REPORT_FILE: lambda tmp: Path(tmp).write_text(json_text(report))})
+    print(f"kept {report['weights_kept_fraction']:.1%} of the encoder's Linear weights; held-out "
+          f"embedding cosine {report['holdout']['cosine']:.4f}, explained variance "
+          f"{report['holdout']['explained_variance']:.4f}; tokens/s {dense_speed:.0f} -> "
+          f"{small_speed:.0f}; wrote {out / MODEL_FILE} and {out / REPORT_FILE}")
+    return report
+
+
+def _report(args, source, layers, dense, small, dense_speed, small_speed, calibrated) -> dict:
+    total = sum(r.in_features * r.out_features for r in layers)
+    kept = sum(r.in_features * r.out_features if r.rank is None else
+               r.rank * (r.in_features + r.out_features) for r in layers)
+    return {
+        "model": args.model, "model_source": source, "fasta": str(args.fasta),
+        "budget": args.budget, "objective": args.objective, "seed": args.seed,
+        "proteins": {"calibration": calibrated, "holdout": len(dense)},
+        "weights_kept_fraction": kept / total,
+        "layers": [{"name": r.name, "rank": r.rank, "in_features": r.in_features,
+                    "out_features": r.out_features, "params_before": r.params_before,
+                    "params_after": r.params_after,
+                    "explained_variance_calibration": r.explained_variance_calibration,
+                    "explained_variance_holdout": r.explained_variance_holdout}
+                   for r in layers],
+        "holdout": {"cosine": torch.nn.functional.cosine_similarity(small, dense).mean().item(),
+                    "explained_variance": explained_variance(dense, small)},
+        "tokens_per_second": {"dense": dense_speed, "compressed": small_speed},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_exit_code(run, create_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
