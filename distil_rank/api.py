@@ -325,48 +325,58 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     Returns one LayerReport per replaced layer; explained variance is measured on the holdout
     batches when given.
     """
+    targets = _targets(model, layers, rank, target_explained_variance, budget, objective)
+    gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
+            for n, m in targets.items()}
+    prober = None if objective == "layer" else \
+        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
+    statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
+    if budget is None:
+        ranks = {n: _choose_rank(m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
+                                 target_explained_variance, statistics[n][1], damping,
+                                 f"layer {n!r}") for n, m in targets.items()}
+    else:
+        ranks = _budget_ranks(targets, statistics, budget, objective, damping)
+    fitted = {n: _fit_layer(n, m, *statistics[n], ranks[n], damping, objective)
+              for n, m in targets.items()}
+    replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
+                if student is not None and (budget is not None
+                                            or report.params_saved >= min_params_saved)}
+    if holdout is not None and replaced:
+        _measure_holdout(model, replaced, holdout, call, gram, skip_padding)
+    for name, (_, student, _) in replaced.items():
+        _set_module(model, name, student)
+    return [report for n, (student, report) in fitted.items()
+            if n in replaced or (student is None and budget is not None)]
+
+
+def _targets(model: nn.Module, layers, rank, target, budget, objective: str) -> dict:
+    """The layers to compress, after every check of how they are to be compressed."""
     if objective not in ("layer", "output"):
         raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
-    if budget is not None and (rank is not None or target_explained_variance is not None):
+    if budget is not None and (rank is not None or target is not None):
         raise ValueError("give exactly one of rank, target_explained_variance and budget")
     if isinstance(rank, dict) and layers is None:
         layers = list(rank)
     targets = _select(model, layers)
     if isinstance(rank, dict) and (missing := [n for n in targets if n not in rank]):
         raise ValueError(f"rank dict has no rank for layers {missing}")
-    gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
-            for n, m in targets.items()}
-    prober = None if objective == "layer" else \
-        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
-    statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
-    allocated = None if budget is None else \
-        _budget_ranks(targets, statistics, budget, objective, damping)
-    replaced, dense = {}, {}
-    for name, linear in targets.items():
-        moments, weight = statistics[name]
-        if allocated is None:
-            chosen = _choose_rank(linear, moments, rank[name] if isinstance(rank, dict) else rank,
-                                  target_explained_variance, weight, damping, f"layer {name!r}")
-        elif (chosen := allocated[name]) is None:  # dense is the better use of the budget
-            params = sum(p.numel() for p in linear.parameters())
-            dense[name] = LayerReport(name, linear.in_features, linear.out_features, None,
-                                      params, params, moments.count, 1.0, None, objective)
-            continue
-        student = compress_data_aware(linear, moments, chosen, weight, damping)
-        before, after = (sum(p.numel() for p in m.parameters()) for m in (linear, student))
-        if allocated is None and before - after < min_params_saved:
-            continue
-        calibration_ev = explained_variance_curve(
-            data_aware_error_curve(linear.weight, moments, weight, damping))[chosen]
-        replaced[name] = (linear, student, LayerReport(
-            name, linear.in_features, linear.out_features, chosen, before, after,
-            moments.count, calibration_ev, None, objective))
-    if holdout is not None and replaced:
-        _measure_holdout(model, replaced, holdout, call, gram, skip_padding)
-    for name, (_, student, _) in replaced.items():
-        _set_module(model, name, student)
-    reports = {**{n: r for n, (_, _, r) in replaced.items()}, **dense}
-    return [reports[n] for n in targets if n in reports]
+    return targets
+
+
+def _fit_layer(name: str, linear: nn.Linear, moments: InputMoments, weight, rank: int | None,
+               damping: float, objective: str):
+    """(the closed form at `rank`, its report); (None, a dense layer's report) for None."""
+    before = sum(p.numel() for p in linear.parameters())
+    if rank is None:  # dense is the better use of a budget
+        return None, LayerReport(name, linear.in_features, linear.out_features, None, before,
+                                 before, moments.count, 1.0, None, objective)
+    student = compress_data_aware(linear, moments, rank, weight, damping)
+    calibration_ev = explained_variance_curve(
+        data_aware_error_curve(linear.weight, moments, weight, damping))[rank]
+    return student, LayerReport(name, linear.in_features, linear.out_features, rank, before,
+                                sum(p.numel() for p in student.parameters()), moments.count,
+                                calibration_ev, None, objective)
 
 
 def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
