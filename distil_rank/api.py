@@ -455,6 +455,14 @@ def _measure_holdout(model: nn.Module, replaced: dict, holdout, call, gram: dict
                                              if spread > 0 else None)
 
 
+def weights_kept(reports: list[LayerReport]) -> tuple[int, int]:
+    """(weights the reported layers keep, weights they had), biases aside."""
+    before = sum(r.in_features * r.out_features for r in reports)
+    kept = sum(r.in_features * r.out_features if r.rank is None else
+               r.rank * (r.in_features + r.out_features) for r in reports)
+    return kept, before
+
+
 def format_report(reports: list[LayerReport]) -> str:
     """The reports as a table, with the share of the reported layers' weights kept."""
     lines = [f"{'layer':<32}{'objective':>10}{'shape':>14}{'rank':>6}{'params saved':>14}"
@@ -465,9 +473,7 @@ def format_report(reports: list[LayerReport]) -> str:
         lines.append(f"{r.name:<32}{r.objective:>10}{f'{r.out_features}x{r.in_features}':>14}"
                      f"{'dense' if r.rank is None else r.rank:>6}"
                      f"{r.params_saved:>14,}{r.explained_variance_calibration:>10.4f}{holdout:>12}")
-    before = sum(r.in_features * r.out_features for r in reports)
-    kept = sum(r.in_features * r.out_features if r.rank is None else
-               r.rank * (r.in_features + r.out_features) for r in reports)
+    kept, before = weights_kept(reports)
     if before:
         lines.append(f"weights kept (biases aside): {kept:,} of {before:,} ({kept / before:.1%})")
     return "\n".join(lines)

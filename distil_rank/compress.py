@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distil_rank.api import compress_model, save_compressed
+from distil_rank.api import compress_model, save_compressed, weights_kept
 from distil_rank.embed import embed_sequences, length_batches, load_esm, read_fasta
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code
@@ -126,9 +126,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _report(args, source, layers, dense, small, dense_speed, small_speed, calibrated) -> dict:
-    total = sum(r.in_features * r.out_features for r in layers)
-    kept = sum(r.in_features * r.out_features if r.rank is None else
-               r.rank * (r.in_features + r.out_features) for r in layers)
+    kept, total = weights_kept(layers)
     return {
         "model": args.model, "model_source": source, "fasta": str(args.fasta),
         "budget": args.budget, "objective": args.objective, "seed": args.seed,
