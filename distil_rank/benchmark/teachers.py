@@ -123,6 +123,41 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     return _freeze(layer)
 
 
+def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, selection_x: torch.Tensor,
+               selection_y: torch.Tensor, settings: HeadSettings, generator: torch.Generator):
+    """Train `head` in place by Adam on the MSE to `y` (one random batch of rows per step),
+    evaluating the selection rows' MSE every `eval_every` steps (step 0 and the last included),
+    and load the checkpoint with the least: the Fitness-Head's rule, shared by every head the
+    benchmark trains on labels. Returns (the selection MSE per evaluation, the step kept)."""
+    optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+    checkpoints, best = [], (float("inf"), None, 0)
+    for step in range(settings.steps + 1):
+        if step % settings.eval_every == 0 or step == settings.steps:
+            with torch.no_grad():
+                mse = (head(selection_x).squeeze(-1) - selection_y).pow(2).mean().item()
+            checkpoints.append(mse)
+            if mse < best[0]:
+                best = (mse, copy.deepcopy(head.state_dict()), step)
+        if step == settings.steps:
+            break
+        idx = torch.randint(x.shape[0], (min(settings.batch_size, x.shape[0]),),
+                            generator=generator)
+        loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    head.load_state_dict(best[1])
+    return checkpoints, best[2]
+
+
+def standardiser(rows: torch.Tensor, values: torch.Tensor):
+    """(x -> (x - mean) / std over `rows`, the same for the labels `values`): the coordinates
+    every label-trained head of the benchmark learns in."""
+    x_mean, x_std = rows.mean(0), rows.std(0).clamp_min(1e-12)
+    y_mean, y_std = values.mean(), values.std().clamp_min(1e-12)
+    return (lambda x: (x - x_mean) / x_std), (lambda y: (y - y_mean) / y_std)
+
+
 def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Tensor,
                  selection_y: torch.Tensor, settings: HeadSettings, seed: int):
     """The Fitness-Head teacher, frozen, and (its selection-row MSE per evaluation, the step
@@ -130,32 +165,15 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
     g = torch.Generator().manual_seed(seed)
     dim = fit_x.shape[1]
     x_mean, x_std = fit_x.mean(0), fit_x.std(0).clamp_min(1e-12)
-    y_mean, y_std = fit_y.mean(), fit_y.std().clamp_min(1e-12)
+    scale_x, scale_y = standardiser(fit_x, fit_y)
     head = nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
-    x, sx = (fit_x - x_mean) / x_std, (selection_x - x_mean) / x_std
-    y, sy = (fit_y - y_mean) / y_std, (selection_y - y_mean) / y_std
-    optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
-    checkpoints, best = [], (float("inf"), None, 0)
-    for step in range(settings.steps + 1):
-        if step % settings.eval_every == 0 or step == settings.steps:
-            with torch.no_grad():
-                mse = (head(sx).squeeze(-1) - sy).pow(2).mean().item()
-            checkpoints.append(mse)
-            if mse < best[0]:
-                best = (mse, copy.deepcopy(head.state_dict()), step)
-        if step == settings.steps:
-            break
-        idx = torch.randint(x.shape[0], (min(settings.batch_size, x.shape[0]),), generator=g)
-        loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    head.load_state_dict(best[1])
+    trained = train_head(head, scale_x(fit_x), scale_y(fit_y), scale_x(selection_x),
+                         scale_y(selection_y), settings, g)
     first = head[0]
     with torch.no_grad():  # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
         first.bias.sub_(first.weight @ (x_mean / x_std))
         first.weight.div_(x_std)
-    return Teacher(_freeze(first), _freeze(head[1:])), (checkpoints, best[2])
+    return Teacher(_freeze(first), _freeze(head[1:])), trained
 
 
 def teacher_seed(seed: int, name: str) -> int:
