@@ -37,6 +37,7 @@ ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 REAL_START, REAL_END = "<!-- real-model:start -->", "<!-- real-model:end -->"
+SPLITS_START, SPLITS_END = "<!-- fitness-splits:start -->", "<!-- fitness-splits:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
@@ -383,16 +384,69 @@ def real_model_section(record: dict) -> str:
              f"sentences of {record['corpus']}, measured on {record['held_out_sentences']} "
              "held-out ones. Cosine: of each held-out sentence embedding to the dense model's; "
              "top-1: the share of held-out sentences whose nearest held-out neighbour is the "
-             "dense model's; throughput: sentences per second at batch 32, forward only.", "",
+             "dense model's; throughput: sentences per second at batch 32, forward only, and "
+             "the speed-up over the dense model measured in the same passes (the two take "
+             "turns).", "",
              "| variant | encoder weights kept | cosine to dense | top-1 agreement | "
-             "sentences / s | file MB | compress s |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "sentences / s | speed-up | file MB | compress s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in record["variants"].items():
         kept = "int8" if row["weights_kept"] is None else f"{row['weights_kept'] / total:.0%}"
         seconds = row.get("compress_seconds")
         lines.append(f"| {name} | {kept} | {row['cosine_to_dense']:.4f} | "
                      f"{row['top1_neighbour_agreement']:.3f} | "
-                     f"{row['sentences_per_second']:.0f} | {row['file_bytes'] / 1e6:.1f} | "
+                     f"{row['sentences_per_second']:.0f} | "
+                     + ("" if "speedup_vs_dense" not in row else f"{row['speedup_vs_dense']:.2f}x")
+                     + f" | {row['file_bytes'] / 1e6:.1f} | "
                      + ("" if seconds is None else f"{seconds:.1f}") + " |")
+    ratios = record.get("output_over_layer_seconds")
+    if ratios:
+        lines += ["", "The output objective's compression time over the layer objective's "
+                  "(`output allocated` over `data_aware allocated`, one run): "
+                  + ", ".join(f"{ratio:.2f}x at {budget}" for budget, ratio in ratios.items())
+                  + "."]
+    return "\n".join(lines)
+
+
+def fitness_splits_section(record: dict) -> str:
+    """reference/fitness_splits.json as tables: every head's Spearman at D/20 per split, the
+    gap to the dense head and the smallest rank within .01; then task_labels' ablation."""
+    schemes, target = list(record["splits"]), record["rank_at_10x"]
+    splits = record["splits"]
+    folds = len(splits[schemes[0]]["dense"]["per_fold"])
+    lines = [f"`python -m distil_rank.benchmark.splits` ({record['rows']} rows, D = "
+             f"{record['dim']}, {folds} folds per split, {record['seconds'] / 60:.0f} min): "
+             f"Spearman on the held-out fold, mean ± std over the folds, at rank {target} "
+             f"({record['compression'][record['ranks'].index(target)]:.1f}x fewer parameters "
+             f"in the first layer); in brackets the gap to the dense head (dense minus head, "
+             f"fold by fold: mean ± std), and the smallest rank of {record['ranks']} whose "
+             f"mean gap is at most "
+             f"{record['within']}. **Worst gap at 10x: {record['worst_gap_at_10x']:+.3f}** "
+             f"({record['worst_split_at_10x']}).", "",
+             "| head | " + " | ".join(schemes) + " | smallest rank within " +
+             f"{record['within']} ({', '.join(schemes)}) |",
+             "|---|" + "---:|" * (len(schemes) + 1)]
+    dense = " | ".join(f"{splits[s]['dense']['mean']:.3f} ± {splits[s]['dense']['std']:.3f}"
+                       for s in schemes)
+    lines.append(f"| dense Fitness-Head | {dense} | |")
+    at = record["ranks"].index(target)
+    for method in (*record["compressed_methods"], *record["baselines"]):
+        cells = []
+        for s in schemes:
+            m = splits[s]["methods"][method]
+            cells.append(f"{m['spearman'][at]['mean']:.3f} ± {m['spearman'][at]['std']:.3f} "
+                         f"({m['gap_at_10x']:+.3f} ± {m['gap_std'][at]:.3f})")
+        within = ", ".join(str(splits[s]["methods"][method]["smallest_rank_within"] or "none")
+                           for s in schemes)
+        kind = "" if method in record["compressed_methods"] else " (baseline)"
+        lines.append(f"| `{method}`{kind} | " + " | ".join(cells) + f" | {within} |")
+    lines += ["", f"`task_labels` with one part changed, at rank {target} (Spearman, mean ± "
+              "std; `task_labels` itself is in the table above):", "",
+              "| variant | " + " | ".join(schemes) + " |", "|---|" + "---:|" * len(schemes)]
+    for name in splits[schemes[0]]["ablation_at_10x"]:
+        cells = [splits[s]["ablation_at_10x"][name] for s in schemes]
+        lines.append(f"| {name} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}"
+                                                  for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -444,6 +498,9 @@ def render(source: Sources) -> dict[Path, str]:
         if not path.endswith("_quick.json"):
             docs = replace_between(docs, REAL_START, REAL_END,
                                    real_model_section(source.read(path)))
+    splits = source.read("reference/fitness_splits.json")
+    if splits is not None:
+        docs = replace_between(docs, SPLITS_START, SPLITS_END, fitness_splits_section(splits))
     readme = replace_between((ROOT / "README.md").read_text(), HEADLINE_START, HEADLINE_END,
                              headline_table(summary))
     return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}

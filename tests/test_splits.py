@@ -1,0 +1,157 @@
+"""Position splits of the fitness heads (distil_rank.benchmark.splits)."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from distil_rank.benchmark import splits
+from distil_rank.benchmark.teachers import HeadSettings
+from distil_rank.distill import DistillSettings
+from distil_rank.embeddings import EmbeddingSet, save_embeddings
+from distil_rank.lowrank import LowRankLinear
+
+
+def positions(n: int = 600, sites: int = 37, seed: int = 0) -> torch.Tensor:
+    return torch.randint(sites, (n,), generator=torch.Generator().manual_seed(seed)) + 3
+
+
+def test_modulo_folds_are_the_position_mod_the_fold_count():
+    position = positions()
+    fold = splits.assign_folds(position, "modulo", 5, seed=0)
+    assert all(int(f) == int(p) % 5 for f, p in zip(fold, position))
+
+
+def test_contiguous_folds_are_blocks_of_consecutive_positions_of_near_equal_count():
+    position = positions()
+    fold = splits.assign_folds(position, "contiguous", 5, seed=0)
+    distinct = sorted(set(position.tolist()))
+    per_fold = [sorted({int(p) for p, f in zip(position, fold) if f == k}) for k in range(5)]
+    assert [p for block in per_fold for p in block] == distinct  # in order, each once
+    assert max(map(len, per_fold)) - min(map(len, per_fold)) <= 1
+
+
+def test_random_folds_deal_the_rows_evenly_and_depend_on_the_seed():
+    position = positions()
+    fold = splits.assign_folds(position, "random", 5, seed=1)
+    assert torch.bincount(fold).tolist() == [120] * 5
+    assert not torch.equal(fold, splits.assign_folds(position, "random", 5, seed=2))
+
+
+def test_position_selection_holds_out_whole_positions():
+    position = positions()
+    rows = torch.nonzero(splits.assign_folds(position, "modulo", 5, 0) != 0).squeeze(1)
+    fit, selection = splits.selection_rows(rows, position, "modulo", 0.2, seed=3)
+    assert sorted(torch.cat([fit, selection]).tolist()) == rows.tolist()
+    assert not set(position[fit].tolist()) & set(position[selection].tolist())
+    assert len(set(position[selection].tolist())) == round(0.2 * len(set(position[rows].tolist())))
+
+
+def test_standardised_layer_computes_the_same_function_on_standardised_inputs():
+    g = torch.Generator().manual_seed(0)
+    layer = LowRankLinear(12, 9, 3, generator=g)
+    torch.nn.init.normal_(layer.bias, generator=g)
+    x = 4 + 0.1 * torch.randn(50, 12, generator=g)
+    mean, std = x.mean(0), x.std(0)
+    moved = splits._standardised(layer, mean, std)
+    with torch.no_grad():
+        torch.testing.assert_close(moved((x - mean) / std), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pca_inputs_are_the_whitened_top_principal_coordinates():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 8, generator=g) * torch.logspace(0, -1, 8) + 5
+    z = splits.pca_inputs(x, 3)(x).double()
+    torch.testing.assert_close(torch.cov(z.T), torch.eye(3, dtype=torch.float64), atol=1e-4,
+                               rtol=0)
+    # the same subspace as the top right singular vectors of the centred rows
+    _, _, vh = torch.linalg.svd((x - x.mean(0)).double(), full_matrices=False)
+    projector = vh[:3].T @ vh[:3]
+    centred = (x - x.mean(0)).double()
+    basis = torch.linalg.lstsq(z, centred).solution  # centred ~ z @ basis on the subspace
+    torch.testing.assert_close(centred @ projector, z @ basis, atol=1e-4, rtol=1e-4)
+
+
+def fitness_rows(n: int = 480, dim: int = 16, seed: int = 0):
+    """Embeddings of a protein's variants: each position moves the embedding one way, and the
+    fitness depends nonlinearly on it."""
+    g = torch.Generator().manual_seed(seed)
+    position = torch.randint(40, (n,), generator=g)
+    site = torch.randn(40, dim, generator=g)
+    x = 3 + 0.3 * site[position] + 0.1 * torch.randn(n, dim, generator=g)
+    w = torch.randn(dim, generator=g)
+    y = torch.tanh(x @ w / dim ** 0.5) + 0.1 * torch.randn(n, generator=g)
+    return x, y, position
+
+
+TINY = splits.SplitSettings(folds=3, divisors=(16, 4), rank_divisor=16,
+                            head=HeadSettings(steps=40, eval_every=10),
+                            distill=DistillSettings(steps=20, eval_every=10, patience=20))
+
+
+def test_the_summary_holds_every_split_method_and_its_gap_as_the_per_fold_figures_say():
+    x, y, position = fitness_rows()
+    summary = splits.run_splits(x, y, position, TINY, progress=lambda line: None)
+    assert summary["ranks"] == [1, 4] and summary["rank_at_10x"] == 1
+    at = summary["ranks"].index(summary["rank_at_10x"])
+    gaps = {}
+    for scheme in splits.SCHEMES:
+        split = summary["splits"][scheme]
+        dense = split["dense"]["per_fold"]
+        assert len(dense) == 3
+        for method in (*splits.COMPRESSED, *splits.BASELINES):
+            row = split["methods"][method]
+            per_fold = row["spearman"][at]["per_fold"]
+            expected = sum(d - s for d, s in zip(dense, per_fold)) / 3
+            assert row["gap_at_10x"] == pytest.approx(expected, abs=1e-12)
+            within = [r for r, gap in zip(summary["ranks"], row["gap"]) if gap <= 0.01]
+            assert row["smallest_rank_within"] == (within[0] if within else None)
+        best = min(splits.COMPRESSED, key=lambda m: split["methods"][m]["gap_at_10x"])
+        assert split["gap_at_10x"] == split["methods"][best]["gap_at_10x"]
+        assert set(split["ablation_at_10x"]) == set(splits.ABLATION)
+        gaps[scheme] = split["gap_at_10x"]
+    assert summary["worst_gap_at_10x"] == max(gaps.values())
+    # ridge has no rank: one figure, repeated
+    ridge = summary["splits"]["random"]["methods"]["ridge"]["spearman"]
+    assert ridge[0]["per_fold"] == ridge[1]["per_fold"]
+
+
+def test_the_refinement_keeps_step_zero_when_nothing_beats_it():
+    """task_labels with no steps is the task_aware head it starts from."""
+    x, y, position = fitness_rows(seed=1)
+    settings = replace(TINY, head=HeadSettings(steps=0, eval_every=10))
+    fold_of = splits.assign_folds(position, "modulo", 3, 0)
+    rows = torch.nonzero(fold_of != 0).squeeze(1)
+    fit, selection = splits.selection_rows(rows, position, "modulo", 0.15, 0)
+    fold = splits.Fold(x, y, fit, selection, torch.nonzero(fold_of == 0).squeeze(1), settings, 0)
+    scores, _ = splits.compressed(fold, splits.fitness_head(
+        x[fit], y[fit], x[selection], y[selection], HeadSettings(steps=30), 0)[0], [2])
+    assert scores["task_labels"] == pytest.approx(scores["task_aware"], abs=1e-6)
+
+
+def test_command_refuses_a_file_without_positions_and_writes_nothing(tmp_path):
+    x, y, _ = fitness_rows(n=40)
+    path = tmp_path / "no_positions.pt"
+    save_embeddings(path, EmbeddingSet(embeddings=x, fitness=y))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "distil_rank.benchmark.splits", "--data",
+                           str(path), "--out", str(out), "--quick"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no_positions.pt" in done.stderr
+    assert "'position'" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_command_writes_the_json_and_the_figure_together(tmp_path):
+    x, y, position = fitness_rows(n=300)
+    path = tmp_path / "rows.pt"
+    save_embeddings(path, EmbeddingSet(embeddings=x, fitness=y, position=position))
+    out = tmp_path / "out"
+    assert splits.main(["--data", str(path), "--out", str(out), "--quick", "--quiet"]) == 0
+    summary = json.loads((out / splits.JSON_NAME).read_text())
+    assert set(summary["splits"]) == set(splits.SCHEMES)
+    assert (out / splits.FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
