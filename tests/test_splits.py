@@ -155,3 +155,12 @@ def test_command_writes_the_json_and_the_figure_together(tmp_path):
     summary = json.loads((out / splits.JSON_NAME).read_text())
     assert set(summary["splits"]) == set(splits.SCHEMES)
     assert (out / splits.FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_quotes_the_committed_record(root):
+    record = json.loads((root / "reference" / splits.JSON_NAME).read_text())
+    readme = (root / "README.md").read_text().replace("\n", " ")
+    for scheme in splits.SCHEMES:
+        split = record["splits"][scheme]
+        assert f"{split['dense']['mean']:.3f} ({scheme})" in readme
+        assert f"{split['gap_at_10x']:.3f}"[1:] in readme
