@@ -11,6 +11,6 @@ from distil_rank.distill import DistillSettings
 from distil_rank.errors import InputError
 from distil_rank.lowrank import LowRankLinear
 
-__version__ = "0.4.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+__version__ = "0.5.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 __all__ = ["DistillSettings", "InputError", "LowRankLinear", "__version__", "compress_linear",
            "compress_model", "load_compressed", "save_compressed"]

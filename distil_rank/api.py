@@ -46,6 +46,8 @@ from distil_rank.lowrank import (
     compress_data_aware,
     data_aware_error_curve,
     explained_variance_curve,
+    output_spectrum,
+    output_weight_roots,
     smallest_rank_reaching,
 )
 from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
@@ -53,26 +55,27 @@ from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
 
 def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,
                     output_weight: torch.Tensor | None = None,
-                    damping: float = DEFAULT_DAMPING) -> int:
+                    damping: float = DEFAULT_DAMPING, spectrum=None) -> int:
     """The smallest rank whose closed form explains `target` of the layer's output variance on
-    the calibration inputs (G-weighted when G is given; 1 when the output does not vary)."""
+    the calibration inputs (G-weighted when G is given; 1 when the output does not vary).
+    `spectrum`: the matching output_spectrum, when already computed."""
     if not 0 < target <= 1:
         raise ValueError(f"target explained variance {target} must be in (0, 1]")
     curve = explained_variance_curve(data_aware_error_curve(linear.weight, moments,
-                                                            output_weight, damping))
+                                                            output_weight, damping, spectrum))
     rank = smallest_rank_reaching(curve, (target,))[str(target)]
     full = min(linear.in_features, linear.out_features)
     return max(1, min(full, rank if rank is not None else full))
 
 
 def _choose_rank(linear, moments, rank, target, output_weight=None, damping=DEFAULT_DAMPING,
-                 what: str = "layer"):
+                 what: str = "layer", spectrum=None):
     if (rank is None) == (target is None):
         raise ValueError(f"{what}: give exactly one of rank, target_explained_variance and "
                          "(for a model) budget")
     if rank is not None:
         return check_rank(rank, min(linear.in_features, linear.out_features), f"{what}: rank")
-    return rank_for_target(linear, moments, target, output_weight, damping)
+    return rank_for_target(linear, moments, target, output_weight, damping, spectrum)
 
 
 def _describe(linear: nn.Linear) -> str:
@@ -294,7 +297,7 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                    rank: int | dict[str, int] | None = None,
                    target_explained_variance: float | None = None,
                    budget: float | None = None, objective: str = "layer",
-                   output_fn: Callable | None = None, probes: int = 4, seed: int = 0,
+                   output_fn: Callable | None = None, probes: int = 1, seed: int = 0,
                    damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
                    call: Callable | None = None, min_params_saved: int = 1,
                    skip_padding: bool = True,
@@ -312,7 +315,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     the budget, and then counts in full.
     objective: "layer" (each layer's own output error) or "output" (the error of the model's
     output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
-    seeded Gaussian probes per batch; no labels needed).
+    seeded Gaussian probes per batch; no labels needed). A probe costs a backward pass and a
+    Gram product per layer; docs/api.md measures what more than the default one buys.
     calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments or
     a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
     returns its output.
@@ -331,13 +335,14 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     prober = None if objective == "layer" else \
         _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
     statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
+    spectra = {n: _spectrum(m, *statistics[n], damping) for n, m in targets.items()}
     if budget is None:
         ranks = {n: _choose_rank(m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
                                  target_explained_variance, statistics[n][1], damping,
-                                 f"layer {n!r}") for n, m in targets.items()}
+                                 f"layer {n!r}", spectra[n][1]) for n, m in targets.items()}
     else:
-        ranks = _budget_ranks(targets, statistics, budget, objective, damping)
-    fitted = {n: _fit_layer(n, m, *statistics[n], ranks[n], damping, objective)
+        ranks = _budget_ranks(targets, statistics, budget, objective, damping, spectra)
+    fitted = {n: _fit_layer(n, m, *statistics[n], ranks[n], damping, objective, spectra[n])
               for n, m in targets.items()}
     replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
                 if student is not None and (budget is not None
@@ -364,23 +369,32 @@ def _targets(model: nn.Module, layers, rank, target, budget, objective: str) -> 
     return targets
 
 
+def _spectrum(linear: nn.Linear, moments: InputMoments, weight, damping: float):
+    """(G's roots or None, the layer's weighted output spectrum): the two eigendecompositions
+    that its error curve and its closed form at any rank share, computed once."""
+    roots = None if weight is None else output_weight_roots(weight, damping)
+    return roots, output_spectrum(linear.weight, moments, None if roots is None else roots[0])
+
+
 def _fit_layer(name: str, linear: nn.Linear, moments: InputMoments, weight, rank: int | None,
-               damping: float, objective: str):
-    """(the closed form at `rank`, its report); (None, a dense layer's report) for None."""
+               damping: float, objective: str, spectrum):
+    """(the closed form at `rank`, its report); (None, a dense layer's report) for None.
+    `spectrum`: the layer's _spectrum."""
+    roots, spectrum = spectrum
     before = sum(p.numel() for p in linear.parameters())
     if rank is None:  # dense is the better use of a budget
         return None, LayerReport(name, linear.in_features, linear.out_features, None, before,
                                  before, moments.count, 1.0, None, objective)
-    student = compress_data_aware(linear, moments, rank, weight, damping)
+    student = compress_data_aware(linear, moments, rank, weight, damping, spectrum, roots)
     calibration_ev = explained_variance_curve(
-        data_aware_error_curve(linear.weight, moments, weight, damping))[rank]
+        data_aware_error_curve(linear.weight, moments, weight, damping, spectrum))[rank]
     return student, LayerReport(name, linear.in_features, linear.out_features, rank, before,
                                 sum(p.numel() for p in student.parameters()), moments.count,
                                 calibration_ev, None, objective)
 
 
 def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
-                  objective: str, damping: float) -> dict[str, int | None]:
+                  objective: str, damping: float, spectra: dict) -> dict[str, int | None]:
     """Each layer's rank under the budget (None: kept dense), allocated exactly."""
     if (isinstance(budget, bool) or not isinstance(budget, (int, float))
             or not 0 < budget <= 1):
@@ -388,7 +402,8 @@ def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float
     curves, shapes, weights = {}, {}, {}
     for name, linear in targets.items():
         moments, weight = statistics[name]
-        curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping)
+        curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping,
+                                              spectra[name][1])
         shapes[name] = (linear.in_features, linear.out_features)
         total = float(curves[name][0])  # the layer's output variance (G-weighted for "output")
         weights[name] = 1.0 if objective == "output" else 1.0 / total if total > 0 else 0.0

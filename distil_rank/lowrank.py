@@ -230,23 +230,26 @@ def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments,
     """The exact minimum mean squared output error (summed over outputs, per row; G-weighted
     when G is given) of every rank 0..out at once: entry r is the sum of the discarded
     eigenvalues beyond r. `spectrum`: the matching output_spectrum, when already computed."""
-    root = None if output_weight is None else output_weight_roots(output_weight, damping)[0]
-    eigenvalues, _ = spectrum or output_spectrum(weight, moments, root)
+    if spectrum is None:
+        root = None if output_weight is None else output_weight_roots(output_weight, damping)[0]
+        spectrum = output_spectrum(weight, moments, root)
+    eigenvalues, _ = spectrum
     tail = eigenvalues.flip(0).cumsum(0).flip(0)
     return torch.cat([tail, tail.new_zeros(1)])
 
 
 def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments: InputMoments,
                        rank: int, output_weight: torch.Tensor | None = None,
-                       damping: float = DEFAULT_DAMPING, spectrum=None):
+                       damping: float = DEFAULT_DAMPING, spectrum=None, roots=None):
     """The closed-form rank-r optimum (G-weighted when G is given): (up, down, new_bias),
-    float64. `spectrum`: the matching output_spectrum, when already computed (it does not
-    depend on the rank)."""
+    float64. `spectrum` and `roots`: the matching output_spectrum and output_weight_roots,
+    when already computed (neither depends on the rank)."""
     _check_weight_rank(weight, rank)
     w = weight.detach().double().to(moments.covariance.device)
     root = inverse_root = None
     if output_weight is not None:
-        root, inverse_root = (m.to(w.device) for m in output_weight_roots(output_weight, damping))
+        roots = roots or output_weight_roots(output_weight, damping)
+        root, inverse_root = (m.to(w.device) for m in roots)
     _, eigenvectors = spectrum or output_spectrum(w, moments, root)
     basis = eigenvectors[:, :rank]  # top-r (weighted) output directions, orthonormal
     core = basis.T @ (w if root is None else root @ w)  # [r, in]
@@ -263,13 +266,14 @@ def data_aware_factors(weight: torch.Tensor, bias: torch.Tensor | None, moments:
 
 def compress_data_aware(linear: nn.Linear, calibration: torch.Tensor | InputMoments,
                         rank: int, output_weight: torch.Tensor | None = None,
-                        damping: float = DEFAULT_DAMPING, spectrum=None) -> LowRankLinear:
+                        damping: float = DEFAULT_DAMPING, spectrum=None,
+                        roots=None) -> LowRankLinear:
     """The rank-r LowRankLinear with the least mean squared output error on `calibration`, or
     with `output_weight` G the least G-weighted error (task_aware). The result always has a
     bias (the refit needs one), even if `linear` has none."""
     moments = calibration if isinstance(calibration, InputMoments) else input_moments(calibration)
     up, down, bias = data_aware_factors(linear.weight, linear.bias, moments, rank, output_weight,
-                                        damping, spectrum)
+                                        damping, spectrum, roots)
     device = linear.weight.device
     return LowRankLinear.from_factors(up.to(device), down.to(device), bias.to(device),
                                       dtype=linear.weight.dtype)
