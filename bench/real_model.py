@@ -14,13 +14,19 @@ calibrate.
 
 At 80%, 60% and 40% of the encoder's Linear weights (biases aside): `svd` and `data_aware` at one
 rank for every layer (the largest within the budget), `data_aware` with the budget's exact
-allocation, and the output objective (the pooled embedding's error) with it; beside them int8
-dynamic quantisation (torch.ao.quantization.quantize_dynamic) of the dense model and of the
-allocated output-objective model. Distillation on top is not run here. Writes
+allocation, and the output objective (the pooled embedding's error) with it, at compress_model's
+default of one probe and with four; beside them int8 dynamic quantisation
+(torch.ao.quantization.quantize_dynamic) of the dense model and of the allocated output-objective
+model, and the allocated output-objective model distilled on top (`distil_on_top`: its low-rank
+factors trained end to end on the dense model's sentence embeddings of the calibration
+sentences, the checkpoint kept by a fifth of them held back). Writes
 bench/results/real_model_<cpu>.json: per variant, the mean cosine of its held-out sentence
 embeddings to the dense model's, the top-1 neighbour agreement among held-out sentences,
-sentences per second (batch 32, at most 128 tokens, forward only, median of 3 passes), the
-file size, the weights kept and the seconds to compress.
+sentences per second (batch 32, at most 128 tokens, forward only, median of 3 passes) and its
+speed-up over the dense model measured in the same
+passes (the two models take turns, so both meet the same load), the file size, the weights kept
+and the seconds to compress; per budget, the output objective's compression time over the layer
+objective's (`output_over_layer_seconds`).
 """
 
 from __future__ import annotations
@@ -79,15 +85,17 @@ def embed(model: nn.Module, held: list[dict]) -> torch.Tensor:
     return torch.cat([pooled(model, b) for b in held])
 
 
-def throughput(model: nn.Module, held: list[dict]) -> float:
-    """Sentences per second, forward only, the median of 3 passes after one untimed."""
-    rows, seconds = sum(len(b["input_ids"]) for b in held), []
-    for i in range(4):
-        start = time.perf_counter()
-        embed(model, held)
-        if i:
-            seconds.append(time.perf_counter() - start)
-    return rows / statistics.median(seconds)
+def throughputs(models: list[nn.Module], held: list[dict], passes: int = 3) -> list[float]:
+    """Each model's sentences per second, forward only, the median of `passes` passes after an
+    untimed one; the models take turns pass by pass, so that they meet the same load."""
+    rows, seconds = sum(len(b["input_ids"]) for b in held), [[] for _ in models]
+    for i in range(passes + 1):
+        for model, timed in zip(models, seconds):
+            start = time.perf_counter()
+            embed(model, held)
+            if i:
+                timed.append(time.perf_counter() - start)
+    return [rows / statistics.median(timed) for timed in seconds]
 
 
 def as_two_linears(model: nn.Module) -> nn.Module:
@@ -149,16 +157,61 @@ def variants(dense: nn.Module, names: list[str], calibration: list[dict], budget
                                                               budget=budget)),
             ("output allocated", lambda m: compress_model(m, calibration, layers=names,
                                                           budget=budget, objective="output",
-                                                          call=pooled))]
+                                                          call=pooled)),
+            ("output allocated, 4 probes", lambda m: compress_model(
+                m, calibration, layers=names, budget=budget, objective="output", call=pooled,
+                probes=4))]
+
+
+def distil_on_top(model: nn.Module, dense: nn.Module, calibration: list[dict],
+                  epochs: int = 3, lr: float = 1e-5) -> dict:
+    """Train the low-rank layers' factors and biases (nothing else) by Adam on the squared
+    distance between the model's and the dense model's normalised sentence embeddings (2 - 2
+    cosine) over four fifths of the calibration batches, evaluating the held-back fifth before
+    the first step and after every epoch; the best evaluation's weights are kept (the closed
+    form itself when nothing beats it). Returns the held-back losses and the epoch kept."""
+    held_back = calibration[::5]
+    train = [b for i, b in enumerate(calibration) if i % 5]
+    targets = {id(b): embed(dense, [b]) for b in calibration}
+    params = [p for m in model.modules() if isinstance(m, LowRankLinear)
+              for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.Adam(params, lr=lr)
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return statistics.fmean((pooled(model, b) - targets[id(b)]).pow(2).sum(1).mean()
+                                    .item() for b in held_back)
+
+    losses = [held_loss()]
+    best = [p.detach().clone() for p in params]
+    order = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for i in torch.randperm(len(train), generator=order).tolist():
+            loss = (pooled(model, train[i]) - targets[id(train[i])]).pow(2).sum(1).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        losses.append(held_loss())
+        if losses[-1] <= min(losses):
+            best = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, kept in zip(params, best):
+            p.copy_(kept)
+            p.requires_grad_(False)
+    return {"held_back_losses": losses, "epoch_kept": losses.index(min(losses))}
 
 
 def measure(model: nn.Module, reference: torch.Tensor, held: list[dict], names: list[str],
-            quantised: bool = False) -> dict:
+            dense: nn.Module, quantised: bool = False) -> dict:
     got = embed(model, held)
     neighbours = [(e @ e.T).fill_diagonal_(-2).argmax(1) for e in (reference, got)]
+    speed, dense_speed = throughputs([model, dense], held) if model is not dense else \
+        throughputs([model], held) * 2
     return {"cosine_to_dense": F.cosine_similarity(got, reference).mean().item(),
             "top1_neighbour_agreement": (neighbours[0] == neighbours[1]).double().mean().item(),
-            "sentences_per_second": throughput(model, held),
+            "sentences_per_second": speed, "speedup_vs_dense": speed / dense_speed,
             "file_bytes": file_bytes(model, quantised),
             "weights_kept": None if quantised else weights_kept(model, names)}
 
@@ -189,24 +242,34 @@ def main() -> int:
     names = [n for n, m in dense.named_modules()
              if isinstance(m, nn.Linear) and n.startswith("encoder.")]
     reference = embed(dense, held)
-    rows = {"dense": measure(dense, reference, held, names),
-            "dense int8": measure(int8(dense), reference, held, names, quantised=True)}
+    rows = {"dense": measure(dense, reference, held, names, dense),
+            "dense int8": measure(int8(dense), reference, held, names, dense, quantised=True)}
+    ratios = {}
     for budget in BUDGETS[-1:] if args.quick else BUDGETS:
         for label, compress in variants(dense, names, calibration, budget):
             model, start = copy.deepcopy(dense), time.perf_counter()
             compress(model)
             seconds = time.perf_counter() - start
-            rows[f"{label} {budget:.0%}"] = {**measure(model, reference, held, names),
+            rows[f"{label} {budget:.0%}"] = {**measure(model, reference, held, names, dense),
                                              "compress_seconds": seconds}
             if label == "output allocated":
                 rows[f"{label} {budget:.0%} + int8"] = measure(int8(model), reference, held,
-                                                               names, quantised=True)
+                                                               names, dense, quantised=True)
+                start = time.perf_counter()
+                run = distil_on_top(model, dense, calibration)
+                rows[f"{label} {budget:.0%} + distil"] = {
+                    **measure(model, reference, held, names, dense), **run,
+                    "compress_seconds": seconds + time.perf_counter() - start}
             print(f"{label} at {budget:.0%}: {rows[f'{label} {budget:.0%}']}", flush=True)
+        ratios[f"{budget:.0%}"] = (rows[f"output allocated {budget:.0%}"]["compress_seconds"]
+                                   / rows[f"data_aware allocated {budget:.0%}"]
+                                   ["compress_seconds"])
     total = sum(dict(dense.named_modules())[n].weight.numel() for n in names)
     record = {"environment": environment(torch.device("cpu")), "model": "all-MiniLM-L6-v2",
               "corpus": "pydoc_data.topics (Python's help topics), sentences of 6-60 words",
               "calibration_sentences": len(fit_rows), "held_out_sentences": len(held_rows),
-              "encoder_linear_weights": total, "quick": args.quick, "variants": rows}
+              "encoder_linear_weights": total, "quick": args.quick, "variants": rows,
+              "output_over_layer_seconds": ratios}
     suffix = "_quick" if args.quick else ""
     path = Path(args.out_dir) / f"real_model_{name_slug(device_name(torch.device('cpu')))}" \
                                 f"{suffix}.json"
