@@ -146,6 +146,14 @@ def test_command_refuses_a_file_without_positions_and_writes_nothing(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_command_refuses_a_file_given_twice(tmp_path):
+    x, y, position = fitness_rows(n=40)
+    path = tmp_path / "rows.pt"
+    save_embeddings(path, EmbeddingSet(embeddings=x, fitness=y, position=position))
+    with pytest.raises(splits.InputError, match="given twice"):
+        splits.load_rows([str(path), str(tmp_path / "." / "rows.pt")])
+
+
 def test_command_writes_the_json_and_the_figure_together(tmp_path):
     x, y, position = fitness_rows(n=300)
     path = tmp_path / "rows.pt"

@@ -356,10 +356,15 @@ def run_splits(x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
 
 
 def load_rows(paths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(embeddings, fitness, position) of every file, pooled; a file without fitness or
-    positions, or of another dimension, is refused with a one-line error."""
-    parts = []
+    """(embeddings, fitness, position) of every file, pooled; a file given twice, without
+    fitness or positions, or of another dimension, is refused with a one-line error."""
+    parts, seen = [], {}
     for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise InputError(f"{path}: given twice (also as {seen[resolved]}): its rows would "
+                             "sit in two folds at once")
+        seen[resolved] = path
         data = load_embeddings(path)
         for name in ("fitness", "position"):
             if getattr(data, name) is None:
