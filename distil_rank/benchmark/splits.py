@@ -11,7 +11,8 @@ random split of single mutants hides: nearly every validation position has one t
 Within the four training folds, selection rows pick every checkpoint and every ridge alpha:
 15% of the rows for `random`, the rows of 15% of the positions for the position splits (so that
 the selection, like the test, asks about positions never trained on). Every head trains on the
-remaining fit rows.
+labels (or the teacher's outputs) of the remaining fit rows; the closed forms read the inputs of
+every training-fold row, no labels. The test fold is read only to score.
 
 For every held-out fold: the dense Fitness-Head (teachers.fitness_head) is trained and scored
 (Spearman's rho of its prediction against the measured fitness), then, at every rank of the
