@@ -335,15 +335,15 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     prober = None if objective == "layer" else \
         _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
     statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
-    spectra = {n: _spectrum(m, *statistics[n], damping) for n, m in targets.items()}
-    if budget is None:
-        ranks = {n: _choose_rank(m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
-                                 target_explained_variance, statistics[n][1], damping,
-                                 f"layer {n!r}", spectra[n][1]) for n, m in targets.items()}
-    else:
-        ranks = _budget_ranks(targets, statistics, budget, objective, damping, spectra)
-    fitted = {n: _fit_layer(n, m, *statistics[n], ranks[n], damping, objective, spectra[n])
-              for n, m in targets.items()}
+    ranks = None if budget is None else _budget_ranks(targets, statistics, budget, objective,
+                                                      damping)
+    fitted = {}
+    for n, m in targets.items():  # one layer's eigenvectors at a time: they are out x out
+        spectrum = _spectrum(m, *statistics[n], damping) if ranks is None or ranks[n] else None
+        chosen = ranks[n] if ranks is not None else _choose_rank(
+            m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
+            target_explained_variance, statistics[n][1], damping, f"layer {n!r}", spectrum[1])
+        fitted[n] = _fit_layer(n, m, *statistics[n], chosen, damping, objective, spectrum)
     replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
                 if student is not None and (budget is not None
                                             or report.params_saved >= min_params_saved)}
@@ -371,7 +371,8 @@ def _targets(model: nn.Module, layers, rank, target, budget, objective: str) -> 
 
 def _spectrum(linear: nn.Linear, moments: InputMoments, weight, damping: float):
     """(G's roots or None, the layer's weighted output spectrum): the two eigendecompositions
-    that its error curve and its closed form at any rank share, computed once."""
+    that its error curve and its closed form at any rank share, computed once per layer fit
+    (and once more, eigenvalues kept, for a budget's allocation)."""
     roots = None if weight is None else output_weight_roots(weight, damping)
     return roots, output_spectrum(linear.weight, moments, None if roots is None else roots[0])
 
@@ -379,12 +380,12 @@ def _spectrum(linear: nn.Linear, moments: InputMoments, weight, damping: float):
 def _fit_layer(name: str, linear: nn.Linear, moments: InputMoments, weight, rank: int | None,
                damping: float, objective: str, spectrum):
     """(the closed form at `rank`, its report); (None, a dense layer's report) for None.
-    `spectrum`: the layer's _spectrum."""
-    roots, spectrum = spectrum
+    `spectrum`: the layer's _spectrum (None with rank None)."""
     before = sum(p.numel() for p in linear.parameters())
     if rank is None:  # dense is the better use of a budget
         return None, LayerReport(name, linear.in_features, linear.out_features, None, before,
                                  before, moments.count, 1.0, None, objective)
+    roots, spectrum = spectrum
     student = compress_data_aware(linear, moments, rank, weight, damping, spectrum, roots)
     calibration_ev = explained_variance_curve(
         data_aware_error_curve(linear.weight, moments, weight, damping, spectrum))[rank]
@@ -394,7 +395,7 @@ def _fit_layer(name: str, linear: nn.Linear, moments: InputMoments, weight, rank
 
 
 def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
-                  objective: str, damping: float, spectra: dict) -> dict[str, int | None]:
+                  objective: str, damping: float) -> dict[str, int | None]:
     """Each layer's rank under the budget (None: kept dense), allocated exactly."""
     if (isinstance(budget, bool) or not isinstance(budget, (int, float))
             or not 0 < budget <= 1):
@@ -402,8 +403,7 @@ def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float
     curves, shapes, weights = {}, {}, {}
     for name, linear in targets.items():
         moments, weight = statistics[name]
-        curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping,
-                                              spectra[name][1])
+        curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping)
         shapes[name] = (linear.in_features, linear.out_features)
         total = float(curves[name][0])  # the layer's output variance (G-weighted for "output")
         weights[name] = 1.0 if objective == "output" else 1.0 / total if total > 0 else 0.0

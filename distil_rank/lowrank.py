@@ -191,8 +191,9 @@ def compress_svd(linear: nn.Linear, rank: int, decomposition=None) -> LowRankLin
 DEFAULT_DAMPING = 1e-3  # of tr(G) / out: the result is the exact minimiser for a well-posed G
 
 
-def output_weight_roots(output_weight: torch.Tensor, damping: float = DEFAULT_DAMPING):
-    """(G_d^(1/2), G_d^(-1/2)) of the damped G_d = G + damping * tr(G) / out * I, float64."""
+def damped_output_weight(output_weight: torch.Tensor, damping: float = DEFAULT_DAMPING):
+    """G_d = G + damping * tr(G) / out * I, float64 and exactly symmetric, after the checks
+    that G is a finite square weight with a positive trace."""
     g = output_weight.detach().double()
     if g.dim() != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"output_weight has shape {tuple(g.shape)}, expected square [out, out]")
@@ -203,12 +204,37 @@ def output_weight_roots(output_weight: torch.Tensor, damping: float = DEFAULT_DA
     if not scale > 0:
         raise ValueError("output_weight has a trace of zero or less: not a positive "
                          "semi-definite weight")
-    values, vectors = torch.linalg.eigh(g + damping * scale * torch.eye(len(g), dtype=g.dtype,
-                                                                         device=g.device))
+    return g + damping * scale * torch.eye(len(g), dtype=g.dtype, device=g.device)
+
+
+def _not_positive_definite(damping: float, smallest: float) -> ValueError:
+    return ValueError(f"output_weight plus damping {damping} is not positive definite "
+                      f"(smallest eigenvalue {smallest:.3g}): is it PSD?")
+
+
+def output_weight_roots(output_weight: torch.Tensor, damping: float = DEFAULT_DAMPING):
+    """(G_d^(1/2), G_d^(-1/2)) of the damped G_d = G + damping * tr(G) / out * I, float64."""
+    values, vectors = torch.linalg.eigh(damped_output_weight(output_weight, damping))
     if values[0] <= 0:
-        raise ValueError(f"output_weight plus damping {damping} is not positive definite "
-                         f"(smallest eigenvalue {values[0].item():.3g}): is it PSD?")
+        raise _not_positive_definite(damping, values[0].item())
     return (vectors * values.sqrt()) @ vectors.T, (vectors * values.rsqrt()) @ vectors.T
+
+
+def output_eigenvalues(weight: torch.Tensor, moments: InputMoments,
+                       output_weight: torch.Tensor | None = None,
+                       damping: float = DEFAULT_DAMPING) -> torch.Tensor:
+    """The eigenvalues of output_spectrum, largest first, without its eigenvectors or G's
+    roots: all that an error curve needs. With G_d = L L^T (Cholesky), L^T W S W^T L has the
+    eigenvalues of R W S W^T R for R = G_d^(1/2): both are those of W S W^T G_d."""
+    w = weight.detach().double().to(moments.covariance.device)
+    if output_weight is not None:
+        damped = damped_output_weight(output_weight, damping)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        if info.item() != 0:
+            raise _not_positive_definite(damping, torch.linalg.eigvalsh(damped)[0].item())
+        w = factor.T.to(w.device) @ w
+    out_cov = w @ moments.covariance @ w.T
+    return torch.linalg.eigvalsh((out_cov + out_cov.T) / 2).flip(0).clamp_min(0)
 
 
 def output_spectrum(weight: torch.Tensor, moments: InputMoments,
@@ -230,10 +256,8 @@ def data_aware_error_curve(weight: torch.Tensor, moments: InputMoments,
     """The exact minimum mean squared output error (summed over outputs, per row; G-weighted
     when G is given) of every rank 0..out at once: entry r is the sum of the discarded
     eigenvalues beyond r. `spectrum`: the matching output_spectrum, when already computed."""
-    if spectrum is None:
-        root = None if output_weight is None else output_weight_roots(output_weight, damping)[0]
-        spectrum = output_spectrum(weight, moments, root)
-    eigenvalues, _ = spectrum
+    eigenvalues = output_eigenvalues(weight, moments, output_weight, damping) \
+        if spectrum is None else spectrum[0]
     tail = eigenvalues.flip(0).cumsum(0).flip(0)
     return torch.cat([tail, tail.new_zeros(1)])
 

@@ -184,3 +184,26 @@ def test_distil_task_never_ends_worse_than_its_warm_start_on_the_selection_rows(
     assert student.details["selection_mse_warm_start"] == pytest.approx(warm)
     assert final <= warm + 1e-9
     assert final == pytest.approx(student.details["selection_mse_chosen"], rel=1e-5)
+
+
+def test_the_eigenvalues_alone_match_the_weighted_spectrum_with_its_vectors():
+    """output_eigenvalues (Cholesky, no vectors) against numpy's eigenvalues of R W S W^T R."""
+    from distil_rank.lowrank import damped_output_weight, output_eigenvalues
+
+    x = correlated_inputs(400, 12, seed=3)
+    linear = layer(12, 9, seed=4)
+    moments = input_moments(x)
+    g = random_psd(9, seed=5)
+    damped = damped_output_weight(g).numpy()
+    values, vectors = np.linalg.eigh(damped)
+    root = (vectors * np.sqrt(values)) @ vectors.T
+    w = linear.weight.numpy()
+    expected = np.sort(np.linalg.eigvalsh(root @ w @ moments.covariance.numpy() @ w.T @ root))
+    got = output_eigenvalues(linear.weight, moments, g).numpy()
+    np.testing.assert_allclose(got[::-1], np.clip(expected, 0, None), rtol=1e-9, atol=1e-12)
+    plain = np.linalg.eigvalsh(w @ moments.covariance.numpy() @ w.T)[::-1]
+    np.testing.assert_allclose(output_eigenvalues(linear.weight, moments).numpy(),
+                               np.clip(plain, 0, None), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="not positive definite"):
+        output_eigenvalues(linear.weight, moments, -torch.eye(9, dtype=torch.float64) +
+                           torch.diag(torch.arange(9.0, dtype=torch.float64)) * 3)
