@@ -66,12 +66,12 @@ from distil_rank.benchmark.compressors import (
 )
 from distil_rank.benchmark.teachers import (
     HeadSettings,
+    Standardisation,
     fitness_head,
-    standardiser,
     train_head,
 )
 from distil_rank.distill import DistillSettings
-from distil_rank.embeddings import load_embeddings
+from distil_rank.embeddings import load_embeddings, split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
@@ -132,11 +132,10 @@ def selection_rows(rows: torch.Tensor, position: torch.Tensor, scheme: str, frac
                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit rows, selection rows) of the training `rows`: a random `fraction` of the rows for
     the random split, the rows of a random `fraction` of the positions for the others."""
-    g = torch.Generator().manual_seed(seed)
     if scheme == "random":
-        order = rows[torch.randperm(len(rows), generator=g)]
-        held = max(1, round(fraction * len(rows)))
-        return order[held:].sort().values, order[:held].sort().values
+        fit, held = split_indices(len(rows), fraction, seed)
+        return rows[fit], rows[held]
+    g = torch.Generator().manual_seed(seed)
     distinct = torch.unique(position[rows])
     chosen = distinct[torch.randperm(len(distinct), generator=g)[:max(1, round(
         fraction * len(distinct)))]]
@@ -173,17 +172,17 @@ class Fold:
     seed: int
 
     def __post_init__(self):
-        self.scale_x, self.scale_y = standardiser(self.x[self.fit], self.y[self.fit])
+        self.scale = Standardisation.of(self.x[self.fit], self.y[self.fit])
 
     def labels(self, head: nn.Module, name: str, targets: torch.Tensor | None = None,
                inputs=None) -> float:
         """Train `head` (on standardised inputs, or on `inputs(x)`) on the standardised labels
         of the fit rows, or on `targets` there, keeping the checkpoint with the least selection
         label MSE; its test Spearman."""
-        inputs = inputs or self.scale_x
-        fit_y = self.scale_y(self.y[self.fit]) if targets is None else targets
+        inputs = inputs or self.scale.x
+        fit_y = self.scale.y(self.y[self.fit]) if targets is None else targets
         train_head(head, inputs(self.x[self.fit]), fit_y, inputs(self.x[self.selection]),
-                   self.scale_y(self.y[self.selection]), self.settings.head,
+                   self.scale.y(self.y[self.selection]), self.settings.head,
                    torch.Generator().manual_seed(stage_seed(self.seed, name)))
         with torch.no_grad():
             return spearman(head(inputs(self.x[self.test])).squeeze(-1), self.y[self.test])
@@ -218,7 +217,7 @@ def baselines(fold: Fold, ranks: list[int]) -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------- one fold
 
 
-def compressed(fold: Fold, teacher, ranks: list[int]) -> dict[str, list[float]]:
+def compressed(fold: Fold, teacher, ranks: list[int]) -> tuple[dict[str, list[float]], dict]:
     """The dense head's first layer compressed by every compressor at every rank, the readout
     kept: each head's test Spearman (task_labels and distil_head from task_aware's head), and
     the students."""
@@ -255,14 +254,13 @@ def task_labels(fold: Fold, teacher, start: LowRankLinear, rank: int,
     default the settings' blend and rate; lr None in ABLATION: the dense head's rate)."""
     settings = fold.settings
     w = settings.label_weight if label_weight is None else label_weight
-    x_mean, x_std = fold.x[fold.fit].mean(0), fold.x[fold.fit].std(0).clamp_min(1e-12)
-    head = nn.Sequential(_standardised(start, x_mean, x_std), nn.GELU(),
+    head = nn.Sequential(_standardised(start, fold.scale.x_mean, fold.scale.x_std), nn.GELU(),
                          copy.deepcopy(teacher.readout[1]).requires_grad_(True))
     with torch.no_grad():
         dense = teacher.readout(teacher.layer(fold.x[fold.fit])).squeeze(-1)
     refine = replace(fold, settings=replace(settings, head=replace(
         settings.head, lr=lr or settings.refine_lr)))
-    return refine.labels(head, f"{name}/{rank}", w * fold.scale_y(fold.y[fold.fit]) +
+    return refine.labels(head, f"{name}/{rank}", w * fold.scale.y(fold.y[fold.fit]) +
                          (1 - w) * dense)
 
 

@@ -150,12 +150,26 @@ def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, selection_x: t
     return checkpoints, best[2]
 
 
-def standardiser(rows: torch.Tensor, values: torch.Tensor):
-    """(x -> (x - mean) / std over `rows`, the same for the labels `values`): the coordinates
-    every label-trained head of the benchmark learns in."""
-    x_mean, x_std = rows.mean(0), rows.std(0).clamp_min(1e-12)
-    y_mean, y_std = values.mean(), values.std().clamp_min(1e-12)
-    return (lambda x: (x - x_mean) / x_std), (lambda y: (y - y_mean) / y_std)
+@dataclass(frozen=True)
+class Standardisation:
+    """Per-coordinate mean and std of some rows and of their labels: the coordinates every
+    label-trained head of the benchmark learns in."""
+
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: torch.Tensor, values: torch.Tensor) -> Standardisation:
+        return cls(rows.mean(0), rows.std(0).clamp_min(1e-12), values.mean(),
+                   values.std().clamp_min(1e-12))
+
+    def x(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows - self.x_mean) / self.x_std
+
+    def y(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.y_mean) / self.y_std
 
 
 def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Tensor,
@@ -164,15 +178,14 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
     kept)."""
     g = torch.Generator().manual_seed(seed)
     dim = fit_x.shape[1]
-    x_mean, x_std = fit_x.mean(0), fit_x.std(0).clamp_min(1e-12)
-    scale_x, scale_y = standardiser(fit_x, fit_y)
+    scale = Standardisation.of(fit_x, fit_y)
     head = nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
-    trained = train_head(head, scale_x(fit_x), scale_y(fit_y), scale_x(selection_x),
-                         scale_y(selection_y), settings, g)
+    trained = train_head(head, scale.x(fit_x), scale.y(fit_y), scale.x(selection_x),
+                         scale.y(selection_y), settings, g)
     first = head[0]
     with torch.no_grad():  # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
-        first.bias.sub_(first.weight @ (x_mean / x_std))
-        first.weight.div_(x_std)
+        first.bias.sub_(first.weight @ (scale.x_mean / scale.x_std))
+        first.weight.div_(scale.x_std)
     return Teacher(_freeze(first), _freeze(head[1:])), trained
 
 
