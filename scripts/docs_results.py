@@ -146,22 +146,7 @@ def results_section(summary: RunSummary, speeds: list[dict], latencies: list[tup
         f"root-mean-square distance from it is {data['embedding_spread_rms_norm']:.3g}.",
         "",
     ]
-    lines += results_table(view)
-    task = task_table(view)
-    if task:
-        lines += ["", "### A head judged by its task", "",
-                  "The Fitness-Head teacher's first layer, compressed at the same rank, judged "
-                  "by the whole head's prediction of measured fitness on validation (mean ± std "
-                  "over seeds):", ""] + task
-        for name, entry in view.heads().items():
-            m, run = entry.methods, entry.distillation["distil_task"]
-            share = {k: m[k].task_spearman / entry.teacher_task_spearman for k in m}
-            lines += ["", f"At rank {summary.target_rank} the {name}'s `task_aware` keeps "
-                      f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
-                      f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
-                      f"in {run.chosen_step.count(0)} of {len(run.chosen_step)} seeds"
-                      + (f", stopping early after {', '.join(map(str, run.steps_run))} steps."
-                         if isinstance(run.steps_run, list) else ".")]
+    lines += results_table(view) + task_lines(summary, view)
     lines += ["", "### Rank sweep", ""] + sweep_tables(summary, view)
     batch = view.entries[summary.teachers[0]].latency["teacher"]["batch"]
     lines += ["", "### Latency", "", "Latency of one forward pass at batch "
@@ -176,45 +161,72 @@ def results_section(summary: RunSummary, speeds: list[dict], latencies: list[tup
                   "writes one (fp32 and bf16, eager and CUDA-graph replay)."]
     lines += [line for cal in calibrations for line in ("", calibration_paragraph(cal))]
     lines += [line for run in compress_models for line in ("", compress_model_paragraph(run))]
-    for speed in speeds:
-        fits, env = speed["fits"], speed["environment"]
-        where = env["device_name"] + (f", {env['torch_threads']} threads"
-                                      if env["device_name"].startswith("CPU") else "")
-        where += _provenance(speed)
-        default_run = (f"the default `python main.py` took {speed['default_run_seconds']:.1f} s "
-                       f"(goal: at most 90 s); " if "default_run_seconds" in speed else "")
-        lines += [
-            "",
-            f"Speed (`python bench/speed.py`, {where}): {default_run}the `data_aware` fit "
-            f"(moments included) took {fits['data_aware_seconds_median'] * 1e3:.1f} ms against "
-            f"{fits['distill_seconds']:.2f} s for {fits['distill_steps']} distillation steps, "
-            f"{fits['ratio_distill_over_data_aware']:.1f}x faster, measured in the same process "
-            f"(the 20x goal is {'met' if fits['ratio_distill_over_data_aware'] >= 20 else 'missed'}"
-            f" on this machine). Most of the fit is the D x D input covariance, which is shared by "
-            f"every teacher and rank: given it, a fit takes "
-            f"{fits['data_aware_given_moments_seconds_median'] * 1e3:.1f} ms, "
-            f"{fits['ratio_distill_over_data_aware_given_moments']:.0f}x faster than distillation."
-            f" The `task_aware` fit (the head's G, the moments and the decomposition) took "
-            f"{fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
-            f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
-            f"beside it (goal: at most 3x).",
-        ]
-        if "batched" in speed:
-            batched = speed["batched"]
-            cases = "; ".join(
-                f"{case.replace('_r', ' rank ')}: {batched[case]['one_by_one_seconds']:.2f} s one "
-                f"by one, {batched[case]['together_seconds']:.2f} s together "
-                f"({batched[case]['speedup']:.2f}x)" for case in ("320d_r16", "1280d_r64"))
-            sweep = batched["320d_sweep_ranks"]
-            lines += ["", f"Students trained together (same run): {batched['students']} "
-                      f"students, {batched['steps']} steps each, every student its own teacher "
-                      f"and seed. {cases}. {batched['students']} students at the sweep's ranks "
-                      f"4 to 80: "
-                      f"{sweep['grouped_by_rank_seconds']:.2f} s grouped by rank, "
-                      f"{sweep['padded_to_max_rank_seconds']:.2f} s zero-padded to rank 80 in "
-                      f"one stack."]
+    lines += [line for speed in speeds for line in speed_paragraphs(speed)]
     lines += gpu_section(source)
     return "\n".join(lines)
+
+
+def task_lines(summary: RunSummary, view: Results) -> list[str]:
+    """The Fitness-Head teacher's table, judged by its task, and what it says in words."""
+    task = task_table(view)
+    if not task:
+        return []
+    lines = ["", "### A head judged by its task", "",
+             "The Fitness-Head teacher's first layer, compressed at the same rank, judged by the "
+             "whole head's prediction of measured fitness on validation (mean ± std over seeds):",
+             ""] + task
+    for name, entry in view.heads().items():
+        m, run = entry.methods, entry.distillation["distil_task"]
+        share = {k: m[k].task_spearman / entry.teacher_task_spearman for k in m}
+        lines += ["", f"At rank {summary.target_rank} the {name}'s `task_aware` keeps "
+                  f"{share['task_aware']:.0%} of the teacher head's rho and `data_aware` "
+                  f"{share['data_aware']:.0%}; `distil_task` kept its warm start (step 0) "
+                  f"in {run.chosen_step.count(0)} of {len(run.chosen_step)} seeds"
+                  + (f", stopping early after {', '.join(map(str, run.steps_run))} steps."
+                     if isinstance(run.steps_run, list) else ".")]
+    return lines
+
+
+def speed_paragraphs(speed: dict) -> list[str]:
+    """A bench/speed.py record in words: the default run, the closed forms against
+    distillation, and the students trained together."""
+    fits, env = speed["fits"], speed["environment"]
+    where = env["device_name"] + (f", {env['torch_threads']} threads"
+                                  if env["device_name"].startswith("CPU") else "")
+    where += _provenance(speed)
+    default_run = (f"the default `python main.py` took {speed['default_run_seconds']:.1f} s "
+                   f"(goal: at most 90 s); " if "default_run_seconds" in speed else "")
+    lines = [
+        "",
+        f"Speed (`python bench/speed.py`, {where}): {default_run}the `data_aware` fit "
+        f"(moments included) took {fits['data_aware_seconds_median'] * 1e3:.1f} ms against "
+        f"{fits['distill_seconds']:.2f} s for {fits['distill_steps']} distillation steps, "
+        f"{fits['ratio_distill_over_data_aware']:.1f}x faster, measured in the same process "
+        f"(the 20x goal is {'met' if fits['ratio_distill_over_data_aware'] >= 20 else 'missed'}"
+        f" on this machine). Most of the fit is the D x D input covariance, which is shared by "
+        f"every teacher and rank: given it, a fit takes "
+        f"{fits['data_aware_given_moments_seconds_median'] * 1e3:.1f} ms, "
+        f"{fits['ratio_distill_over_data_aware_given_moments']:.0f}x faster than distillation."
+        f" The `task_aware` fit (the head's G, the moments and the decomposition) took "
+        f"{fits['task_aware_seconds_median'] * 1e3:.1f} ms, "
+        f"{fits['ratio_task_aware_over_data_aware']:.2f}x the `data_aware` fit timed "
+        f"beside it (goal: at most 3x).",
+    ]
+    if "batched" in speed:
+        batched = speed["batched"]
+        cases = "; ".join(
+            f"{case.replace('_r', ' rank ')}: {batched[case]['one_by_one_seconds']:.2f} s one "
+            f"by one, {batched[case]['together_seconds']:.2f} s together "
+            f"({batched[case]['speedup']:.2f}x)" for case in ("320d_r16", "1280d_r64"))
+        sweep = batched["320d_sweep_ranks"]
+        lines += ["", f"Students trained together (same run): {batched['students']} "
+                  f"students, {batched['steps']} steps each, every student its own teacher "
+                  f"and seed. {cases}. {batched['students']} students at the sweep's ranks "
+                  f"4 to 80: "
+                  f"{sweep['grouped_by_rank_seconds']:.2f} s grouped by rank, "
+                  f"{sweep['padded_to_max_rank_seconds']:.2f} s zero-padded to rank 80 in "
+                  f"one stack."]
+    return lines
 
 
 def gpu_section(source: Sources, folder: str = "reference/cuda") -> list[str]:
