@@ -37,8 +37,7 @@ MODEL_FILE, REPORT_FILE = "model.lowrank.safetensors", "report.json"
 
 
 def create_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="distil-rank-compress",
-                      description="Compress an ESM-2 encoder's Linear layers to a budget.")
+    p = OneLineParser(description="Compress an ESM-2 encoder's Linear layers to a budget.")
     p.add_argument("--model", required=True, help="an ESM-2 name or a local transformers folder")
     p.add_argument("--fasta", required=True, help="proteins to calibrate on and to measure with")
     p.add_argument("--budget", type=float, required=True,

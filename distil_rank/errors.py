@@ -12,7 +12,14 @@ class InputError(ValueError):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a usage mistake reported like every other: one `error:` line, exit 2."""
+    """argparse, with a usage mistake reported like every other: one `error:` line, exit 2.
+    Run as `python -m package.module`, a command names itself so, not by its file's name."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if prog is None and spec is not None and sys.argv[0].endswith(".py"):
+            prog = f"python -m {spec.name.removesuffix('.__main__')}"
+        super().__init__(*args, prog=prog, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

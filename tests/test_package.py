@@ -37,6 +37,9 @@ def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
         ran = subprocess.run([sys.executable, str(path), "--help"], cwd=elsewhere, env=env,
                              capture_output=True, text=True)
         assert ran.returncode == 0 and "usage:" in ran.stdout, ran.stderr
+        wrong = subprocess.run([sys.executable, str(path), "--no-such-flag"], cwd=elsewhere,
+                               env=env, capture_output=True, text=True)
+        assert wrong.returncode == 2 and f"(see {script} --help)" in wrong.stderr, wrong.stderr
     version = subprocess.run([sys.executable, str(target / "bin" / "distil-rank"), "--version"],
                              cwd=elsewhere, env=env, capture_output=True, text=True)
     from distil_rank import __version__
@@ -56,3 +59,13 @@ def test_python_dash_m_runs_the_benchmark_command_line(root):
     assert "--threads" in done.stdout and "--quiet" in done.stdout
     for line in done.stdout.splitlines():  # each default said once, not twice
         assert line.count("default") <= 1, line
+
+
+@pytest.mark.parametrize("module", ["distil_rank.embed", "distil_rank.calibrate",
+                                    "distil_rank.compress", "distil_rank.benchmark.splits"])
+def test_a_module_run_with_dash_m_names_itself_in_its_errors(root, module):
+    done = subprocess.run([sys.executable, "-m", module, "--no-such-flag"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert f"(see python -m {module} --help)" in done.stderr, done.stderr

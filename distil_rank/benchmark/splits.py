@@ -429,8 +429,7 @@ def write_outputs(out: Path, summary: dict) -> tuple[Path, Path]:
 
 
 def create_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m distil_rank.benchmark.splits",
-                      description="Fitness heads on random, modulo and contiguous position "
+    p = OneLineParser(description="Fitness heads on random, modulo and contiguous position "
                                   "splits: the dense head, its compressions and the baselines.")
     p.add_argument("--data", nargs="+", default=list(DEFAULT_FILES),
                    help="embedding files with fitness and position per row, pooled (default: "
