@@ -1,47 +1,20 @@
 """Fitness heads judged on position splits, against the baselines a reviewer would ask for.
 
-`python -m distil_rank.benchmark.splits` pools the shipped rows (every file's embeddings,
-fitness and mutated position) and splits them three ways, as ProteinGym's supervised benchmark
-does: `random` (rows dealt into five folds at random), `modulo` (fold = position mod 5) and
-`contiguous` (five blocks of consecutive positions, each holding about a fifth of the distinct
-positions). Each fold is held out in turn; a split's figure is the mean and std over its five
-folds. In a position split no held-out position has a sibling in training, which is what the
-random split of single mutants hides: nearly every validation position has one there.
+    python -m distil_rank.benchmark.splits [--data F ...] [--out DIR] [--quick]
 
-Within the four training folds, selection rows pick every checkpoint and every ridge alpha:
-15% of the rows for `random`, the rows of 15% of the positions for the position splits (so that
-the selection, like the test, asks about positions never trained on). Every head trains on the
-labels (or the teacher's outputs) of the remaining fit rows; the closed forms read the inputs of
-every training-fold row, no labels. The test fold is read only to score.
+The shipped rows are pooled and split three ways, as ProteinGym's supervised benchmark does:
+`random` (rows dealt into folds), `modulo` (fold = position mod 5) and `contiguous` (blocks of
+consecutive positions). Every fold is held out in turn. Inside the training folds, selection
+rows (a share of the rows, or for the position splits of the positions) choose every checkpoint
+and the ridge alpha; the heads train on the fit rows' labels or teacher outputs, the closed
+forms read every training-fold input, and the test fold is read only to score. Per fold the
+dense Fitness-Head is compared, at every sweep rank, with its first layer compressed
+(COMPRESSED) and with heads built without it (BASELINES); ABLATION varies task_labels' parts.
+docs/benchmark.md describes every head; the JSON's layout is run_splits' and summarise_split's.
 
-For every held-out fold: the dense Fitness-Head (teachers.fitness_head) is trained and scored
-(Spearman's rho of its prediction against the measured fitness), then, at every rank of the
-sweep (D/20 is about 10x fewer parameters in the first layer):
-
-compressed heads  the dense head's first layer compressed, the rest of the head kept:
-                  svd, data_aware, task_aware and distil_task (benchmark.compressors), and
-                  task_labels: task_aware's head, then the whole head (factors and readout)
-                  trained on the labels blended with the dense head's outputs
-                  (LABEL_WEIGHT * labels + (1 - LABEL_WEIGHT) * teacher), at REFINE_LR (a
-                  fifth of the dense head's rate: it starts from a good head), with the dense
-                  head's checkpoint rule (step 0, task_aware itself, included). MSE to a blend
-                  is, up to a constant, the same blend of the two MSEs, so this refines on the
-                  task and on the teacher at once; distil_head: the same with the teacher's
-                  outputs alone (label weight 0), the whole head distilled, where distil_task
-                  trains the first layer alone, through the frozen readout, at the recipe's
-                  rate, and picks its checkpoint by agreement with the teacher. ABLATION
-                  varies the blend and the rate at D/20, to say what each part buys.
-baselines         scratch_lowrank: the head with a rank-r first layer trained from the labels
-                  alone (same steps, same checkpoint rule); pca: the inputs on their top-r
-                  principal components (whitened), then Linear(r, D) -> GELU -> Linear(D, 1)
-                  trained on the labels (the PCA basis is the down factor, fixed: the same
-                  parameters as a rank-r layer); ridge: a ridge probe on the embeddings, alpha
-                  the grid's best selection-row MSE (one linear layer, at no rank).
-
-The JSON gives, per split, every method's Spearman at every rank (mean, std, per fold), its
-gap to the dense head, the smallest rank within WITHIN (.01) of the dense head, and
-`worst_gap_at_10x`: over the splits, the dense head's Spearman minus the best compressed head's
-at D/20 (compressed heads only; the baselines are reported beside them).
+task_labels refines task_aware's whole head on LABEL_WEIGHT * labels + (1 - LABEL_WEIGHT) *
+teacher: MSE to a blend is, up to a constant, the same blend of the two MSEs, so it refines on
+the task and on the teacher at once.
 """
 
 from __future__ import annotations
