@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from distil_rank.api import compress_model, save_compressed, weights_kept
-from distil_rank.embed import embed_sequences, length_batches, load_esm, read_fasta
+from distil_rank.embed import (
+    embed_sequences,
+    length_batches,
+    load_esm,
+    read_fasta,
+    residue_mean,
+)
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code
 from distil_rank.files import check_writable_folder, json_text, write_together
@@ -62,13 +68,9 @@ def token_batches(tokenizer, sequences: list[str], max_tokens: int, device) -> l
 
 
 def pooled(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The mean of the last hidden states over the residues (not <cls>, <eos> or padding)."""
-    hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].clone()
-    mask[:, 0] = 0  # <cls>
-    mask[torch.arange(len(mask)), batch["attention_mask"].sum(1) - 1] = 0  # <eos>
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+    """The protein embedding that the embedding tool writes: the last hidden states' mean over
+    the residues."""
+    return residue_mean(model(**batch).last_hidden_state, batch["attention_mask"])
 
 
 def tokens_per_second(model: nn.Module, tokenizer, sequences: list[str], max_tokens: int):

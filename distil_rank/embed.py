@@ -262,13 +262,17 @@ def embed_sequences(model, tokenizer, sequences: list[str], *, layer: int | None
         tokens = {k: v.to(device) for k, v in tokens.items()}
         result = model(**tokens, output_hidden_states=layer is not None)
         hidden = result.last_hidden_state if layer is None else result.hidden_states[layer]
-        # residues sit at positions 1..len: not <cls> (0), not <eos> (len + 1), not padding
-        lengths = torch.tensor([len(sequences[i]) for i in batch], device=device)
-        positions = torch.arange(hidden.shape[1], device=device)
-        residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
-        pooled = (hidden.float() * residue[..., None]).sum(1) / lengths[:, None].float()
-        out[torch.tensor(batch)] = pooled.cpu()
+        out[torch.tensor(batch)] = residue_mean(hidden, tokens["attention_mask"]).cpu()
     return out
+
+
+def residue_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[batch, tokens, hidden] -> [batch, hidden] (float32): the mean over each sequence's
+    residues, which sit at positions 1..L: not <cls> (0), not <eos> (L + 1), not padding."""
+    lengths = attention_mask.sum(1, keepdim=True) - 2
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    residue = (positions >= 1) & (positions <= lengths)
+    return (hidden.float() * residue[..., None]).sum(1) / lengths.clamp_min(1).float()
 
 
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -70,6 +70,21 @@ def test_pooling_and_order_match_a_hand_computation(tiny_esm, fasta, tmp_path):
     assert data.provenance["pooling"].startswith("mean over residues")
 
 
+def test_compress_pools_a_padded_batch_as_the_embedding_tool_pools_one_sequence(tiny_esm):
+    from distil_rank.compress import pooled, token_batches
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_esm)
+    model = transformers.EsmModel.from_pretrained(tiny_esm, add_pooling_layer=False).eval()
+    sequences = [s[:20] for s in SEQUENCES.values()]
+    (batch,) = token_batches(tokenizer, sequences, 10_000, "cpu")  # one batch, padded
+    with torch.no_grad():
+        got = pooled(model, batch)
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
+    for row, i in enumerate(order):
+        torch.testing.assert_close(got[row], hand_pooled(tiny_esm, sequences[i]),
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_layer_option(tiny_esm, fasta, tmp_path):
     out = tmp_path / "layer1.pt"
     assert main(["--fasta", str(fasta), "--model", str(tiny_esm), "--out", str(out),
