@@ -46,6 +46,7 @@ from distil_rank.lowrank import (
     compress_data_aware,
     data_aware_error_curve,
     explained_variance_curve,
+    lowrank_parameters,
     output_spectrum,
     output_weight_roots,
     smallest_rank_reaching,
@@ -474,7 +475,8 @@ def weights_kept(reports: list[LayerReport]) -> tuple[int, int]:
     """(weights the reported layers keep, weights they had), biases aside."""
     before = sum(r.in_features * r.out_features for r in reports)
     kept = sum(r.in_features * r.out_features if r.rank is None else
-               r.rank * (r.in_features + r.out_features) for r in reports)
+               lowrank_parameters(r.in_features, r.out_features, r.rank, bias=False)
+               for r in reports)
     return kept, before
 
 
