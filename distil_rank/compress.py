@@ -32,6 +32,8 @@ from distil_rank.embed import (
     load_esm,
     read_fasta,
     residue_mean,
+    truncation_note,
+    within_limit,
 )
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code
@@ -99,8 +101,7 @@ def run(args: argparse.Namespace) -> dict:
                          "and measure on another")
     device = resolve_device(args.device)
     tokenizer, model, source = load_esm(args.model, device, torch.float32)
-    limit = model.config.max_position_embeddings - 2
-    sequences = [r.sequence[:limit] for r in records]
+    sequences, limit, truncated = within_limit(records, model, args.fasta)
     fit, held = split_indices(len(sequences), args.holdout, args.seed)
     calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device)
     holdout_sequences = [sequences[i] for i in held]
@@ -115,10 +116,12 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as err:  # e.g. a budget below rank 1 in every layer
         raise InputError(f"--budget {args.budget}: {err}") from None
     small, small_speed = tokens_per_second(model, tokenizer, holdout_sequences, args.max_tokens)
-    report = _report(args, source, layers, dense, small, dense_speed, small_speed, len(fit))
+    report = _report(args, source, layers, dense, small, dense_speed, small_speed, len(fit),
+                     truncated)
     out = Path(args.out)
     write_together({out / MODEL_FILE: lambda tmp: save_compressed(model, tmp),
                     out / REPORT_FILE: lambda tmp: Path(tmp).write_text(json_text(report))})
+    truncation_note(truncated, limit)  # after the run: a failed one says one line only
     print(f"kept {report['weights_kept_fraction']:.1%} of the encoder's Linear weights; held-out "
           f"embedding cosine {report['holdout']['cosine']:.4f}, explained variance "
           f"{report['holdout']['explained_variance']:.4f}; tokens/s {dense_speed:.0f} -> "
@@ -126,12 +129,14 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _report(args, source, layers, dense, small, dense_speed, small_speed, calibrated) -> dict:
+def _report(args, source, layers, dense, small, dense_speed, small_speed, calibrated,
+            truncated) -> dict:
     kept, total = weights_kept(layers)
     return {
         "model": args.model, "model_source": source, "fasta": str(args.fasta),
         "budget": args.budget, "objective": args.objective, "seed": args.seed,
-        "proteins": {"calibration": calibrated, "holdout": len(dense)},
+        "proteins": {"calibration": calibrated, "holdout": len(dense),
+                     "truncated_to_the_model_limit": truncated},
         "weights_kept_fraction": kept / total,
         "layers": [{"name": r.name, "rank": r.rank, "in_features": r.in_features,
                     "out_features": r.out_features, "params_before": r.params_before,

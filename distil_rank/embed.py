@@ -275,6 +275,26 @@ def residue_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
     return (hidden.float() * residue[..., None]).sum(1) / lengths.clamp_min(1).float()
 
 
+def within_limit(records: list[Record], model, fasta, reject: bool = False):
+    """(the sequences cut to the model's limit, the limit, how many were cut): the limit is
+    max_position_embeddings - 2 residues (room for <cls> and <eos>); with `reject` a cut is
+    refused in one line instead."""
+    limit = model.config.max_position_embeddings - 2
+    long = [r for r in records if len(r.sequence) > limit]
+    if long and reject:
+        raise InputError(f"{fasta}: {len(long)} sequence(s) longer than the model's limit of "
+                         f"{limit} residues (first: '{long[0].id}', {len(long[0].sequence)}, "
+                         f"line {long[0].line}); use --on-long truncate to keep their first "
+                         f"{limit}")
+    return [r.sequence[:limit] for r in records], limit, len(long)
+
+
+def truncation_note(truncated: int, limit: int) -> None:
+    if truncated:
+        print(f"note: truncated {truncated} sequence(s) longer than {limit} residues to their "
+              f"first {limit}", file=sys.stderr)
+
+
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         if device.type != "cuda":
@@ -347,21 +367,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     dtype = _pick_dtype(args.dtype, device)
     tokenizer, model, source = load_esm(args.model, device, dtype)
 
-    limit = model.config.max_position_embeddings - 2  # room for <cls> and <eos>
-    long = [r for r in records if len(r.sequence) > limit]
-    if long and args.on_long == "reject":
-        raise InputError(f"{args.fasta}: {len(long)} sequence(s) longer than the model's limit of "
-                         f"{limit} residues (first: '{long[0].id}', {len(long[0].sequence)}, "
-                         f"line {long[0].line}); use --on-long truncate to keep their first "
-                         f"{limit}")
-    if long:
-        print(f"note: truncated {len(long)} sequence(s) longer than {limit} residues to their "
-              f"first {limit}", file=sys.stderr)
-    sequences = [r.sequence[:limit] for r in records]
+    sequences, limit, truncated = within_limit(records, model, args.fasta,
+                                               reject=args.on_long == "reject")
+    truncation_note(truncated, limit)
     embeddings = embed_sequences(model, tokenizer, sequences, layer=args.layer,
                                  max_tokens=args.max_tokens)
 
-    provenance = _provenance(args, source, dtype, device, len(long), limit)
+    provenance = _provenance(args, source, dtype, device, truncated, limit)
     ids = [r.id for r in records]
     if args.split is None:
         out = Path(args.out)

@@ -237,3 +237,17 @@ def test_compress_refuses_a_budget_it_cannot_keep_in_one_line(tiny_esm, fasta, t
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("error: --budget"), err
         assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_compress_says_and_records_how_many_proteins_it_cut_to_the_model_limit(
+        tiny_esm, fasta, tmp_path, capsys):
+    from distil_rank.compress import main as compress
+
+    out = tmp_path / "out"
+    assert compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", "0.9",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    too_long = sum(len(s) > 22 - 2 for s in SEQUENCES.values())
+    assert too_long == 1  # p3, as the embedding tool's test finds
+    assert f"note: truncated {too_long} sequence(s)" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["proteins"]["truncated_to_the_model_limit"] == too_long
