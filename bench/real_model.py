@@ -48,7 +48,7 @@ from distil_rank import LowRankLinear, compress_model, save_compressed
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.embeddings import split_indices
 from distil_rank.files import write_json
-from distil_rank.lowrank import compress_svd
+from distil_rank.lowrank import compress_svd, lowrank_parameters
 from distil_rank.runtime import choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,8 @@ def uniform_ranks(linears: dict[str, nn.Linear], budget: float) -> dict[str, int
 
 def weights_kept(model: nn.Module, names: list[str]) -> int:
     modules = dict(model.named_modules())
-    return sum(modules[n].rank * (modules[n].in_features + modules[n].out_features)
+    return sum(lowrank_parameters(modules[n].in_features, modules[n].out_features,
+                                  modules[n].rank, bias=False)
                if isinstance(modules[n], LowRankLinear) else modules[n].weight.numel()
                for n in names)
 
