@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distil_rank.lowrank import lowrank_parameters
+
 
 @dataclass(frozen=True)
 class LayerChoice:
@@ -72,10 +74,10 @@ def _options(curve: torch.Tensor, in_features: int, out_features: int, weight: f
     """(weights, weighted error, rank or None) of every choice that is not dominated: each rank
     that keeps fewer weights than the dense layer, and the dense layer."""
     dense = in_features * out_features
-    ranks = [r for r in range(1, min(in_features, out_features) + 1)
-             if r * (in_features + out_features) < dense]
+    costs = {r: lowrank_parameters(in_features, out_features, r, bias=False)
+             for r in range(1, min(in_features, out_features) + 1)}
     errors = curve.double().tolist()
-    return [(r * (in_features + out_features), weight * errors[r], r) for r in ranks] + \
+    return [(cost, weight * errors[r], r) for r, cost in costs.items() if cost < dense] + \
         [(dense, 0.0, None)]
 
 
