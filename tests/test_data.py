@@ -131,16 +131,35 @@ def test_only_one_default_file_is_an_error(tmp_path, monkeypatch):
     torch.save(rows(), "embeddings_train.pt")
     with pytest.raises(InputError, match="embeddings_val.pt: no such file, but its partner"):
         resolve_data("embeddings_train.pt", "embeddings_val.pt", "auto",
-                     ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0)
+                     ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0,
+                     shipped=tmp_path / "nowhere")
 
 
 def test_both_defaults_absent_means_synthetic_and_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    nowhere = tmp_path / "nowhere"
     data = resolve_data("embeddings_train.pt", "embeddings_val.pt", "auto",
-                        ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0)
+                        ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0,
+                        shipped=nowhere)
     assert not data.real_data and "SYNTHETIC" in data.note
+    assert str(tmp_path.resolve()) in data.note and str(nowhere) in data.note  # where it looked
     with pytest.raises(InputError, match="no such file"):
         resolve_data("embeddings_train.pt", "embeddings_val.pt", "real",
+                     ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0,
+                     shipped=nowhere)
+
+
+def test_the_shipped_files_are_found_from_any_folder(tmp_path, monkeypatch, root):
+    monkeypatch.chdir(tmp_path)  # holds no embedding file: the clone's root does
+    data = resolve_data("embeddings_train.pt", "embeddings_val.pt", "auto",
+                        ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0)
+    assert data.real_data
+    assert str(root.resolve() / "embeddings_train.pt") in data.note
+    assert data.train.num_rows == load_embeddings(root / "embeddings_train.pt").num_rows
+    # files in the working directory come first, and then both must be there
+    torch.save(rows(), "embeddings_train.pt")
+    with pytest.raises(InputError, match="embeddings_val.pt: no such file, but its partner"):
+        resolve_data("embeddings_train.pt", "embeddings_val.pt", "auto",
                      ("embeddings_train.pt", "embeddings_val.pt"), SYNTH, seed=0)
 
 

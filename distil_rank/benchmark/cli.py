@@ -30,9 +30,10 @@ def create_parser() -> argparse.ArgumentParser:
                         "beside it still win. published: 1280-d synthetic, rank 64, the published "
                         "recipe, into results/published")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), default=None,
-                   help=f"auto: the files if present, synthetic 1280-d data if both default files "
-                        f"are absent; real: the files or an error; synthetic: always synthetic "
-                        f"(default: {defaults.data})")
+                   help=f"auto: the files if present (the defaults in the working directory, "
+                        f"else beside main.py), synthetic 1280-d data if both default files "
+                        f"are absent there; real: the files or an error; synthetic: always "
+                        f"synthetic (default: {defaults.data})")
     p.add_argument("--rank", type=int, default=None,
                    help=f"target rank r (default: D // {defaults.rank_divisor}, about 10x fewer "
                         "parameters)")

@@ -23,6 +23,28 @@ class Dataset:
     val_rows_in_train: int = 0  # validation rows that are also, bit for bit, training rows
 
 
+# Where the shipped embeddings live: the clone's root, beside main.py. A run started from any
+# other folder reads them there (an installed, non-editable package has no such folder).
+SHIPPED_FOLDER = Path(__file__).resolve().parents[2]
+
+
+def _default_files(default_paths: tuple[str, str], shipped: Path | None) -> tuple[str, str]:
+    """The default files as found: in the working directory when either is there, else in the
+    shipped folder when either is there, else as named (both absent)."""
+    folders = [Path(".")] + ([shipped] if shipped is not None else [])
+    for folder in folders:
+        found = tuple(str(folder / p) if folder != Path(".") else p for p in default_paths)
+        if any(Path(p).exists() for p in found):
+            return found
+    return tuple(default_paths)
+
+
+def _tried(default_paths: tuple[str, str], shipped: Path | None) -> str:
+    places = [Path.cwd()] + ([shipped] if shipped is not None else [])
+    return " or ".join(dict.fromkeys(f"{folder.resolve()}/{{{','.join(default_paths)}}}"
+                                     for folder in places))
+
+
 def resolve_data(
     train_path: str,
     val_path: str,
@@ -30,12 +52,18 @@ def resolve_data(
     default_paths: tuple[str, str],
     synthetic: dict,
     seed: int,
+    shipped: Path | None = SHIPPED_FOLDER,
 ) -> Dataset:
-    """The embeddings a run uses. Synthetic only when asked, or when both default files are absent;
-    any other missing file is an error, never a quiet switch to other data."""
+    """The embeddings a run uses. The default files are looked for in the working directory,
+    then in `shipped` (the clone's root), so that a run from any folder reads the shipped data.
+    Synthetic only when asked, or when both default files are absent from both places (the note
+    names where it looked); any other missing file is an error, never a quiet switch to other
+    data."""
     if mode not in ("auto", "real", "synthetic"):
         raise InputError(f"--data {mode!r}: expected auto, real or synthetic")
     using_defaults = (train_path, val_path) == tuple(default_paths)
+    if using_defaults:
+        train_path, val_path = _default_files(default_paths, shipped)
     if mode == "synthetic" or (
         mode == "auto"
         and using_defaults
@@ -44,10 +72,12 @@ def resolve_data(
     ):
         train, val = synthetic_embeddings(seed=seed, **synthetic)
         why = "as asked (--data synthetic)" if mode == "synthetic" else (
-            f"because neither {train_path} nor {val_path} exists"
+            f"because no embedding file was found at {_tried(default_paths, shipped)}"
         )
         return Dataset(train, val, real_data=False, note=f"SYNTHETIC embeddings {why}")
     missing = [p for p in (train_path, val_path) if not Path(p).exists()]
+    if missing and using_defaults and mode == "real" and len(missing) == 2:
+        raise InputError(f"{missing[0]}: no such file (looked at {_tried(default_paths, shipped)})")
     if len(missing) == 1 and using_defaults:
         raise InputError(
             f"{missing[0]}: no such file, but its partner exists; "
