@@ -8,18 +8,21 @@ of such batches (any leading dimensions are flattened); for compress_model, batc
 inputs, and forward hooks record what reaches each chosen layer. Statistics are accumulated in
 float64 in one pass (memory O(in^2 + out^2) per layer, not O(N)).
 
-Objectives. "layer" (the default) minimises each layer's own mean squared output error: the
-data_aware closed form. "output" minimises, to second order, the error of the *model's* output
-(or of output_fn(model output), e.g. a pooled embedding): each layer's error is weighted by
+Objectives. "layer" (the default to a rank or a target) minimises each layer's own mean squared
+output error: the data_aware closed form. "output" minimises, to second order, the error of the
+*model's* output (or of output_fn(model output), e.g. a pooled embedding): each layer's error is
+weighted by
 G = E[J^T J], J the Jacobian of that output with respect to the layer's output, estimated without
 labels from Gaussian probes backpropagated through the model (Hutchinson), and the task_aware
-closed form of distil_rank.lowrank is applied (K-FAC's Kronecker factorisation G (x) S). With
-target_explained_variance, the explained variance is then the G-weighted one.
+closed form of distil_rank.lowrank is applied (K-FAC's Kronecker factorisation G (x) S); it is
+the default to a budget. With target_explained_variance, the explained variance is then the
+G-weighted one.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -270,14 +273,18 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
                 output = _forward(model, batch, call)
             if probes is None:
                 continue
-            y = output if probes.output_fn is None else probes.output_fn(output)
+            y = output_tensor(output) if probes.output_fn is None else probes.output_fn(output)
             if not isinstance(y, torch.Tensor):
                 raise ValueError(f"the model's output is a {type(y).__name__}: pass output_fn "
                                  "to pick the tensor whose error matters")
+            keep = None  # padding positions of the output are not probed
+            if probes.output_fn is None and mask is not None and y.shape[:2] == mask.shape:
+                keep = mask.to(y.device, y.dtype).reshape(*mask.shape, *[1] * (y.dim() - 2))
             names = [n for n, tensors in taps.items() for _ in tensors]
             tensors = [t for tensors in taps.values() for t in tensors]
             for k in range(probes.probes):
                 v = torch.randn(y.shape, generator=probes.generator, dtype=y.dtype).to(y.device)
+                v = v if keep is None else v * keep
                 grads = torch.autograd.grad(y, tensors, grad_outputs=v, allow_unused=True,
                                             retain_graph=k < probes.probes - 1)
                 for name, grad in zip(names, grads):
@@ -286,6 +293,17 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
     finally:
         for handle in handles:
             handle.remove()
+
+
+def output_tensor(output):
+    """The tensor whose error the output objective weighs when no output_fn is given: the
+    output itself, or the first tensor of a tuple, list, dict or ModelOutput (a Hugging Face
+    model's last_hidden_state); the output unchanged when it holds none."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else \
+        output if isinstance(output, (tuple, list)) else ()
+    return next((v for v in values if isinstance(v, torch.Tensor)), output)
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -297,7 +315,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                    rank: int | dict[str, int] | None = None,
                    target_explained_variance: float | None = None,
-                   budget: float | None = None, objective: str = "layer",
+                   budget: float | None = None, objective: str | None = None,
                    output_fn: Callable | None = None, probes: int = 1, seed: int = 0,
                    damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
                    call: Callable | None = None, min_params_saved: int = 1,
@@ -317,7 +335,13 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     objective: "layer" (each layer's own output error) or "output" (the error of the model's
     output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
     seeded Gaussian probes per batch; no labels needed). A probe costs a backward pass and a
-    Gram product per layer; docs/api.md measures what more than the default one buys.
+    Gram product per layer; docs/api.md measures what more than the default one buys. None (the
+    default): "output" with a budget, whose allocation must compare layers in one unit (the
+    layer objective's relative errors lost to uniform ranks on a real model: docs/api.md), and
+    "layer" otherwise. A budget allocated by the "layer" objective warns that it may lose to
+    uniform ranks. Without output_fn, the model's output is the tensor it returns, or the
+    first tensor of a tuple, dict or Hugging Face ModelOutput (its last_hidden_state); with a
+    dict batch's attention_mask, probes of a [batch, tokens, ...] output leave padding out.
     calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments or
     a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
     returns its output.
@@ -330,7 +354,15 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     Returns one LayerReport per replaced layer; explained variance is measured on the holdout
     batches when given.
     """
+    if objective is None:
+        objective = "output" if budget is not None else "layer"
     targets = _targets(model, layers, rank, target_explained_variance, budget, objective)
+    if budget is not None and objective == "layer":
+        warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
+                      "layer's relative error, blind to its effect on the model's output; on "
+                      "all-MiniLM-L6-v2 it kept less than uniform ranks at every budget "
+                      "(docs/api.md). Leave objective unset for the output objective.",
+                      UserWarning, stacklevel=2)
     gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
             for n, m in targets.items()}
     prober = None if objective == "layer" else \

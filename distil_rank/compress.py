@@ -1,18 +1,20 @@
 """distil-rank-compress: an ESM-2 encoder compressed to a parameter budget, from the command line.
 
     python -m distil_rank.compress --model esm2_t33_650M_UR50D --fasta proteins.fasta \\
-        --budget 0.5 --out esm650m-half/ [--objective layer|output] [--holdout 0.2]
+        --budget 0.5 --out esm650m-half/ [--objective output|layer] [--holdout 0.2]
 
 The model loads as the embedding tool loads it (a local folder, or an ESM-2 name in the local
 cache). The FASTA's proteins are split (seeded) into calibration and held-out ones; the
 encoder's Linear layers are calibrated on the calibration proteins' hidden states (padding
 excluded) and compressed with `compress_model(..., budget=F)`, the ranks allocated exactly
-across the layers; with `--objective output` each layer's error is weighted by its effect on the
-mean-pooled protein embedding. Writes, as a pair, `model.lowrank.safetensors` (loadable with
-`distil_rank.load_compressed` into a fresh model of the same config) and `report.json`: each
-layer's rank, explained variance and parameters; on the held-out proteins, the mean-pooled
-embedding's cosine and explained variance against the dense model's; tokens per second before
-and after.
+across the layers, each layer's error weighted by its effect on the mean-pooled protein
+embedding (`--objective layer`: by its own relative output error instead). Writes, as a pair,
+`model.lowrank.safetensors` and `report.json`: each layer's rank, explained variance and
+parameters; on the held-out proteins, the mean-pooled embedding's cosine and explained
+variance against the dense model's; tokens per second of the dense and the compressed model,
+timed in turns (median and spread of several passes, with the latency matrix's flags).
+Reload with `load_compressed(EsmModel(config, add_pooling_layer=False), path)`: the tool's
+model, like the embedding tool's, has no pooler.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, required=True,
                    help="fraction in (0, 1] of the encoder's Linear weights to keep")
     p.add_argument("--out", required=True, help="folder for the model and the report")
-    p.add_argument("--objective", choices=("layer", "output"), default="layer",
-                   help="layer: each layer's own output error; output: the error of the "
-                        "mean-pooled embedding (default: layer)")
+    p.add_argument("--objective", choices=("layer", "output"), default="output",
+                   help="output: the error of the mean-pooled embedding; layer: each layer's "
+                        "own relative output error, which can allocate worse than uniform ranks "
+                        "(default: output)")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="fraction of the proteins held out for the report (default: 0.2)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")

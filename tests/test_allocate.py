@@ -78,7 +78,8 @@ def test_compress_model_keeps_the_budget_with_unequal_ranks_where_the_inputs_dif
     x = torch.cat([low + 0.01 * torch.randn(rows, 16, generator=g), mid, full], dim=1)
     torch.manual_seed(0)
     model = Branches()
-    reports = compress_model(model, x.split(500), budget=0.4)
+    with pytest.warns(UserWarning, match="less than uniform ranks"):
+        reports = compress_model(model, x.split(500), budget=0.4, objective="layer")
     ranks = {r.name: r.rank for r in reports}
     kept = sum(16 * 16 if r is None else r * 32 for r in ranks.values())
     assert kept <= 0.4 * 3 * 16 * 16
@@ -106,3 +107,95 @@ def test_the_output_objective_allocates_within_the_budget_too():
         compress_model(Branches(), x.split(400), budget=0.3, rank=2)
     with pytest.raises(ValueError, match=r"budget 1.5: expected a fraction"):
         compress_model(Branches(), x.split(400), budget=1.5)
+
+
+class Residual(torch.nn.Module):
+    """y = x + 0.05 a(x) + b(x): two layers of one shape whose errors reach the output at very
+    different scales, so their relative errors are not comparable."""
+
+    def __init__(self, d: int, g: torch.Generator):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+        with torch.no_grad():
+            u, _, v = torch.linalg.svd(torch.randn(d, d, generator=g))
+            self.b.weight.copy_(u @ torch.diag(torch.logspace(0, -1.0, d)) @ v.T)
+
+    def forward(self, x):
+        return x + 0.05 * self.a(x) + self.b(x)
+
+
+def _output_explained_variance(model, dense, x) -> float:
+    with torch.no_grad():
+        y, y_hat = dense(x), model(x)
+    return (1 - (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
+
+
+def test_a_budget_with_default_arguments_never_loses_to_uniform_ranks():
+    """On held-out rows of the model's output, measured here directly: the default allocation
+    (no objective given) against every layer at the one rank the budget allows, and the layer
+    objective, which does lose here, so that the comparison can tell the two apart."""
+    import copy
+    import warnings
+
+    from distil_rank import compress_model
+
+    g = torch.Generator().manual_seed(0)
+    d = 32
+    dense = Residual(d, g).requires_grad_(False)
+    x = torch.randn(3000, d, generator=g)
+    calibration, held = x[:2000].split(500), x[2000:]
+    layer_margins = []
+    for budget in (0.3, 0.5, 0.7):
+        scores = {}
+        for name, options in (("default", dict(budget=budget)),
+                              ("layer", dict(budget=budget, objective="layer")),
+                              ("uniform", dict(rank=int(budget * d * d) // (2 * d)))):
+            model = copy.deepcopy(dense)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reports = compress_model(model, calibration, **options)
+            kept = sum(d * d if r.rank is None else 2 * d * r.rank for r in reports)
+            assert kept <= budget * 2 * d * d
+            scores[name] = _output_explained_variance(model, dense, held)
+        assert scores["default"] >= scores["uniform"], (budget, scores)
+        layer_margins.append(scores["uniform"] - scores["layer"])
+    assert max(layer_margins) > 0.02, layer_margins  # the layer objective's loss is real
+
+
+def test_the_default_output_objective_reads_a_model_output_dict_and_leaves_padding_out():
+    """A model returning a dict (as a Hugging Face model returns its ModelOutput) is probed at
+    its first tensor, and only at positions the attention mask keeps. Here y_t = M h_t +
+    mean over all 5 positions of h, so at a kept position s, J^T v = M^T v_s + (1/5) sum_t v_t;
+    with v zero at padding, E[(J^T v)(J^T v)^T] = (M^T + I/5)(M + I/5) + (k - 1)/25 I, k the
+    kept positions (3 here; probing padding too would make it 5)."""
+    from distil_rank.api import _layer_statistics, _Probes, output_tensor
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+            self.mix = torch.nn.Linear(8, 8)
+
+        def forward(self, input_embeds, attention_mask):
+            hidden = self.proj(input_embeds)
+            return {"last_hidden_state": self.mix(hidden) + hidden.mean(1, keepdim=True),
+                    "note": "not a tensor"}
+
+    assert output_tensor((1, torch.ones(2), torch.zeros(3))).shape == (2,)
+    assert output_tensor({"a": "x"}) == {"a": "x"}
+    torch.manual_seed(0)
+    model = Encoder().double().requires_grad_(False)
+    mask = torch.ones(8, 5, dtype=torch.long)
+    mask[:, 3:] = 0
+    batch = {"input_embeds": torch.randn(8, 5, 8, dtype=torch.float64), "attention_mask": mask}
+    prober = _Probes(None, 400, torch.Generator().manual_seed(1))
+    stats = _layer_statistics(model, {"proj": model.proj}, [batch], None, prober,
+                              {"proj": torch.float64}, skip_padding=True)
+    m = model.mix.weight
+    eye = torch.eye(8, dtype=torch.float64)
+    expected = (m.T + eye / 5) @ (m + eye / 5)
+    got = stats["proj"][1]
+    per_dim = lambda k: (expected.trace() / 8 + (k - 1) / 25).item()  # noqa: E731
+    measured = got.trace().item() / 8
+    assert abs(measured - per_dim(3)) < 0.02 < abs(measured - per_dim(5))
+    torch.testing.assert_close(got, expected + 2 / 25 * eye, atol=0.05, rtol=0)
