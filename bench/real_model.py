@@ -13,20 +13,23 @@ on every machine; 20% are held out for every figure, and 600 of the other 80% (s
 calibrate.
 
 At 80%, 60% and 40% of the encoder's Linear weights (biases aside): `svd` and `data_aware` at one
-rank for every layer (the largest within the budget), `data_aware` with the budget's exact
-allocation, and the output objective (the pooled embedding's error) with it, at compress_model's
-default of one probe and with four; beside them int8 dynamic quantisation
-(torch.ao.quantization.quantize_dynamic) of the dense model and of the allocated output-objective
-model, and the allocated output-objective model distilled on top (`distil_on_top`: its low-rank
-factors trained end to end on the dense model's sentence embeddings of the calibration
-sentences, the checkpoint kept by a fifth of them held back). Writes
-bench/results/real_model_<cpu>.json: per variant, the mean cosine of its held-out sentence
-embeddings to the dense model's, the top-1 neighbour agreement among held-out sentences,
-sentences per second (batch 32, at most 128 tokens, forward only, median of 3 passes) and its
-speed-up over the dense model measured in the same
-passes (the two models take turns, so both meet the same load), the file size, the weights kept
-and the seconds to compress; per budget, the output objective's compression time over the layer
-objective's (`output_over_layer_seconds`).
+rank for every layer (the largest within the budget: "uniform"); `compress_model(model, batches,
+budget=f)` with its defaults (`default allocated`: the output objective on the model's
+last_hidden_state, padding left out); the layer objective's allocation (`layer allocated`); the
+output objective on the pooled sentence embedding (`output allocated`, with one probe and with
+four); that model distilled on top (`+ distil`: its low-rank factors trained end to end on the
+dense model's sentence embeddings of the calibration sentences, the checkpoint kept by a fifth
+of them held back); and int8 (`distil_rank.quantise_int8`) of the dense model and of the default
+allocation, weight-only (torchao) and dynamic (PyTorch's). Writes
+bench/results/real_model_<cpu>.json and a figure beside it (.png: held-out cosine against bytes
+on disk and against speed-up): per variant, the mean cosine of its held-out sentence embeddings
+to the dense model's, the top-1 neighbour agreement among held-out sentences, the file's bytes,
+the weights kept and the seconds to compress, and its throughput (batch 32, at most 128 tokens,
+forward only) timed in turns with the dense model, pass by pass after an untimed one (the two
+meet the same load): each one's median sentences per second over 5 passes with the quartiles,
+the speed-up of the medians, and the clock's flags (noisy, quantised) in `untrusted`; per
+budget, the output objective's compression time over the layer objective's
+(`output_over_layer_seconds`).
 """
 
 from __future__ import annotations
@@ -38,16 +41,18 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distil_rank import LowRankLinear, compress_model, save_compressed
+from distil_rank import LowRankLinear, compress_model, quantise_int8, save_compressed
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.embeddings import split_indices
 from distil_rank.files import write_json
+from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
 from distil_rank.runtime import choose_threads
 
@@ -85,38 +90,19 @@ def embed(model: nn.Module, held: list[dict]) -> torch.Tensor:
     return torch.cat([pooled(model, b) for b in held])
 
 
-def throughputs(models: list[nn.Module], held: list[dict], passes: int = 3) -> list[float]:
-    """Each model's sentences per second, forward only, the median of `passes` passes after an
-    untimed one; the models take turns pass by pass, so that they meet the same load."""
-    rows, seconds = sum(len(b["input_ids"]) for b in held), [[] for _ in models]
-    for i in range(passes + 1):
-        for model, timed in zip(models, seconds):
-            start = time.perf_counter()
-            embed(model, held)
-            if i:
-                timed.append(time.perf_counter() - start)
-    return [rows / statistics.median(timed) for timed in seconds]
-
-
-def as_two_linears(model: nn.Module) -> nn.Module:
-    """A copy whose LowRankLinear layers are two nn.Linear, which int8 quantisation converts."""
-    model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LowRankLinear):
-            pair = nn.Sequential(nn.Linear(module.in_features, module.rank, bias=False),
-                                 nn.Linear(module.rank, module.out_features))
-            with torch.no_grad():
-                pair[0].weight.copy_(module.down)
-                pair[1].weight.copy_(module.up)
-                pair[1].bias.copy_(module.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, pair)
-    return model
-
-
-def int8(model: nn.Module) -> nn.Module:
-    return torch.ao.quantization.quantize_dynamic(as_two_linears(model), {nn.Linear},
-                                                  dtype=torch.qint8)
+def throughput(model: nn.Module, dense: nn.Module, held: list[dict], passes: int = 5) -> dict:
+    """The model's and the dense model's sentences per second, embedding the held-out
+    sentences in turns, pass by pass after an untimed one (kernels.clock.in_turns): medians,
+    quartiles, the speed-up of the medians and the flags that make it untrusted."""
+    rows = sum(len(b["input_ids"]) for b in held)
+    mine, theirs = in_turns([lambda: embed(model, held), lambda: embed(dense, held)],
+                            torch.device("cpu"), passes)
+    per_second = {k: rows / (mine[k] / 1e3) for k in ("median_ms", "p75_ms", "p25_ms")}
+    return {"sentences_per_second": per_second["median_ms"],
+            "sentences_per_second_p25_p75": [per_second["p75_ms"], per_second["p25_ms"]],
+            "dense_sentences_per_second": rows / (theirs["median_ms"] / 1e3),
+            "speedup_vs_dense": theirs["median_ms"] / mine["median_ms"], "timing_passes": passes,
+            "untrusted": [f for f in ("noisy", "quantised") if mine[f] or theirs[f]]}
 
 
 def file_bytes(model: nn.Module, quantised: bool) -> int:
@@ -152,10 +138,16 @@ def variants(dense: nn.Module, names: list[str], calibration: list[dict], budget
             parent, _, child = n.rpartition(".")
             setattr(model.get_submodule(parent), child, compress_svd(linears[n], ranks[n]))
 
+    def layer_allocated(model):
+        with warnings.catch_warnings():  # the warning that this allocation is measured here
+            warnings.simplefilter("ignore")
+            compress_model(model, calibration, layers=names, budget=budget, objective="layer")
+
     return [("svd uniform", svd),
             ("data_aware uniform", lambda m: compress_model(m, calibration, rank=ranks)),
-            ("data_aware allocated", lambda m: compress_model(m, calibration, layers=names,
-                                                              budget=budget)),
+            ("default allocated", lambda m: compress_model(m, calibration, layers=names,
+                                                           budget=budget)),
+            ("layer allocated", layer_allocated),
             ("output allocated", lambda m: compress_model(m, calibration, layers=names,
                                                           budget=budget, objective="output",
                                                           call=pooled)),
@@ -208,13 +200,49 @@ def measure(model: nn.Module, reference: torch.Tensor, held: list[dict], names: 
             dense: nn.Module, quantised: bool = False) -> dict:
     got = embed(model, held)
     neighbours = [(e @ e.T).fill_diagonal_(-2).argmax(1) for e in (reference, got)]
-    speed, dense_speed = throughputs([model, dense], held) if model is not dense else \
-        throughputs([model], held) * 2
     return {"cosine_to_dense": F.cosine_similarity(got, reference).mean().item(),
             "top1_neighbour_agreement": (neighbours[0] == neighbours[1]).double().mean().item(),
-            "sentences_per_second": speed, "speedup_vs_dense": speed / dense_speed,
-            "file_bytes": file_bytes(model, quantised),
+            **throughput(model, dense, held), "file_bytes": file_bytes(model, quantised),
             "weights_kept": None if quantised else weights_kept(model, names)}
+
+
+def int8_variants(rows: dict, label: str, model: nn.Module, reference, held, names, dense):
+    """`label + int8 weight-only` and `label + int8 dynamic` of a copy of `model`."""
+    for mode, word in (("weight_only", "weight-only"), ("dynamic", "dynamic")):
+        quantised = quantise_int8(copy.deepcopy(model), mode)
+        rows[f"{label} + int8 {word}"] = measure(quantised, reference, held, names, dense,
+                                                 quantised=True)
+
+
+def figure(record: dict, path: Path) -> None:
+    """Held-out cosine against bytes on disk, and against the speed-up over dense."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    families = {"int8": ("D", "tab:red"), "svd": ("X", "tab:gray"), "distil": ("*", "tab:cyan"),
+                "uniform": ("s", "tab:purple"), "allocated": ("o", "tab:green")}
+    for name, row in record["variants"].items():
+        marker, colour = next((v for k, v in families.items() if k in name), ("P", "black"))
+        for ax, x in zip(axes, (row["file_bytes"] / 1e6, row["speedup_vs_dense"])):
+            hollow = bool(row["untrusted"]) and ax is axes[1]
+            ax.scatter(x, row["cosine_to_dense"], marker=marker, s=40, edgecolors=colour,
+                       facecolors="none" if hollow else colour)
+            ax.annotate(name, (x, row["cosine_to_dense"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+    axes[0].set_xlabel("file on disk (MB)")
+    axes[1].set_xlabel("speed-up over dense, in turns (hollow: untrusted)")
+    axes[1].axvline(1.0, color="black", lw=0.8)
+    for ax in axes:
+        ax.set_ylabel("held-out sentence-embedding cosine to dense")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{record['model']} on {record['environment']['device_name']}: what each "
+                 "compression keeps, against its size and its speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -243,28 +271,28 @@ def main() -> int:
     names = [n for n, m in dense.named_modules()
              if isinstance(m, nn.Linear) and n.startswith("encoder.")]
     reference = embed(dense, held)
-    rows = {"dense": measure(dense, reference, held, names, dense),
-            "dense int8": measure(int8(dense), reference, held, names, dense, quantised=True)}
+    rows = {"dense": measure(dense, reference, held, names, dense)}
+    int8_variants(rows, "dense", dense, reference, held, names, dense)
     ratios = {}
     for budget in BUDGETS[-1:] if args.quick else BUDGETS:
         for label, compress in variants(dense, names, calibration, budget):
             model, start = copy.deepcopy(dense), time.perf_counter()
             compress(model)
             seconds = time.perf_counter() - start
-            rows[f"{label} {budget:.0%}"] = {**measure(model, reference, held, names, dense),
-                                             "compress_seconds": seconds}
+            name = f"{label} {budget:.0%}"
+            rows[name] = {**measure(model, reference, held, names, dense),
+                          "compress_seconds": seconds}
+            if label == "default allocated":
+                int8_variants(rows, name, model, reference, held, names, dense)
             if label == "output allocated":
-                rows[f"{label} {budget:.0%} + int8"] = measure(int8(model), reference, held,
-                                                               names, dense, quantised=True)
                 start = time.perf_counter()
                 run = distil_on_top(model, dense, calibration)
-                rows[f"{label} {budget:.0%} + distil"] = {
+                rows[f"{name} + distil"] = {
                     **measure(model, reference, held, names, dense), **run,
                     "compress_seconds": seconds + time.perf_counter() - start}
-            print(f"{label} at {budget:.0%}: {rows[f'{label} {budget:.0%}']}", flush=True)
+            print(f"{name}: {rows[name]}", flush=True)
         ratios[f"{budget:.0%}"] = (rows[f"output allocated {budget:.0%}"]["compress_seconds"]
-                                   / rows[f"data_aware allocated {budget:.0%}"]
-                                   ["compress_seconds"])
+                                   / rows[f"layer allocated {budget:.0%}"]["compress_seconds"])
     total = sum(dict(dense.named_modules())[n].weight.numel() for n in names)
     record = {"environment": environment(torch.device("cpu")), "model": "all-MiniLM-L6-v2",
               "corpus": "pydoc_data.topics (Python's help topics), sentences of 6-60 words",
@@ -275,7 +303,8 @@ def main() -> int:
     path = Path(args.out_dir) / f"real_model_{name_slug(device_name(torch.device('cpu')))}" \
                                 f"{suffix}.json"
     write_json(path, record)
-    print(f"wrote {path}")
+    figure(record, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 
 

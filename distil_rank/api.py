@@ -47,6 +47,8 @@ from distil_rank.lowrank import (
     LowRankLinear,
     check_rank,
     compress_data_aware,
+    compress_svd,
+    compress_svd_bias,
     data_aware_error_curve,
     explained_variance_curve,
     lowrank_parameters,
@@ -116,9 +118,14 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
                     target_explained_variance: float | None = None,
                     output_weight: torch.Tensor | None = None, damping: float = DEFAULT_DAMPING,
                     refine_steps: int = 0, refine_settings: DistillSettings = RECIPE,
-                    holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> LowRankLinear:
+                    holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0,
+                    method: str = "data_aware") -> LowRankLinear:
     """A drop-in low-rank replacement of `linear`, by the closed form (the least mean squared
     output error on the calibration inputs), optionally refined by distillation.
+
+    method: "data_aware" (the closed form), or a baseline at a given rank: "svd_bias" (truncated
+    SVD with the calibration mean's shift folded into the bias; of the data only its mean) or
+    "svd" (data-free; the calibration is not read).
 
     output_weight: a PSD [out, out] tensor G that weights the output error, e.g. E[J^T J] of
     what reads this layer (distil_rank.moments.output_weight computes it for a head); None is
@@ -138,6 +145,12 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     what = _describe(linear)
     if not all(torch.isfinite(p).all() for p in linear.parameters()):
         raise ValueError(f"{what}: its weight or bias holds NaN or Inf")
+    if method != "data_aware":
+        _check_baseline(method, target_explained_variance, output_weight, refine_steps > 0)
+        full = min(linear.in_features, linear.out_features)
+        chosen = check_rank(rank, full, f"{what}: rank")
+        return compress_svd(linear, chosen) if method == "svd" else compress_svd_bias(
+            linear, chosen, _checked_moments(linear, calibration, what).mean)
     if refine_steps <= 0:
         moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
@@ -150,6 +163,25 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     job = refinement_job(linear, compress_data_aware(linear, moments, chosen), fit, holdout,
                          seed=seed, settings=replace(refine_settings, steps=refine_steps))
     return distill_together([job], linear.weight.device, desc="refine")[0].student
+
+
+METHODS = ("data_aware", "svd_bias", "svd")
+
+
+def _check_baseline(method: str, target, output_weight, refine: bool, budget=None,
+                    objective: str = "layer") -> None:
+    """The SVD baselines take a rank and nothing that needs the closed form's error curve."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "data_aware":
+        return
+    given = [name for name, value in (("target_explained_variance", target),
+                                      ("budget", budget), ("output_weight", output_weight),
+                                      ("refine_steps", refine or None)) if value is not None]
+    if given or objective != "layer":
+        raise ValueError(f"method {method!r} takes a rank and the layer objective; "
+                         f"{', '.join(given) or 'objective=' + repr(objective)} needs "
+                         "data_aware's closed form")
 
 
 def _refinement_rows(linear: nn.Linear, calibration, output_weight, settings: DistillSettings,
@@ -185,8 +217,10 @@ class LayerReport:
     params_before: int
     params_after: int
     calibration_rows: int
-    explained_variance_calibration: float  # G-weighted for the "output" objective
-    explained_variance_holdout: float | None  # the layer's own output; None without holdout
+    explained_variance_calibration: float  # of the objective's error on the calibration rows:
+    # G-weighted for the "output" objective, so not comparable with the holdout figure
+    explained_variance_holdout: float | None  # the layer's own, unweighted output on the
+    # holdout rows; None without holdout
     objective: str = "layer"  # "layer" (data_aware) or "output" (task_aware, G from probes)
 
     @property
@@ -319,8 +353,8 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                    output_fn: Callable | None = None, probes: int = 1, seed: int = 0,
                    damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
                    call: Callable | None = None, min_params_saved: int = 1,
-                   skip_padding: bool = True,
-                   gram_dtype: torch.dtype | None = None) -> list[LayerReport]:
+                   skip_padding: bool = True, gram_dtype: torch.dtype | None = None,
+                   method: str = "data_aware") -> list[LayerReport]:
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
 
     layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
@@ -352,10 +386,12 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     for a float64 layer) and merged in float64. Every layer's statistics are recorded from the
     original model in one pass; the model comes back unchanged apart from the replaced layers.
     Returns one LayerReport per replaced layer; explained variance is measured on the holdout
-    batches when given.
+    batches when given. method: "data_aware" (the closed forms above), or at a given rank the
+    baselines "svd_bias" (SVD with each layer's input mean folded into its bias) and "svd".
     """
     if objective is None:
         objective = "output" if budget is not None else "layer"
+    _check_baseline(method, target_explained_variance, None, False, budget, objective)
     targets = _targets(model, layers, rank, target_explained_variance, budget, objective)
     if budget is not None and objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
@@ -372,6 +408,11 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
                                                       damping)
     fitted = {}
     for n, m in targets.items():  # one layer's eigenvectors at a time: they are out x out
+        if method != "data_aware":
+            chosen = check_rank(rank[n] if isinstance(rank, dict) else rank,
+                                min(m.in_features, m.out_features), f"layer {n!r}: rank")
+            fitted[n] = _fit_baseline(n, m, statistics[n][0], chosen, method)
+            continue
         spectrum = _spectrum(m, *statistics[n], damping) if ranks is None or ranks[n] else None
         chosen = ranks[n] if ranks is not None else _choose_rank(
             m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
@@ -425,6 +466,27 @@ def _fit_layer(name: str, linear: nn.Linear, moments: InputMoments, weight, rank
     return student, LayerReport(name, linear.in_features, linear.out_features, rank, before,
                                 sum(p.numel() for p in student.parameters()), moments.count,
                                 calibration_ev, None, objective)
+
+
+def _fit_baseline(name: str, linear: nn.Linear, moments: InputMoments, rank: int,
+                  method: str):
+    """(an SVD baseline at `rank`, its report), its explained variance on the calibration rows
+    from their moments: E||(W - W') x + b - b'||^2 = tr(D S D^T) + ||D mu + b - b'||^2, with
+    D = W - W' and S the inputs' covariance."""
+    student = compress_svd(linear, rank) if method == "svd" else \
+        compress_svd_bias(linear, rank, moments.mean)
+    weight = linear.weight.detach().double()
+    gap = weight - student.up.detach().double() @ student.down.detach().double()
+    offset = gap @ moments.mean
+    if linear.bias is not None:
+        offset = offset + linear.bias.detach().double() - student.bias.detach().double()
+    error = (gap @ moments.covariance * gap).sum() + offset.pow(2).sum()
+    total = (weight @ moments.covariance * weight).sum()
+    explained = 1.0 - float(error / total) if total > 0 else 1.0
+    return student, LayerReport(name, linear.in_features, linear.out_features, rank,
+                                sum(p.numel() for p in linear.parameters()),
+                                sum(p.numel() for p in student.parameters()), moments.count,
+                                explained, None, "layer")
 
 
 def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
@@ -513,18 +575,24 @@ def weights_kept(reports: list[LayerReport]) -> tuple[int, int]:
 
 
 def format_report(reports: list[LayerReport]) -> str:
-    """The reports as a table, with the share of the reported layers' weights kept."""
+    """The reports as a table, with the share of the reported layers' weights kept, and a line
+    saying what each explained variance measures."""
     lines = [f"{'layer':<32}{'objective':>10}{'shape':>14}{'rank':>6}{'params saved':>14}"
-             f"{'EV calib':>10}{'EV holdout':>12}"]
+             f"{'EV calib (objective)':>22}{'EV holdout (layer)':>20}"]
     for r in reports:
         holdout = "n/a" if r.explained_variance_holdout is None else \
             f"{r.explained_variance_holdout:.4f}"
         lines.append(f"{r.name:<32}{r.objective:>10}{f'{r.out_features}x{r.in_features}':>14}"
                      f"{'dense' if r.rank is None else r.rank:>6}"
-                     f"{r.params_saved:>14,}{r.explained_variance_calibration:>10.4f}{holdout:>12}")
+                     f"{r.params_saved:>14,}{r.explained_variance_calibration:>22.4f}"
+                     f"{holdout:>20}")
     kept, before = weights_kept(reports)
     if before:
         lines.append(f"weights kept (biases aside): {kept:,} of {before:,} ({kept / before:.1%})")
+    lines.append("EV calib (objective): explained variance on the calibration rows of the error "
+                 "the objective minimises (for 'output', weighted by G, the layer's effect on "
+                 "the model's output); EV holdout (layer): of the layer's own, unweighted output "
+                 "on the held-out rows.")
     return "\n".join(lines)
 
 
@@ -622,6 +690,11 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     layers = _read_layers(path, metadata[METADATA_KEY])
     expected = _expected_state(model, layers, path)
     missing, unexpected = sorted(expected.keys() - declared), sorted(declared.keys() - expected)
+    if missing and not unexpected and all(k.startswith("pooler.") for k in missing):
+        raise ValueError(f"{path}: was saved from a model without a pooler, and this one has "
+                         f"{missing[:2]}: build it as the saved one was built (a Hugging Face "
+                         "model: add_pooling_layer=False, e.g. EsmModel(config, "
+                         "add_pooling_layer=False))")
     if missing or unexpected:
         raise ValueError(f"{path}: does not match the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")

@@ -20,8 +20,8 @@ model, like the embedding tool's, has no pooler.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ from distil_rank.embed import (
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code
 from distil_rank.files import check_writable_folder, json_text, write_together
+from distil_rank.kernels.clock import in_turns
 from distil_rank.metrics import explained_variance
 from distil_rank.runtime import resolve_device
 
@@ -78,12 +79,32 @@ def pooled(model: nn.Module, batch: dict) -> torch.Tensor:
     return residue_mean(model(**batch).last_hidden_state, batch["attention_mask"])
 
 
-def tokens_per_second(model: nn.Module, tokenizer, sequences: list[str], max_tokens: int):
-    """(the pooled embeddings, tokens per second of the pass that made them, after one)."""
-    embed_sequences(model, tokenizer, sequences, max_tokens=max_tokens, progress=False)
-    start = time.perf_counter()
-    out = embed_sequences(model, tokenizer, sequences, max_tokens=max_tokens, progress=False)
-    return out, sum(len(s) + 2 for s in sequences) / (time.perf_counter() - start)
+TIMING_PASSES, TIMING_PROTEINS = 5, 256  # timed passes per model; proteins each pass embeds
+
+
+def throughput(models: dict[str, nn.Module], tokenizer, sequences: list[str], max_tokens: int,
+               device: torch.device, passes: int = TIMING_PASSES) -> dict:
+    """Tokens per second of each model over (at most TIMING_PROTEINS of) `sequences`, the
+    models embedding them in turns, pass by pass after one untimed pass each, so that both meet
+    the same load: the median with its quartiles, and the clock's flags (noisy, quantised);
+    `speedup`, the first model's median time over the last's, and `untrusted`, why it is not a
+    finding."""
+    timed = sequences[:TIMING_PROTEINS]
+    tokens = sum(len(s) + 2 for s in timed)  # the residues, <cls> and <eos>
+    fns = [lambda m=m: embed_sequences(m, tokenizer, timed, max_tokens=max_tokens,
+                                       progress=False) for m in models.values()]
+    record = {"proteins": len(timed), "tokens": tokens, "passes": passes}
+    summaries = in_turns(fns, device, passes)
+    for name, summary in zip(models, summaries):
+        record[name] = {"tokens_per_second": tokens / (summary["median_ms"] / 1e3),
+                        "tokens_per_second_p25_p75": [tokens / (summary[k] / 1e3)
+                                                      for k in ("p75_ms", "p25_ms")],
+                        **summary}
+    first, last = summaries[0], summaries[-1]
+    record["speedup"] = first["median_ms"] / last["median_ms"]
+    record["untrusted"] = [flag for flag in ("noisy", "quantised")
+                           if first[flag] or last[flag]]
+    return record
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -108,7 +129,9 @@ def run(args: argparse.Namespace) -> dict:
     fit, held = split_indices(len(sequences), args.holdout, args.seed)
     calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device)
     holdout_sequences = [sequences[i] for i in held]
-    dense, dense_speed = tokens_per_second(model, tokenizer, holdout_sequences, args.max_tokens)
+    dense = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
+                            progress=False)
+    original = copy.deepcopy(model)  # timed in turns with the compressed model below
     names = [n for n, m in model.named_modules()
              if isinstance(m, nn.Linear) and n.startswith("encoder.")]
     try:
@@ -118,22 +141,28 @@ def run(args: argparse.Namespace) -> dict:
             holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
     except ValueError as err:  # e.g. a budget below rank 1 in every layer
         raise InputError(f"--budget {args.budget}: {err}") from None
-    small, small_speed = tokens_per_second(model, tokenizer, holdout_sequences, args.max_tokens)
-    report = _report(args, source, layers, dense, small, dense_speed, small_speed, len(fit),
-                     truncated)
+    small = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
+                            progress=False)
+    speed = throughput({"dense": original, "compressed": model}, tokenizer, holdout_sequences,
+                       args.max_tokens, device)
+    del original
+    report = _report(args, source, layers, dense, small, speed, len(fit), truncated)
     out = Path(args.out)
     write_together({out / MODEL_FILE: lambda tmp: save_compressed(model, tmp),
                     out / REPORT_FILE: lambda tmp: Path(tmp).write_text(json_text(report))})
     truncation_note(truncated, limit)  # after the run: a failed one says one line only
+    flags = f"; untrusted: {', '.join(speed['untrusted'])}" if speed["untrusted"] else ""
     print(f"kept {report['weights_kept_fraction']:.1%} of the encoder's Linear weights; held-out "
           f"embedding cosine {report['holdout']['cosine']:.4f}, explained variance "
-          f"{report['holdout']['explained_variance']:.4f}; tokens/s {dense_speed:.0f} -> "
-          f"{small_speed:.0f}; wrote {out / MODEL_FILE} and {out / REPORT_FILE}")
+          f"{report['holdout']['explained_variance']:.4f}; tokens/s "
+          f"{speed['dense']['tokens_per_second']:.0f} -> "
+          f"{speed['compressed']['tokens_per_second']:.0f} (medians of {speed['passes']} passes "
+          f"in turns, speedup {speed['speedup']:.2f}x{flags}); wrote {out / MODEL_FILE} and "
+          f"{out / REPORT_FILE}")
     return report
 
 
-def _report(args, source, layers, dense, small, dense_speed, small_speed, calibrated,
-            truncated) -> dict:
+def _report(args, source, layers, dense, small, speed, calibrated, truncated) -> dict:
     kept, total = weights_kept(layers)
     return {
         "model": args.model, "model_source": source, "fasta": str(args.fasta),
@@ -144,12 +173,13 @@ def _report(args, source, layers, dense, small, dense_speed, small_speed, calibr
         "layers": [{"name": r.name, "rank": r.rank, "in_features": r.in_features,
                     "out_features": r.out_features, "params_before": r.params_before,
                     "params_after": r.params_after,
+                    "objective": r.objective,
                     "explained_variance_calibration": r.explained_variance_calibration,
                     "explained_variance_holdout": r.explained_variance_holdout}
                    for r in layers],
         "holdout": {"cosine": torch.nn.functional.cosine_similarity(small, dense).mean().item(),
                     "explained_variance": explained_variance(dense, small)},
-        "tokens_per_second": {"dense": dense_speed, "compressed": small_speed},
+        "throughput": speed,
     }
 
 

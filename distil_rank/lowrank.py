@@ -180,8 +180,27 @@ def svd_factors(weight: torch.Tensor, rank: int, decomposition=None
 
 
 def compress_svd(linear: nn.Linear, rank: int, decomposition=None) -> LowRankLinear:
+    """Truncated SVD W_r of the weight, the bias unchanged (the published baseline)."""
     up, down = svd_factors(linear.weight, rank, decomposition)
     bias = None if linear.bias is None else linear.bias.detach()
+    return LowRankLinear.from_factors(up, down, bias, dtype=linear.weight.dtype)
+
+
+def compress_svd_bias(linear: nn.Linear, rank: int, mean: torch.Tensor,
+                      decomposition=None) -> LowRankLinear:
+    """Truncated SVD with the truncation's shift of the mean output folded into the bias:
+    b' = b + (W - W_r) mu, mu the calibration inputs' mean. The factors are SVD's, data-free;
+    only the bias reads the data, through its mean. Then the compressed layer's mean output on
+    the calibration rows is the teacher's exactly, and its error is SVD's minus the squared
+    offset ||(W - W_r) mu||^2 per row: on embeddings with a large common mean (as ESM-2's),
+    most of SVD's loss."""
+    up, down = svd_factors(linear.weight, rank, decomposition)
+    mu = mean.detach().double().reshape(-1).to(up.device)
+    if mu.numel() != linear.in_features:
+        raise ValueError(f"mean of dimension {mu.numel()}, the layer takes "
+                         f"{linear.in_features} features")
+    shift = linear.weight.detach().double() @ mu - up @ (down @ mu)
+    bias = shift if linear.bias is None else linear.bias.detach().double() + shift
     return LowRankLinear.from_factors(up, down, bias, dtype=linear.weight.dtype)
 
 

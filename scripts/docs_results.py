@@ -36,6 +36,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+FRONTIER_START, FRONTIER_END = "<!-- frontier:start -->", "<!-- frontier:end -->"
 REAL_START, REAL_END = "<!-- real-model:start -->", "<!-- real-model:end -->"
 SPLITS_START, SPLITS_END = "<!-- fitness-splits:start -->", "<!-- fitness-splits:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
@@ -389,35 +390,106 @@ class Sources:
 
 
 def real_model_section(record: dict) -> str:
-    """A bench/real_model.py record as a table."""
+    """A bench/real_model.py record as a table, then per budget which option to pick."""
     env, total = record["environment"], record["encoder_linear_weights"]
     lines = [f"`python bench/real_model.py` ({env['device_name']}, {env['torch_threads']} "
              f"thread(s)): {record['model']}, calibrated on {record['calibration_sentences']} "
              f"sentences of {record['corpus']}, measured on {record['held_out_sentences']} "
              "held-out ones. Cosine: of each held-out sentence embedding to the dense model's; "
              "top-1: the share of held-out sentences whose nearest held-out neighbour is the "
-             "dense model's; throughput: sentences per second at batch 32, forward only, and "
-             "the speed-up over the dense model measured in the same passes (the two take "
-             "turns).", "",
+             "dense model's; throughput: sentences per second at batch 32, forward only, the "
+             "median of the passes with its interquartile range, each variant timed in turns "
+             "with the dense model, and the speed-up of the two medians (in brackets: why it "
+             "is untrusted); file: the whole model on disk, its float32 token embeddings (which "
+             "no variant compresses) included. The figure beside the record plots cosine "
+             "against file and speed-up.", "",
              "| variant | encoder weights kept | cosine to dense | top-1 agreement | "
-             "sentences / s | speed-up | file MB | compress s |",
+             "sentences / s (IQR) | speed-up | file MB | compress s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in record["variants"].items():
         kept = "int8" if row["weights_kept"] is None else f"{row['weights_kept'] / total:.0%}"
         seconds = row.get("compress_seconds")
+        spread = row.get("sentences_per_second_p25_p75")
+        flags = f" ({', '.join(row['untrusted'])})" if row.get("untrusted") else ""
         lines.append(f"| {name} | {kept} | {row['cosine_to_dense']:.4f} | "
                      f"{row['top1_neighbour_agreement']:.3f} | "
-                     f"{row['sentences_per_second']:.0f} | "
-                     + ("" if "speedup_vs_dense" not in row else f"{row['speedup_vs_dense']:.2f}x")
+                     f"{row['sentences_per_second']:.0f}"
+                     + ("" if not spread else f" ({spread[0]:.0f}-{spread[1]:.0f})")
+                     + f" | {row['speedup_vs_dense']:.2f}x{flags}"
                      + f" | {row['file_bytes'] / 1e6:.1f} | "
                      + ("" if seconds is None else f"{seconds:.1f}") + " |")
     ratios = record.get("output_over_layer_seconds")
     if ratios:
         lines += ["", "The output objective's compression time over the layer objective's "
-                  "(`output allocated` over `data_aware allocated`, one run): "
+                  "(`output allocated` over `layer allocated`, one run): "
                   + ", ".join(f"{ratio:.2f}x at {budget}" for budget, ratio in ratios.items())
                   + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *frontier_lines(record)])
+
+
+def frontier_lines(record: dict) -> list[str]:
+    """Per budget, which option keeps the most for its size and which runs fastest, against
+    int8 of the dense model; and whether low rank ever beats it."""
+    variants = record["variants"]
+    weight_only = variants.get("dense + int8 weight-only")
+    budgets = sorted({name.rsplit(" ", 1)[1] for name in variants
+                      if name.startswith("default allocated ") and "+" not in name},
+                     key=lambda b: -float(b.rstrip("%")))
+    if weight_only is None or not budgets:
+        return []
+    lines = ["**Which to pick.**"]
+    beaten = []
+    for budget in budgets:
+        mine = {n: r for n, r in variants.items()
+                if n.endswith(f" {budget}") or f" {budget} + " in n}
+        faithful = max(mine, key=lambda n: mine[n]["cosine_to_dense"])
+        trusted = {n: r for n, r in mine.items() if not r.get("untrusted")} or mine
+        fastest = max(trusted, key=lambda n: trusted[n]["speedup_vs_dense"])
+        best = mine[faithful]
+        dominated = (weight_only["cosine_to_dense"] >= best["cosine_to_dense"]
+                     and weight_only["file_bytes"] <= best["file_bytes"])
+        beaten.append(dominated)
+        lines.append(
+            f"- At {budget} of the encoder's weights: the most faithful is `{faithful}` (cosine "
+            f"{best['cosine_to_dense']:.3f}, {best['file_bytes'] / 1e6:.1f} MB, "
+            f"{best['speedup_vs_dense']:.2f}x); the fastest `{fastest}` "
+            f"({mine[fastest]['speedup_vs_dense']:.2f}x at cosine "
+            f"{mine[fastest]['cosine_to_dense']:.3f}). "
+            + ("Weight-only int8 of the dense model is both more faithful and smaller "
+               f"(cosine {weight_only['cosine_to_dense']:.4f}, "
+               f"{weight_only['file_bytes'] / 1e6:.1f} MB): pick it unless speed matters."
+               if dominated else "It keeps more per byte than weight-only int8 here."))
+    lines.append("")
+    lines.append(frontier_verdict(record, beaten))
+    return lines
+
+
+def frontier_verdict(record: dict, beaten: list[bool] | None = None) -> str:
+    """One sentence: does low rank ever keep more per byte than weight-only int8, and what
+    does it buy instead."""
+    variants = record["variants"]
+    weight_only, dynamic = (variants.get(f"dense + int8 {w}") for w in ("weight-only", "dynamic"))
+    if weight_only is None:
+        return ""
+    if beaten is None:
+        return frontier_lines(record)[-1]
+    fast = max((r for n, r in variants.items() if not r.get("untrusted")),
+               key=lambda r: r["speedup_vs_dense"])
+    fast_name = next(n for n, r in variants.items() if r is fast)
+    if all(beaten):
+        return (f"On {record['model']} ({record['environment']['device_name']}), low rank "
+                f"loses to weight-only int8 at every budget measured: int8 keeps cosine "
+                f"{weight_only['cosine_to_dense']:.4f} at "
+                f"{weight_only['file_bytes'] / 1e6:.1f} MB (float32: "
+                f"{variants['dense']['file_bytes'] / 1e6:.1f} MB) but runs at "
+                f"{weight_only['speedup_vs_dense']:.2f}x dense on this CPU. What low rank buys "
+                f"is speed: the fastest trusted variant, `{fast_name}`, ran "
+                f"{fast['speedup_vs_dense']:.2f}x at cosine {fast['cosine_to_dense']:.3f}"
+                + ("" if dynamic is None else
+                   f" (dynamic int8 of the dense model: {dynamic['speedup_vs_dense']:.2f}x at "
+                   f"{dynamic['cosine_to_dense']:.3f})") + ".")
+    return (f"On {record['model']}, low rank keeps more per byte than weight-only int8 at "
+            f"{sum(not b for b in beaten)} of {len(beaten)} budgets measured.")
 
 
 def fitness_splits_section(record: dict) -> str:
@@ -464,15 +536,20 @@ def fitness_splits_section(record: dict) -> str:
 
 def headline_table(summary: RunSummary) -> str:
     """The README's one table: at the default rank, how much of each teacher's output variation
-    each compressor keeps, and for a head the task."""
-    view, student = summary.results(), summary.student_method
+    each compressor keeps, and for a head the task. The student column shows each teacher's own
+    student (`student_method`), the figure its JSON key `student_explained_variance` holds."""
+    view = summary.results()
     entry = view.entries[summary.teachers[0]].derived()
     lines = [f"Explained variance on the validation rows at rank {summary.target_rank} of "
              f"{summary.input_dim} ({entry['compression']:.1f}x fewer parameters), mean over "
-             f"{len(summary.seeds)} seeds ({summary.data_note}):", "",
-             f"| teacher | svd | published recipe (`{RECIPE}`) | closed form (`data_aware`) | "
-             f"student (`{student}`) | task Spearman, teacher / best compressed |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"{len(summary.seeds)} seeds ({summary.data_note}). Explained variance is 1 - (the "
+             "squared error) / (the teacher output's variance about its mean): 1 is the "
+             "teacher, 0 is predicting its mean output, and below 0 is worse than that, so "
+             "-1000 is an error a thousand times the output's variance:", "",
+             f"| teacher | svd | svd_bias (svd, mean shift in the bias) | published recipe "
+             f"(`{RECIPE}`) | closed form (`data_aware`) | student (its `student_method`) | "
+             "task Spearman, teacher / best compressed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     tail = ["", f"The run's own headline (`headline` in the JSON): {summary.headline}"] \
         if summary.headline else []
     for name, e in view.entries.items():
@@ -481,9 +558,10 @@ def headline_table(summary: RunSummary) -> str:
                    key=lambda k: m[k].task_spearman, default=None)
         task = "" if best is None else \
             f"{e.teacher_task_spearman:.3f} / {m[best].task_spearman:.3f} (`{best}`)"
-        kept = [m[k].explained_variance for k in (RECIPE, "data_aware", student)]
-        lines.append(f"| {name} | {m['svd'].explained_variance:.4g} | "
-                     + " | ".join(f"{v:.4f}" for v in kept) + f" | {task} |")
+        cells = [f"{m[k].explained_variance:.4g}" for k in ("svd", "svd_bias")] + \
+            [f"{m[k].explained_variance:.4f}" for k in (RECIPE, "data_aware")] + \
+            [f"{m[e.student_method].explained_variance:.4f} (`{e.student_method}`)", task]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + tail)
 
 
@@ -506,15 +584,19 @@ def render(source: Sources) -> dict[Path, str]:
     ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
         docs = replace_between(docs, ABLATION_START, ABLATION_END, ablation_section(ablation))
+    frontier = ""
     for path in source.glob("bench/results/real_model_*.json"):
         if not path.endswith("_quick.json"):
             docs = replace_between(docs, REAL_START, REAL_END,
                                    real_model_section(source.read(path)))
+            frontier = frontier_verdict(source.read(path))
     splits = source.read("reference/fitness_splits.json")
     if splits is not None:
         docs = replace_between(docs, SPLITS_START, SPLITS_END, fitness_splits_section(splits))
     readme = replace_between((ROOT / "README.md").read_text(), HEADLINE_START, HEADLINE_END,
                              headline_table(summary))
+    if frontier:
+        readme = replace_between(readme, FRONTIER_START, FRONTIER_END, frontier)
     return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}
 
 

@@ -35,3 +35,26 @@ def correlated_inputs(n: int, dim: int, seed: int, mean_scale: float = 3.0) -> t
     scales = torch.logspace(0, -2, dim, dtype=torch.float64)
     mean = mean_scale * torch.randn(dim, generator=g, dtype=torch.float64)
     return mean + (torch.randn(n, dim, generator=g, dtype=torch.float64) * scales) @ mixing.T
+
+
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
+             "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".",
+             "-", "<null_1>", "<mask>"]
+
+
+def build_tiny_esm(folder: Path) -> Path:
+    """A tiny randomly initialised ESM-2 (2 layers, 16 wide) and its tokenizer, saved in
+    `folder` as a local transformers folder: no ESM-2 weights can be had here."""
+    import transformers
+
+    (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB))
+    tokenizer = transformers.EsmTokenizer(str(folder / "vocab.txt"))
+    config = transformers.EsmConfig(
+        vocab_size=len(ESM_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=22, position_embedding_type="rotary",
+        pad_token_id=1, mask_token_id=32, token_dropout=True, emb_layer_norm_before=False)
+    torch.manual_seed(0)
+    model = transformers.EsmModel(config, add_pooling_layer=False)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -194,3 +194,51 @@ def test_float32_gram_products_change_the_closed_form_by_less_than_the_documente
     curves = [explained_variance_curve(data_aware_error_curve(layer.weight, m))[8]
               for m in (exact.moments(), single.moments())]
     assert abs(curves[0] - curves[1]) < 1e-6
+
+
+def test_svd_bias_is_svd_with_the_mean_shift_in_the_bias_and_only_that():
+    """Against numpy's SVD: the factors are the truncated SVD's, the bias is b + (W - W_r) mu,
+    so the compressed layer's mean output on the calibration rows is the teacher's, and its
+    error is SVD's less exactly the squared offset ||(W - W_r) mu||^2 per row."""
+    import numpy as np
+
+    x = correlated_inputs(600, 12, seed=3, mean_scale=5.0).float()
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 10)
+    svd, shifted = (compress_linear(layer, x, rank=3, method=m) for m in ("svd", "svd_bias"))
+    w = layer.weight.detach().double().numpy()
+    u, s, vt = np.linalg.svd(w)
+    w_r = (u[:, :3] * s[:3]) @ vt[:3]
+    mu = x.double().mean(0).numpy()
+    expected_bias = layer.bias.detach().double().numpy() + (w - w_r) @ mu
+    np.testing.assert_allclose(shifted.bias.detach().double().numpy(), expected_bias,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose((shifted.up @ shifted.down).detach().double().numpy(), w_r,
+                               atol=1e-5)
+    with torch.no_grad():
+        y, y_svd, y_shifted = layer(x).double(), svd(x).double(), shifted(x).double()
+    torch.testing.assert_close(y_shifted.mean(0), y.mean(0), atol=1e-4, rtol=0)
+    offset = float(np.sum(((w - w_r) @ mu) ** 2))
+    sse = lambda a: (y - a).pow(2).sum(1).mean().item()  # noqa: E731
+    assert sse(y_shifted) == pytest.approx(sse(y_svd) - offset, rel=1e-4)
+    assert offset > 10 * sse(y_shifted)  # a large common mean: most of SVD's error is offset
+
+
+def test_compress_model_takes_the_svd_baselines_at_a_rank_and_reports_their_true_fidelity():
+    x = correlated_inputs(800, 16, seed=4, mean_scale=4.0).float()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 8))
+    for method in ("svd", "svd_bias"):
+        replaced = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 8))
+        replaced.load_state_dict(model.state_dict())
+        reports = compress_model(replaced, x.split(200), rank=3, method=method)
+        assert all(type(replaced[i]).__name__ == "LowRankLinear" for i in (0, 2))
+        with torch.no_grad():  # the reported calibration EV, recomputed from the rows
+            y, y_hat = model[0](x).double(), replaced[0](x).double()
+        measured = 1 - (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+        assert reports[0].explained_variance_calibration == pytest.approx(measured.item(),
+                                                                          abs=1e-4)
+    with pytest.raises(ValueError, match="takes a rank and the layer objective; budget"):
+        compress_model(model, x.split(200), budget=0.5, method="svd_bias")
+    with pytest.raises(ValueError, match="method 'pca'"):
+        compress_linear(model[0], x, rank=2, method="pca")

@@ -7,31 +7,18 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import build_tiny_esm  # noqa: E402
 from distil_rank.embed import length_batches, main, read_fasta, read_labels  # noqa: E402
 from distil_rank.embeddings import load_embeddings  # noqa: E402
 from distil_rank.errors import InputError  # noqa: E402
 
-ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
-             "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".",
-             "-", "<null_1>", "<mask>"]
 SEQUENCES = {"p1": "MKTAYIAKQR", "p2": "GAVLI", "p3": "MSTNPKPQRKTKRNTNRRPQDVKFPGG",
              "p4": "AC", "p5": "WWYHHE", "p6": "MKVLAAGIV"}
 
 
 @pytest.fixture(scope="module")
 def tiny_esm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_esm")
-    (folder / "vocab.txt").write_text("\n".join(ESM_VOCAB))
-    tokenizer = transformers.EsmTokenizer(str(folder / "vocab.txt"))
-    config = transformers.EsmConfig(
-        vocab_size=len(ESM_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=22, position_embedding_type="rotary",
-        pad_token_id=1, mask_token_id=32, token_dropout=True, emb_layer_norm_before=False)
-    torch.manual_seed(0)
-    model = transformers.EsmModel(config, add_pooling_layer=False)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_esm(tmp_path_factory.mktemp("tiny_esm"))
 
 
 @pytest.fixture
@@ -200,6 +187,16 @@ def test_label_problems_name_the_record_and_line(fasta, tmp_path, text, message)
 
 
 
+def held_out(report: dict, fasta) -> list[str]:
+    """The held-out proteins of a compress run, recomputed from its seed and split."""
+    from distil_rank.embed import read_fasta
+    from distil_rank.embeddings import split_indices
+
+    sequences = [r.sequence for r in read_fasta(fasta)]
+    _, held = split_indices(len(sequences), 0.2, report["seed"])
+    return [sequences[i] for i in held]
+
+
 def test_compress_writes_a_model_that_load_compressed_loads_and_a_report(tiny_esm, tmp_path):
     from distil_rank import load_compressed
     from distil_rank.compress import main as compress
@@ -220,7 +217,22 @@ def test_compress_writes_a_model_that_load_compressed_loads_and_a_report(tiny_es
         ranks = [layer["rank"] for layer in report["layers"]]
         assert len(ranks) == 2 * 6 and any(r is not None for r in ranks)  # 6 Linear a layer
         assert -1 < report["holdout"]["explained_variance"] <= 1
-        assert report["tokens_per_second"]["dense"] > 0 and report["proteins"]["holdout"] == 8
+        assert report["proteins"]["holdout"] == 8 and report["objective"] == objective
+        speed = report["throughput"]
+        assert speed["passes"] == 5 and speed["proteins"] == 8
+        assert speed["tokens"] == sum(len(s) + 2 for s in held_out(report, fasta))
+        for model in ("dense", "compressed"):
+            timed = speed[model]
+            assert timed["repeats"] == 5 and timed["p25_ms"] <= timed["median_ms"] <= \
+                timed["p75_ms"]
+            assert timed["tokens_per_second"] == pytest.approx(
+                speed["tokens"] / timed["median_ms"] * 1e3)
+        assert speed["speedup"] == pytest.approx(speed["dense"]["median_ms"]
+                                                 / speed["compressed"]["median_ms"])
+        assert set(speed["untrusted"]) <= {"noisy", "quantised"}
+        with_pooler = transformers.EsmModel.from_pretrained(tiny_esm)  # as the docs once said
+        with pytest.raises(ValueError, match="add_pooling_layer=False"):
+            load_compressed(with_pooler, out / "model.lowrank.safetensors")
         fresh = transformers.EsmModel.from_pretrained(tiny_esm, add_pooling_layer=False)
         load_compressed(fresh, out / "model.lowrank.safetensors")  # checks every key and shape
         compressed = sum(type(m).__name__ == "LowRankLinear" for m in fresh.modules())

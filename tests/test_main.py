@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from distil_rank.benchmark import cli as main
+from distil_rank.benchmark.compressors import COMPRESSORS, HEAD_COMPRESSORS
 from distil_rank.benchmark.report import FIGURE_NAME, SUMMARY_NAME
 
 PUBLISHED_KEYS = ("svd_cosine", "svd_rel_mse", "student_cosine", "student_rel_mse",
@@ -45,9 +46,12 @@ def test_quick_run_writes_json_and_png(quick_run, root):
         entry = summary[teacher]
         for key in PUBLISHED_KEYS:
             assert math.isfinite(entry[key]), (teacher, key)
-        linear = {"svd", "data_aware", "distil", "distil_da"}
+        linear = set(COMPRESSORS)  # the registry is the one list
+        assert {"svd", "svd_bias", "data_aware", "distil", "distil_da"} <= linear
+        svd, shifted = (entry["methods"][m]["explained_variance"] for m in ("svd", "svd_bias"))
+        assert shifted >= svd  # the same factors, less the mean offset
         if teacher == "Fitness-Head":  # a head gets the task-aware compressors too, and only it
-            assert set(entry["methods"]) == linear | {"task_aware", "distil_task"}
+            assert set(entry["methods"]) == linear | set(HEAD_COMPRESSORS)
             assert entry["student_method"] == "distil_task"
             assert entry["student_cosine"] == entry["methods"]["distil_task"]["cosine"]
             methods = entry["methods"]

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 
 def test_readme_starts_with_the_two_commands_and_stays_short(root):
     text = (root / "README.md").read_text()
@@ -27,13 +29,45 @@ def python_blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
-@pytest.mark.parametrize("document", ["README.md", "CONTRIBUTING.md"])
-def test_every_python_block_runs_as_written(root, document, monkeypatch, capsys):
+DOCUMENTS = ["README.md", "CONTRIBUTING.md",
+             *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+
+
+def _prepare_esm_reload(folder, monkeypatch):
+    """What docs/api.md's reload block needs and no clone can ship: an ESM-2 compressed by the
+    tool into esm-half/, and from_pretrained of any ESM-2 name building the tiny one."""
+    import transformers
+
+    from conftest import build_tiny_esm
+    from distil_rank.compress import main as compress
+
+    (folder / "tiny-esm").mkdir()
+    tiny = build_tiny_esm(folder / "tiny-esm")
+    fasta = folder / "proteins.fasta"
+    fasta.write_text("".join(f">p{i}\nMKTAYIAKQRGAVL{'ACDEFGHIK'[:i % 9]}\n" for i in range(12)))
+    assert compress(["--model", str(tiny), "--fasta", str(fasta), "--budget", "0.5",
+                     "--out", str(folder / "esm-half"), "--device", "cpu"]) == 0
+    original = transformers.EsmModel.from_pretrained.__func__
+    monkeypatch.setattr(transformers.EsmModel, "from_pretrained", classmethod(
+        lambda cls, name, **options: original(cls, tiny, **options)))
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_python_block_runs_as_written(root, document, tmp_path, monkeypatch, capsys):
+    """Each page's ```python blocks run in turn in one namespace, as a reader follows the page,
+    from a fresh folder that holds the shipped embeddings (so nothing is written in the clone)."""
     blocks = python_blocks(root / document)
-    assert blocks, f"{document} has no python block"
-    monkeypatch.chdir(root)
+    if not blocks:
+        pytest.skip(f"{document} has no python block")
+    for name in ("embeddings_train.pt", "embeddings_val.pt"):
+        (tmp_path / name).symlink_to(root / name)
+    monkeypatch.chdir(tmp_path)
+    if any("load_compressed(model, \"esm-half/" in code for code in blocks):
+        _prepare_esm_reload(tmp_path, monkeypatch)
+        capsys.readouterr()
+    namespace = {"__name__": document.replace("/", "_")}
     for i, code in enumerate(blocks):
-        exec(compile(code, f"{document} block {i}", "exec"), {"__name__": f"{document}_{i}"})
+        exec(compile(code, f"{document} block {i}", "exec"), namespace)
     if document == "README.md":
         out = capsys.readouterr().out
         assert out.startswith("rank ") and "LowRankLinear 16" in out

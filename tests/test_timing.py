@@ -40,8 +40,9 @@ def test_latency_matrix_rows_and_flop_ratio():
 
 
 def test_a_wide_interquartile_range_is_flagged_noisy_and_said_so_in_the_table():
-    from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, _summary
     from distil_rank.benchmark.report import latency_table
+    from distil_rank.kernels.clock import NOISY_RELATIVE_IQR
+    from distil_rank.kernels.clock import summarise as _summary
 
     steady, busy = _summary([1.0] * 9 + [1.01]), _summary([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0])
     assert not steady["noisy"] and busy["noisy"]
@@ -56,8 +57,8 @@ def test_a_wide_interquartile_range_is_flagged_noisy_and_said_so_in_the_table():
 
 
 def test_cuda_records_show_the_memory_floor_the_passes_per_graph_and_the_fused_error():
-    from distil_rank.benchmark.latency import _summary
     from distil_rank.benchmark.report import latency_table
+    from distil_rank.kernels.clock import summarise as _summary
 
     def timing(ms):
         return _summary([ms] * 5) | {"calls_per_replay": 10}

@@ -27,6 +27,7 @@ from distil_rank.lowrank import (
     DEFAULT_DAMPING,
     compress_data_aware,
     compress_svd,
+    compress_svd_bias,
     data_aware_error_curve,
     explained_variance_curve,
     flop_ratio,
@@ -165,6 +166,14 @@ def fit_svd(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
     return Student(*_timed(lambda: compress_svd(teacher, rank, memo.svd(teacher.weight)), memo))
 
 
+def fit_svd_bias(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+    """Truncated SVD of W with the truncation's shift of the training mean folded into the
+    bias, b + (W - W_r) mu: SVD's factors, and of the data only its mean."""
+    memo = context.memo
+    return Student(*_timed(lambda: compress_svd_bias(
+        teacher, rank, memo.moments(context.data.train).mean, memo.svd(teacher.weight)), memo))
+
+
 def _data_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, memo: FitMemo):
     moments = memo.moments(rows)
     return compress_data_aware(teacher, moments, rank,
@@ -227,10 +236,10 @@ def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Stude
     return Student(None, start_seconds, warm_start=start, job=job)
 
 
-COMPRESSORS = {"svd": fit_svd, "data_aware": fit_data_aware, "distil": fit_distil,
-               "distil_da": fit_distil_da}
+COMPRESSORS = {"svd": fit_svd, "svd_bias": fit_svd_bias, "data_aware": fit_data_aware,
+               "distil": fit_distil, "distil_da": fit_distil_da}
 HEAD_COMPRESSORS = {"task_aware": fit_task_aware, "distil_task": fit_distil_task}
-SWEEP_METHODS = ("svd", "data_aware", "distil_da")
+SWEEP_METHODS = ("svd", "svd_bias", "data_aware", "distil_da")
 HEAD_SWEEP_METHODS = SWEEP_METHODS + ("task_aware",)  # distil_task: at the target rank only
 STUDENT = "distil_da"  # a linear teacher's student: its numbers fill the published keys
 HEAD_STUDENT = "distil_task"  # a head's student

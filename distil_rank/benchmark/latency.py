@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distil_rank.kernels.clock import graph_replay, time_calls
+from distil_rank.kernels.clock import (  # noqa: F401 (the clock's flags, re-exported)
+    NOISY_RELATIVE_IQR,
+    SCHEDULER_TICKS_MS,
+    graph_replay,
+    quantised,
+    summarise,
+    time_calls,
+)
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 
 TIMING_MODES = ("eager", "cuda_graph", "fused", "fused_graph")
@@ -54,17 +61,6 @@ class LatencySettings:
     repeats: int = 200  # timed calls; the median is reported
     batches: tuple[int, ...] = (1, 32, 256, 4096)  # the run's small dense-vs-factorised matrix
     budget_s: float = 0.5  # seconds per matrix cell at most (at least 5 calls)
-
-
-NOISY_RELATIVE_IQR = 0.25  # a timing whose interquartile range exceeds 25% of its median
-
-
-def _summary(times_ms: list[float]) -> dict:
-    quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else times_ms * 3
-    median = statistics.median(times_ms)
-    return {"median_ms": median, "p25_ms": quartiles[0], "p75_ms": quartiles[2],
-            "repeats": len(times_ms), "noisy": quartiles[2] - quartiles[0] > NOISY_RELATIVE_IQR
-            * median}
 
 
 def _input(batch: int, in_features: int, device: torch.device, dtype: torch.dtype,
@@ -111,7 +107,7 @@ def measure_latencies(modules: list[nn.Module], batch: int, in_features: int,
     for _ in range(repeats):
         for (fn, passes), kept in zip(calls, times):
             kept.append(time_calls(fn, device, 1)[0] / passes)
-    return [{**_summary(kept), "quantised": quantised(kept), "batch": batch,
+    return [{**summarise(kept), "batch": batch,
              "dtype": str(dtype).replace("torch.", ""), "mode": mode,
              "device": device_name(device), "calls_per_replay": passes,
              "threads": torch.get_num_threads() if device.type == "cpu" else None}
@@ -122,24 +118,6 @@ def measure_latency(module: nn.Module, batch: int, in_features: int, device: tor
                     **timing) -> dict:
     """`measure_latencies` of one module."""
     return measure_latencies([module], batch, in_features, device, **timing)[0]
-
-
-SCHEDULER_TICKS_MS = (1.0, 4.0, 10.0)  # the kernel's timer tick at HZ = 1000, 250 and 100
-
-
-def quantised(times_ms: list[float]) -> bool:
-    """Whether the times snap to a scheduler tick: at least 80% of them within a tenth of a tick
-    of a whole number of ticks, at a median of two ticks or more. A process that waits for a
-    core on a busy machine is timed in the scheduler's slices, with a tight spread that the
-    interquartile test does not catch; times that fall at random are near a whole number of
-    ticks one time in five."""
-    median = statistics.median(times_ms)
-    for tick in SCHEDULER_TICKS_MS:
-        if median >= 2 * tick:
-            near = sum(abs(t / tick - round(t / tick)) <= 0.1 for t in times_ms)
-            if near >= 0.8 * len(times_ms):
-                return True
-    return False
 
 
 PLAUSIBLE_OVER_FLOPS = 1.5  # a speedup above 1.5x the FLOP ratio is the clock's, not the layer's

@@ -17,6 +17,7 @@ SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
 METHOD_LABELS = {
     "svd": "svd (data-free)",
+    "svd_bias": "svd_bias (svd, mean shift in the bias)",
     "data_aware": "data_aware (closed form)",
     "distil": "distil (published recipe)",
     "distil_da": "distil_da (student)",
@@ -69,10 +70,7 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
              *_table(header + (("/ floor",) if floor else ()), "llrrrr" + ("r" if floor else ""),
                      rows, console)]
     for key, batch in matrix["break_even_batch"].items():
-        word = "not reached in the grid" if batch is None else (
-            f"{batch} (faster at every batch measured)" if batch == matrix["rows"][0]["batch"]
-            else str(batch))
-        lines.append(f"\nBreak-even batch ({key}): {word}.")
+        lines.append(f"\nBreak-even batch ({key}): {break_even_words(matrix, key, batch)}.")
     if matrix.get("graph_calls_per_replay"):
         lines.append(f"\nGraph modes capture {matrix['graph_calls_per_replay']} passes per graph "
                      "and report the time per pass.")
@@ -91,6 +89,25 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
         lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
                      f"{skip['why']}.")
     return lines
+
+
+def break_even_words(matrix: dict, key: str, batch: int | None) -> str:
+    """The break-even batch of one dtype/mode group, saying which cells it left out."""
+    group = [r for r in matrix["rows"] if f"{r['dtype']}/{r['mode']}" == key]
+    trusted = [r["batch"] for r in group if not untrusted(r)]
+    left_out = [str(r["batch"]) for r in group if untrusted(r)]
+    word = "not reached in the grid" if batch is None else (
+        f"{batch} (faster at every {'trusted ' if left_out else ''}batch measured)"
+        if trusted and batch == min(trusted) else str(batch))
+    if left_out:
+        word += f"; batch {', '.join(left_out)} left out as untrusted"
+    return word
+
+
+def speed_words(speedup: float) -> str:
+    """'2.04x faster' or '1.28x slower': 'Nx faster' is said only of N above 1."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else \
+        f"{1 / speedup:.2f}x slower (speedup {speedup:.2f}x)"
 
 
 def _fused_lines(matrix: dict) -> list[str]:
@@ -200,8 +217,9 @@ def teacher_latency_table(view: Results, console: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- figure
 
 TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:brown")
-METHOD_COLOURS = {"svd": "tab:gray", "data_aware": "tab:purple", "distil": "tab:orange",
-                  "distil_da": "tab:cyan", "task_aware": "tab:olive", "distil_task": "tab:pink"}
+METHOD_COLOURS = {"svd": "tab:gray", "svd_bias": "tab:brown", "data_aware": "tab:purple",
+                  "distil": "tab:orange", "distil_da": "tab:cyan", "task_aware": "tab:olive",
+                  "distil_task": "tab:pink"}
 LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
 
@@ -244,7 +262,7 @@ def _panel_fidelity(ax, summary, view: Results):
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
                       label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
         for bar, ev in zip(bars, means):  # upright, so that neighbours of equal height
-            ax.annotate(fmt(ev, ".3g"), (bar.get_x() + bar.get_width() / 2,  # never overlap
+            ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2,  # never overlap
                                          bar.get_height() if ev == ev else 1.0),
                         ha="center", va="bottom", fontsize=6.5, xytext=(0, 2), rotation=90,
                         textcoords="offset points")
@@ -258,8 +276,8 @@ def _panel_fidelity(ax, summary, view: Results):
     n = len(summary.seeds)
     cosines = [m.cosine for e in view.entries.values() for m in e.methods.values()]
     high = sum(c > 0.99 for c in cosines)
-    ax.set_title(f"Fidelity at rank {summary.target_rank} (labels: explained variance EV;\n"
-                 f"mean of {n} seed{'s' * (n > 1)}, bars: std). "
+    ax.set_title(f"Fidelity at rank {summary.target_rank}: bar height 1 - EV, label EV "
+                 f"(explained variance);\nmean of {n} seed{'s' * (n > 1)}, whiskers: std. "
                  f"Plain cosine above 0.99 for {high} of {len(cosines)} bars")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
@@ -281,13 +299,21 @@ def headline(summary: RunSummary) -> str:
     sentences = []
     if linear:
         ev = {m: [e.methods[m].explained_variance for e in linear]
-              for m in ("data_aware", "svd", student)}
+              for m in ("data_aware", "svd", "svd_bias", student) if m in linear[0].methods}
         sentences.append(
             f"At rank {summary.target_rank} of {summary.input_dim} ({first['compression']:.1f}x "
             f"fewer parameters) on {describe_data(summary)}, the closed form keeps "
             f"{_span(ev['data_aware'], '.3f')} of the linear teachers' output variance on "
-            f"held-out rows, the data-free SVD {_span(ev['svd'], '.3g')}, and {student} "
+            f"held-out rows (explained variance: 1 is the teacher, 0 its mean output, below 0 "
+            f"worse than that), the data-free SVD {_span(ev['svd'], '.3g')}, and {student} "
             f"{_span(ev[student], '.3f')}.")
+        if "svd_bias" in ev:
+            offset = [(b - s) / (1 - s) for s, b in zip(ev["svd"], ev["svd_bias"]) if s < 1]
+            sentences.append(
+                f"Most of SVD's loss is a constant offset: with the truncation's shift of the "
+                f"training mean folded into its bias (svd_bias) it keeps "
+                f"{_span(ev['svd_bias'], '.3g')}; the offset is {_span(offset, '.2%')} of SVD's "
+                "unexplained variance.")
     for name, entry in view.heads().items():
         best = max((m for m in ("task_aware", "distil_task") if m in entry.methods),
                    key=lambda m: entry.methods[m].task_spearman)
@@ -306,8 +332,8 @@ def _speed_sentence(summary: RunSummary) -> str:
     if row is None:
         return ""
     flags = untrusted(row)
-    said = (f"At batch {batch} on {matrix['device']} the rank-r layer ran {row['speedup']:.2f}x "
-            f"faster than dense (FLOP ratio {row['flop_ratio']:.1f}x)")
+    said = (f"At batch {batch} on {matrix['device']} the rank-r layer ran "
+            f"{speed_words(row['speedup'])} than dense (FLOP ratio {row['flop_ratio']:.1f}x)")
     return said + (f", a figure that cannot be trusted ({', '.join(flags)}: the machine was "
                    "busy)." if flags else ".")
 
@@ -369,9 +395,9 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
     ax.plot([flop_ratio(dim, dim, r) for r in ranks], _unexplained([curve[r] for r in ranks]),
             color="black", lw=1, label="closed form, exact (train rows)")
     std = view.std(teacher, "sweep")
-    markers = {"svd": dict(fmt="o-", ms=4), "data_aware": dict(fmt="s", ms=9, mfc="none"),
-               "distil_da": dict(fmt="o-", ms=4)}
-    for method in ("svd", "data_aware", "distil_da"):
+    markers = {"svd": dict(fmt="o-", ms=4), "svd_bias": dict(fmt="^-", ms=4),
+               "data_aware": dict(fmt="s", ms=9, mfc="none"), "distil_da": dict(fmt="o-", ms=4)}
+    for method in ("svd", "svd_bias", "data_aware", "distil_da"):
         values = sweep["methods"][method]["explained_variance"]
         errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
@@ -443,7 +469,7 @@ def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     import matplotlib.pyplot as plt
 
     teachers, view = summary.teachers, summary.results()
-    colours = dict(zip(teachers, TEACHER_COLOURS))
+    colours = {t: TEACHER_COLOURS[i % len(TEACHER_COLOURS)] for i, t in enumerate(teachers)}
     fig, axes = plt.subplots(3, 3, figsize=(19, 16))
     data_word = describe_data(summary)
     fig.suptitle(

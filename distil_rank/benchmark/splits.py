@@ -52,9 +52,10 @@ from distil_rank.metrics import fit_ridge, spearman
 from distil_rank.runtime import stage_seed
 
 SCHEMES = ("random", "modulo", "contiguous")
-COMPRESSED = ("svd", "data_aware", "task_aware", "distil_task", "task_labels", "distil_head")
+COMPRESSED = ("svd", "svd_bias", "data_aware", "task_aware", "distil_task", "task_labels",
+              "distil_head")
 BASELINES = ("scratch_lowrank", "pca", "ridge")
-CLOSED_AND_DISTILLED = ("svd", "data_aware", "task_aware", "distil_task")
+CLOSED_AND_DISTILLED = ("svd", "svd_bias", "data_aware", "task_aware", "distil_task")
 WITHIN = 0.01  # Spearman within which a head counts as keeping the dense head's
 LABEL_WEIGHT = 0.5  # task_labels: the labels' share of the blended target
 REFINE_LR = 2e-4  # task_labels: Adam's rate
