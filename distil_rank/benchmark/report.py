@@ -307,10 +307,13 @@ def headline(summary: RunSummary) -> str:
             f"held-out rows (explained variance: 1 is the teacher, 0 its mean output, below 0 "
             f"worse than that), the data-free SVD {_span(ev['svd'], '.3g')}, and {student} "
             f"{_span(ev[student], '.3f')}.")
-        if "svd_bias" in ev:
-            offset = [(b - s) / (1 - s) for s, b in zip(ev["svd"], ev["svd_bias"]) if s < 1]
+        pairs = [(s, b) for s, b in zip(ev["svd"], ev.get("svd_bias", []))
+                 if s is not None and b is not None and s == s and b == b and s < 1]
+        if pairs:  # explained variance is undefined where the teacher's output does not vary
+            offset = [(b - s) / (1 - s) for s, b in pairs]
             sentences.append(
-                f"Most of SVD's loss is a constant offset: with the truncation's shift of the "
+                f"{'Most' if min(offset) > 0.5 else 'Part'} of SVD's loss is a constant "
+                f"offset: with the truncation's shift of the "
                 f"training mean folded into its bias (svd_bias) it keeps "
                 f"{_span(ev['svd_bias'], '.3g')}; the offset is {_span(offset, '.2%')} of SVD's "
                 "unexplained variance.")
