@@ -13,6 +13,6 @@ from distil_rank.errors import InputError
 from distil_rank.lowrank import LowRankLinear
 from distil_rank.quantise import quantise_int8
 
-__version__ = "0.5.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
+__version__ = "0.6.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 __all__ = ["DistillSettings", "InputError", "LowRankLinear", "__version__", "compress_linear",
            "compress_model", "load_compressed", "quantise_int8", "save_compressed"]
