@@ -25,8 +25,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that every `finally` runs (temporary files go)."""
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every `finally` runs (temporary files go). A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` turns it into an error
+    of another kind."""
 
 
 def first_line(err: BaseException) -> str:
@@ -51,12 +53,14 @@ def cli_exit_code(run, *args) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no output was left half-written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("error: terminated (SIGTERM); no output was left half-written", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as stop:
+        name, code = ("interrupted (SIGINT)", 130) if isinstance(stop, KeyboardInterrupt) \
+            else ("terminated (SIGTERM)", 143)
+        written = getattr(stop, "outputs_written", None)
+        said = (f"after its outputs were written, complete ({', '.join(map(str, written))})"
+                if written else "before any output was replaced; none was left half-written")
+        print(f"error: {name} {said}", file=sys.stderr)
+        return code
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

@@ -6,7 +6,9 @@ import json
 import math
 import os
 import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -20,19 +22,32 @@ def atomic_write(path: str | Path, write) -> None:
     write_together({Path(path): write})
 
 
+SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def write_together(writers: dict[Path, object]) -> None:
     """Write several files as one: each writer(temporary path) renders its file beside its
-    target, then all are swapped in with SIGINT and SIGTERM held off, and if a swap fails the
-    ones before it are rolled back from hard links of the old files. The targets keep their old
-    contents or all get the new ones, never a mix, and no temporary file survives."""
+    target, then all are swapped in, and if a swap fails the ones before it are rolled back from
+    hard links of the old files. The targets keep their old contents or all get the new ones,
+    never a mix, and no temporary or backup survives, whenever a signal lands: SIGINT and
+    SIGTERM are held off (_signals_held) from the first swap until every backup is gone, and
+    from the start of any cleanup until its end. A signal held off until the new files were all
+    in place is raised then, marked `outputs_written` (the targets), so that its message can say the
+    outputs are complete. Leftovers of an older run killed outright (SIGKILL, power) are
+    removed first, with a note on stderr."""
     targets = [Path(target) for target in writers]
     temporaries = [t.parent / f".{t.name}.partial" for t in targets]
     backups = [t.parent / f".{t.name}.previous" for t in targets]
+    _remove_leftovers([*temporaries, *backups])
     try:
         for temporary, write in zip(temporaries, writers.values()):
             temporary.parent.mkdir(parents=True, exist_ok=True)
             write(temporary)
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except BaseException:
+        with _signals_held():
+            _unlink(temporaries)
+        raise
+    with _signals_held(mark=targets):
         swapped = []
         try:
             for target, backup in zip(targets, backups):
@@ -49,10 +64,59 @@ def write_together(writers: dict[Path, object]) -> None:
                     target.unlink(missing_ok=True)
             raise
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    finally:
-        for leftover in (*temporaries, *backups):
-            leftover.unlink(missing_ok=True)
+            _unlink([*temporaries, *backups])
+
+
+class _signals_held:
+    """SIGINT and SIGTERM held off inside: their Python handlers are swapped for one that only
+    records the signal (a handler, not a signal mask, because a signal can be delivered to any
+    of PyTorch's threads, and Python runs every handler in the main thread), and on the way out
+    the first one recorded is passed to the handler that was there. With `mark`, an interrupt
+    raised then, after the block ran to its end, gets `outputs_written = mark`. Off the main
+    thread, where handlers cannot be set, nothing is held off."""
+
+    def __init__(self, mark: list[Path] | None = None):
+        self.mark, self.caught, self.saved = mark, [], {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self.saved[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.caught.append(signum)
+
+    def __exit__(self, kind, error, trace):
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+        if not self.caught:
+            return False
+        signum, handler = self.caught[0], self.saved[self.caught[0]]
+        try:
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+        except BaseException as interrupt:
+            if kind is None and self.mark is not None:
+                interrupt.outputs_written = self.mark
+            raise
+        return False
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(paths: list[Path]) -> None:
+    found = [p for p in paths if p.exists() or p.is_symlink()]
+    if found:
+        with _signals_held():
+            _unlink(found)
+        print(f"note: removed {', '.join(str(p) for p in found)}, left by an earlier run that "
+              "was killed while writing", file=sys.stderr)
 
 
 def check_writable_folder(path: str | Path, what: str) -> None:

@@ -209,11 +209,13 @@ def test_a_figure_that_cannot_be_drawn_leaves_the_old_pair(root, old_results, mo
 def test_sigterm_during_a_run_leaves_the_old_pair_and_no_temporary(root, old_results):
     before = snapshot(old_results)
     proc = subprocess.Popen([sys.executable, "main.py", "--quick", "--out", str(old_results)],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(4)  # well into the work, long before the results are written
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # ready: its handler is in place and the work has begun
+        if "closed forms and warm starts" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
