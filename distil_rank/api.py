@@ -231,6 +231,11 @@ class LayerReport:
 def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
     """The chosen nn.Linear layers by name: at least one, each one of the model's."""
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if isinstance(layers, str) or not (layers is None or callable(layers)
+                                       or isinstance(layers, Iterable)):
+        raise TypeError(f"layers: a list of layer names or a predicate (name, module) -> bool, "
+                        f"got {layers!r}" + (f" (one layer: [{layers!r}])"
+                                             if isinstance(layers, str) else ""))
     if layers is None:
         chosen = linears
     elif callable(layers):
@@ -299,12 +304,16 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
     if probes is not None:
         handles += [m.register_forward_hook(output_hook(n)) for n, m in targets.items()]
     try:
-        for batch in tqdm(batches, desc=desc, leave=False, disable=None):
+        for i, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=None)):
             taps.clear()
             mask = torch.as_tensor(batch["attention_mask"]).bool() if skip_padding and \
                 isinstance(batch, dict) and "attention_mask" in batch else None
-            with torch.set_grad_enabled(probes is not None):
-                output = _forward(model, batch, call)
+            try:
+                with torch.set_grad_enabled(probes is not None):
+                    output = _forward(model, batch, call)
+            except (RuntimeError, TypeError, ValueError) as err:  # a batch of the wrong kind
+                raise ValueError(f"{desc}, batch {i}: {first_line(err)}; the model is "
+                                 "unchanged") from None
             if probes is None:
                 continue
             y = output_tensor(output) if probes.output_fn is None else probes.output_fn(output)
@@ -392,6 +401,7 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     if objective is None:
         objective = "output" if budget is not None else "layer"
     _check_baseline(method, target_explained_variance, None, False, budget, objective)
+    _check_module(model, "compress_model")
     targets = _targets(model, layers, rank, target_explained_variance, budget, objective)
     if budget is not None and objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
@@ -435,6 +445,9 @@ def _targets(model: nn.Module, layers, rank, target, budget, objective: str) -> 
         raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
     if budget is not None and (rank is not None or target is not None):
         raise ValueError("give exactly one of rank, target_explained_variance and budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget <= 1):
+        raise ValueError(f"budget {budget!r}: expected a fraction of the weights in (0, 1]")
     if isinstance(rank, dict) and layers is None:
         layers = list(rank)
     targets = _select(model, layers)
@@ -606,10 +619,19 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
+def _check_module(model, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} takes the model (an nn.Module), got a {type(model).__name__}"
+                        + (": pass the model itself, not its state_dict()"
+                           if isinstance(model, dict) else ""))
+
+
 def save_compressed(model: nn.Module, path: str | Path) -> None:
     """The model's state dict as safetensors, with which layers are LowRankLinear (and their
     shapes) in the file's metadata, so load_compressed can rebuild them in a fresh model."""
     from safetensors.torch import save_file
+
+    _check_module(model, "save_compressed")
 
     path = Path(path)
     if not path.parent.is_dir():
@@ -673,6 +695,7 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    _check_module(model, "load_compressed")
     path = Path(path)
     if not path.is_file():
         raise OSError(f"{path}: no such file")

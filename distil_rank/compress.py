@@ -38,7 +38,7 @@ from distil_rank.embed import (
     within_limit,
 )
 from distil_rank.embeddings import split_indices
-from distil_rank.errors import InputError, OneLineParser, cli_exit_code
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_argument
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.kernels.clock import in_turns
 from distil_rank.metrics import explained_variance
@@ -62,7 +62,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="fraction of the proteins held out for the report (default: 0.2)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split and the probes")
+    p.add_argument("--seed", type=seed_argument, default=0, help="seeds the split and the probes")
     return p
 
 
@@ -125,22 +125,29 @@ def run(args: argparse.Namespace) -> dict:
                          "and measure on another")
     device = resolve_device(args.device)
     tokenizer, model, source = load_esm(args.model, device, torch.float32)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.startswith("encoder.")]
+    if not names:
+        raise InputError(f"--model {args.model}: its encoder has no Linear layer to compress")
     sequences, limit, truncated = within_limit(records, model, args.fasta)
     fit, held = split_indices(len(sequences), args.holdout, args.seed)
+    if len(held) < 2:
+        raise InputError(f"--holdout {args.holdout}: of {len(sequences)} proteins in "
+                         f"{args.fasta} it holds out {len(held)}; the held-out explained "
+                         "variance needs at least 2 (more proteins, or a larger --holdout)")
     calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device)
     holdout_sequences = [sequences[i] for i in held]
     dense = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
                             progress=False)
     original = copy.deepcopy(model)  # timed in turns with the compressed model below
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and n.startswith("encoder.")]
     try:
         layers = compress_model(
             model, calibration, layers=names, budget=args.budget, objective=args.objective,
             call=pooled if args.objective == "output" else None, seed=args.seed,
             holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
     except ValueError as err:  # e.g. a budget below rank 1 in every layer
-        raise InputError(f"--budget {args.budget}: {err}") from None
+        what = f"--budget {args.budget}" if "budget" in str(err) else str(args.fasta)
+        raise InputError(f"{what}: {err}") from None
     small = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
                             progress=False)
     speed = throughput({"dense": original, "compressed": model}, tokenizer, holdout_sequences,

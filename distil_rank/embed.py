@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 
 from distil_rank.embeddings import EmbeddingSet, embeddings_payload, save_embeddings, split_indices
-from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
+from distil_rank.errors import (
+    InputError,
+    OneLineParser,
+    cli_exit_code,
+    first_line,
+    seed_argument,
+)
 from distil_rank.files import check_writable_file, check_writable_folder, write_together
 from distil_rank.runtime import resolve_device
 
@@ -330,7 +336,8 @@ def create_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 (or fp16) on CUDA, float32 on the CPU")
     p.add_argument("--split", type=float, default=None,
                    help="fraction for training: write a seeded train/validation pair")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --split shuffle (default: 0)")
+    p.add_argument("--seed", type=seed_argument, default=0,
+                   help="seed of the --split shuffle (default: 0)")
     return p
 
 

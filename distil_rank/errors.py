@@ -25,6 +25,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+SEED_LIMIT = 2**63  # torch.Generator().manual_seed takes a seed below this
+
+
+def seed_argument(text: str) -> int:
+    """argparse's type for --seed: a whole number in [0, 2**63), the range a torch generator
+    takes; anything else is a usage error (one line, exit 2)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{seed} is outside [0, 2**63)")
+    return seed
+
+
 class Terminated(BaseException):
     """SIGTERM, turned into an exception so that every `finally` runs (temporary files go). A
     BaseException, like KeyboardInterrupt, so that no `except Exception` turns it into an error

@@ -242,3 +242,32 @@ def test_compress_model_takes_the_svd_baselines_at_a_rank_and_reports_their_true
         compress_model(model, x.split(200), budget=0.5, method="svd_bias")
     with pytest.raises(ValueError, match="method 'pca'"):
         compress_linear(model[0], x, rank=2, method="pca")
+
+
+def test_compress_model_refuses_bad_arguments_before_it_changes_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(64, 8)
+    cases = [
+        (TypeError, r"layers: a list of layer names.*one layer: \['ab'\]",
+         dict(layers="ab", rank=2)),
+        (ValueError, r"measuring on holdout, batch 0: .*the model is unchanged",
+         dict(rank=2, holdout=[torch.randn(4, 5)])),
+        (ValueError, r"calibrating, batch 0: batch has dimension 3, expected 8",
+         dict(rank=2, calib=True)),
+        (ValueError, r"budget 'half': expected a fraction", dict(budget="half")),
+    ]
+    for error, message, options in cases:
+        calibration = [torch.randn(4, 3)] if options.pop("calib", False) else x.split(32)
+        with pytest.raises(error, match=message):
+            compress_model(model, calibration, **options)
+        assert all(type(m) in (nn.Linear, nn.ReLU) for m in model)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="not its state_dict"):
+        save_compressed(model.state_dict(), tmp_path / "m.safetensors")
+    save_compressed(model, tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="takes the model"):
+        load_compressed(model.state_dict(), tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match="takes the model"):
+        compress_model(model.state_dict(), x.split(32), rank=2)

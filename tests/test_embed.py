@@ -245,7 +245,7 @@ def test_compress_refuses_a_budget_it_cannot_keep_in_one_line(tiny_esm, fasta, t
 
     for budget in ("0", "1.5", "0.001"):  # the last: below rank 1 in every layer
         code = compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", budget,
-                         "--out", str(tmp_path / "out"), "--device", "cpu"])
+                         "--out", str(tmp_path / "out"), "--device", "cpu", "--holdout", "0.4"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("error: --budget"), err
         assert not (tmp_path / "out" / "report.json").exists()
@@ -257,9 +257,21 @@ def test_compress_says_and_records_how_many_proteins_it_cut_to_the_model_limit(
 
     out = tmp_path / "out"
     assert compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", "0.9",
-                     "--out", str(out), "--device", "cpu"]) == 0
+                     "--out", str(out), "--device", "cpu", "--holdout", "0.4"]) == 0
     too_long = sum(len(s) > 22 - 2 for s in SEQUENCES.values())
     assert too_long == 1  # p3, as the embedding tool's test finds
     assert f"note: truncated {too_long} sequence(s)" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["proteins"]["truncated_to_the_model_limit"] == too_long
+
+
+def test_compress_refuses_a_holdout_of_one_protein_up_front(tiny_esm, fasta, tmp_path, capsys):
+    """Six proteins at --holdout 0.2 hold out one: its explained variance would be nan."""
+    from distil_rank.compress import main as compress
+
+    code = compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", "0.5",
+                     "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: --holdout 0.2: of 6 proteins") and "at least 2" in err[0]
+    assert not (tmp_path / "out").exists()

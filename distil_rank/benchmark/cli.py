@@ -8,7 +8,7 @@ import sys
 
 from distil_rank import __version__
 from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
-from distil_rank.errors import OneLineParser, cli_exit_code
+from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def create_parser() -> argparse.ArgumentParser:
                         f"{QUICK['distill']['steps']} with --quick)")
     p.add_argument("--device", default=defaults.device,
                    help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=defaults.seed,
+    p.add_argument("--seed", type=seed_argument, default=defaults.seed,
                    help=f"seeds teachers, synthetic data, splits and distillation (default: "
                         f"{defaults.seed})")
     p.add_argument("--out", default=None,

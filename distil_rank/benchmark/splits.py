@@ -45,7 +45,7 @@ from distil_rank.benchmark.teachers import (
 )
 from distil_rank.distill import DistillSettings
 from distil_rank.embeddings import load_embeddings, split_indices
-from distil_rank.errors import InputError, OneLineParser, cli_exit_code
+from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_argument
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 from distil_rank.metrics import fit_ridge, spearman
@@ -413,7 +413,7 @@ def create_parser() -> argparse.ArgumentParser:
                         "results/quick with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="3 folds, 2 ranks, short training: a smoke run, not a result")
-    p.add_argument("--seed", type=int, default=0, help="seeds folds, heads and fits")
+    p.add_argument("--seed", type=seed_argument, default=0, help="seeds folds, heads and fits")
     p.add_argument("--quiet", action="store_true", help="print only where the results went")
     return p
 
