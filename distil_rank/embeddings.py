@@ -199,7 +199,14 @@ def _checked_labels(path: Path, n: int, fitness, position, ids):
         if not bool(torch.isfinite(fitness).all()):
             raise InputError(f"{path}: 'fitness' holds NaN or Inf (or values beyond float32)")
     if position is not None:
-        position = _as_tensor(path, "position", position).to(torch.int64).flatten()
+        position = _as_tensor(path, "position", position).flatten()
+        if position.is_floating_point():
+            whole = torch.isfinite(position) & (position == position.round())
+            if not bool(whole.all()):
+                bad = position[~whole][0].item()
+                raise InputError(f"{path}: 'position' holds {bad}, not a whole number (a "
+                                 "residue position is one)")
+        position = position.to(torch.int64)
         if position.numel() != n:
             raise InputError(f"{path}: 'position' has {position.numel()} values for {n} embeddings")
     if ids is not None:

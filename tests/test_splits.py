@@ -172,3 +172,39 @@ def test_the_readme_quotes_the_committed_record(root):
         split = record["splits"][scheme]
         assert f"{split['dense']['mean']:.3f} ({scheme})" in readme
         assert f"{split['gap_at_10x']:.3f}"[1:] in readme
+
+
+@pytest.mark.parametrize("change, message", [
+    ("nan position", "'position' holds nan, not a whole number"),
+    ("fractional position", "'position' holds 3.5, not a whole number"),
+    ("positions 3k", "leave modulo fold 1 of 3 empty"),
+    ("constant fitness", "every row has fitness 1; Spearman against a constant"),
+])
+def test_command_refuses_rows_a_split_cannot_score_before_any_training(tmp_path, capsys,
+                                                                       change, message):
+    x, y, position = fitness_rows(n=60)
+    position = position.double()
+    if change == "nan position":
+        position[5] = float("nan")
+    elif change == "fractional position":
+        position[7] = 3.5
+    elif change == "positions 3k":  # every position a multiple of the 3 quick folds
+        position = 3 * position
+    else:
+        y = torch.ones_like(y)
+    path = tmp_path / "rows.pt"
+    torch.save({"embeddings": x, "fitness": y, "position": position}, path)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / splits.JSON_NAME).write_text("earlier results")
+    code = splits.main(["--data", str(path), "--out", str(out), "--quick", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0] and "rows.pt" in err[0], err
+    assert (out / splits.JSON_NAME).read_text() == "earlier results"
+
+
+def test_the_default_data_is_found_from_any_folder(tmp_path, monkeypatch, root):
+    monkeypatch.chdir(tmp_path)
+    paths = splits._data_paths(list(splits.DEFAULT_FILES))
+    assert paths == [str(root.resolve() / name) for name in splits.DEFAULT_FILES]
+    assert splits._data_paths(["mine.pt"]) == ["mine.pt"]

@@ -28,7 +28,7 @@ class Dataset:
 SHIPPED_FOLDER = Path(__file__).resolve().parents[2]
 
 
-def _default_files(default_paths: tuple[str, str], shipped: Path | None) -> tuple[str, str]:
+def default_files(default_paths: tuple[str, str], shipped: Path | None) -> tuple[str, str]:
     """The default files as found: in the working directory when either is there, else in the
     shipped folder when either is there, else as named (both absent)."""
     folders = [Path(".")] + ([shipped] if shipped is not None else [])
@@ -63,7 +63,7 @@ def resolve_data(
         raise InputError(f"--data {mode!r}: expected auto, real or synthetic")
     using_defaults = (train_path, val_path) == tuple(default_paths)
     if using_defaults:
-        train_path, val_path = _default_files(default_paths, shipped)
+        train_path, val_path = default_files(default_paths, shipped)
     if mode == "synthetic" or (
         mode == "auto"
         and using_defaults

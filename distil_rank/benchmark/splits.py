@@ -37,6 +37,7 @@ from distil_rank.benchmark.compressors import (
     sweep_ranks,
     train_students,
 )
+from distil_rank.benchmark.data import SHIPPED_FOLDER, default_files
 from distil_rank.benchmark.teachers import (
     HeadSettings,
     Standardisation,
@@ -418,17 +419,46 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_rows(paths: list[str], y: torch.Tensor, position: torch.Tensor,
+               settings: SplitSettings) -> None:
+    """Refuse, before any training, data on which a split cannot be scored: too few distinct
+    positions, a fold of some scheme that would be empty, or a fitness that does not vary
+    (Spearman is undefined)."""
+    where = paths[0] if len(paths) == 1 else f"{', '.join(paths)} (pooled)"
+    if torch.unique(position).numel() < settings.folds:
+        raise InputError(f"{where}: {torch.unique(position).numel()} distinct positions "
+                         f"cannot make {settings.folds} position folds")
+    if bool((y == y[0]).all()):
+        raise InputError(f"{where}: every row has fitness {y[0].item():g}; Spearman against a "
+                         "constant is undefined")
+    for scheme in SCHEMES:
+        fold = assign_folds(position, scheme, settings.folds, settings.seed)
+        sizes = torch.bincount(fold, minlength=settings.folds)
+        if bool((sizes == 0).any()):
+            empty = int((sizes == 0).nonzero()[0])
+            raise InputError(f"{where}: the positions leave {scheme} fold {empty} of "
+                             f"{settings.folds} empty (every position a multiple of the fold "
+                             "count, say): nothing to test on there")
+
+
+def _data_paths(given: list[str]) -> list[str]:
+    """--data as given; the default files found as main.py finds them (the working directory,
+    then beside main.py), so that a run from any folder reads the shipped data."""
+    if list(given) != list(DEFAULT_FILES):
+        return list(given)
+    return list(default_files(DEFAULT_FILES, SHIPPED_FOLDER))
+
+
 def _run(args) -> None:
     out = Path(args.out or ("results/quick" if args.quick else "results"))
     check_writable_folder(out, "--out")
-    x, y, position = load_rows(args.data)
+    paths = _data_paths(args.data)
+    x, y, position = load_rows(paths)
     settings = SplitSettings(seed=args.seed, **(QUICK if args.quick else {}))
-    if torch.unique(position).numel() < settings.folds:
-        raise InputError(f"{args.data[0]}: {torch.unique(position).numel()} distinct positions "
-                         f"cannot make {settings.folds} position folds")
+    check_rows(paths, y, position, settings)
     summary = run_splits(x, y, position, settings,
                          progress=(lambda line: None) if args.quiet else print)
-    summary["data"] = list(args.data)
+    summary["data"] = list(args.data)  # as given: the record names no machine's folders
     written = write_outputs(out, summary)
     print(f"worst gap at 10x {summary['worst_gap_at_10x']:+.3f} "
           f"({summary['worst_split_at_10x']}); wrote {written[0]} and {written[1]}")
