@@ -29,6 +29,7 @@ import torch
 from distil_rank.benchmark.latency import environment
 from distil_rank.files import write_json
 from distil_rank.moments import load_moments
+from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,9 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp/distil_rank_1m")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the in-memory comparison (it needs rows x dim x 4 bytes of RAM)")
+    add_threads_option(p)
     args = p.parse_args()
+    apply_threads(args.threads)
 
     folder = Path(args.dir)
     start = time.perf_counter()

@@ -24,6 +24,7 @@ import torch
 from distil_rank.api import compress_model
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.files import write_json
+from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=24)
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    add_threads_option(p)
     args = p.parse_args()
+    apply_threads(args.threads)
     config = transformers.BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                                      intermediate_size=1024, vocab_size=1000)
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ from distil_rank.benchmark.latency import environment, latency_matrix, modes_for
 from distil_rank.benchmark.report import latency_table
 from distil_rank.files import write_json
 from distil_rank.kernels.fused import split_k_enabled
+from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,6 @@ def main() -> int:
     p.add_argument("--batches", default="1,32,256,4096,65536")
     p.add_argument("--devices", default="auto",
                    help="auto (cpu, plus cuda when present), cpu, cuda")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="CPU threads, fixed for the whole run")
     p.add_argument("--repeats", type=int, default=100, help="timed calls per cell, at most")
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per cell: fewer calls when one call is slow (at least 5)")
@@ -46,11 +45,12 @@ def main() -> int:
                    help="let the fused kernel's tuning try split-K plans too (opt-in until they "
                    "have run on a GPU: distil_rank/fused.py, split_k_enabled); the file name "
                    "ends in _splitk")
+    add_threads_option(p)
     args = p.parse_args()
     if args.split_k:
         os.environ["DISTIL_RANK_SPLIT_K"] = "1"
 
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # fixed for the whole run
     batches = tuple(int(b) for b in args.batches.split(","))
     devices = ["cpu", "cuda"] if args.devices == "auto" else [args.devices]
     if "cuda" in devices and not torch.cuda.is_available():

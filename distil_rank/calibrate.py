@@ -32,6 +32,7 @@ from distil_rank.embeddings import load_embeddings, numeric_array
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file
 from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments
+from distil_rank.runtime import add_threads_option, apply_threads
 
 
 def _npy_batches(path: Path, batch_rows: int):
@@ -159,6 +160,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .pt with count, mean, covariance")
     p.add_argument("--batch-rows", type=int, default=16384,
                    help="rows read at a time (default: 16384)")
+    add_threads_option(p)
     return p
 
 
@@ -178,6 +180,7 @@ def run(args: argparse.Namespace) -> InputMoments:
     if args.batch_rows < 1:
         raise InputError(f"--batch-rows {args.batch_rows}: must be at least 1")
     check_writable_file(args.out, "--out", (".pt",))
+    apply_threads(args.threads)
     world = world_size()
     paths = []
     for pattern in args.shards:

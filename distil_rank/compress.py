@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_ar
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.kernels.clock import in_turns
 from distil_rank.metrics import explained_variance
-from distil_rank.runtime import resolve_device
+from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
 
 MODEL_FILE, REPORT_FILE = "model.lowrank.safetensors", "report.json"
 
@@ -63,6 +64,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=seed_argument, default=0, help="seeds the split and the probes")
+    add_threads_option(p)
     return p
 
 
@@ -119,6 +121,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     _check(args)
+    threads = apply_threads(args.threads)
     records = read_fasta(args.fasta)
     if len(records) < 2:
         raise InputError(f"{args.fasta}: {len(records)} protein(s), need 2 to calibrate on one "
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace) -> dict:
     speed = throughput({"dense": original, "compressed": model}, tokenizer, holdout_sequences,
                        args.max_tokens, device)
     del original
-    report = _report(args, source, layers, dense, small, speed, len(fit), truncated)
+    report = {**_report(args, source, layers, dense, small, speed, len(fit), truncated),
+              "threads": asdict(threads)}
     out = Path(args.out)
     write_together({out / MODEL_FILE: lambda tmp: save_compressed(model, tmp),
                     out / REPORT_FILE: lambda tmp: Path(tmp).write_text(json_text(report))})

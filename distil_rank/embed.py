@@ -42,7 +42,7 @@ from distil_rank.errors import (
     seed_argument,
 )
 from distil_rank.files import check_writable_file, check_writable_folder, write_together
-from distil_rank.runtime import resolve_device
+from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
 
 # The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
 ESM2_MODELS = {
@@ -338,6 +338,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="fraction for training: write a seeded train/validation pair")
     p.add_argument("--seed", type=seed_argument, default=0,
                    help="seed of the --split shuffle (default: 0)")
+    add_threads_option(p)
     return p
 
 
@@ -362,6 +363,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"--split {args.split}: must be between 0 and 1")
     if args.max_tokens < 3:
         raise InputError(f"--max-tokens {args.max_tokens}: too small for one residue")
+    apply_threads(args.threads)
     if args.split is None:  # --out is a file of the format written
         check_writable_file(args.out, "--out", (".pt",))
     else:  # --out is a folder for embeddings_train.pt and embeddings_val.pt

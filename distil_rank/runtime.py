@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 import zlib
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.errors import InputError
+from distil_rank.errors import InputError, threads_argument
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -90,6 +91,24 @@ def choose_threads(requested: int | None) -> ThreadChoice:
     threads = max(1, min(torch.get_num_threads(), cores - others))
     return ThreadChoice(threads, cores, others,
                         f"{cores} core(s), {others} other runnable task(s) at the start")
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """The one --threads flag of every command."""
+    parser.add_argument("--threads", type=threads_argument, default=None,
+                        help="CPU threads for PyTorch (default: OMP_NUM_THREADS if set, else "
+                             "the cores that other running tasks leave free)")
+
+
+def apply_threads(requested: int | None, quiet: bool = False) -> ThreadChoice:
+    """The one thread policy of every command and bench script: choose_threads, applied to
+    PyTorch, and said on stdout (stderr stays for the one line of an error); returns the
+    choice for the record."""
+    choice = choose_threads(requested)
+    torch.set_num_threads(choice.threads)
+    if not quiet:
+        print(f"threads: {choice.threads} ({choice.reason}; --threads N overrides)", flush=True)
+    return choice
 
 
 def machine_load() -> dict:

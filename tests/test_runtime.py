@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from distil_rank import runtime
@@ -35,3 +36,33 @@ def test_a_busy_loop_is_seen_as_another_runnable_process():
     finally:
         busy.kill()
         busy.wait()
+
+
+@pytest.mark.parametrize("module", ["distil_rank.benchmark.cli", "distil_rank.compress",
+                                    "distil_rank.embed", "distil_rank.calibrate",
+                                    "distil_rank.benchmark.splits"])
+def test_every_command_takes_the_one_threads_flag(module, capsys):
+    import importlib
+
+    parser = importlib.import_module(module).create_parser()
+    assert "--threads" in parser.format_help()
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args(["--threads", "0"])
+    assert done.value.code == 2
+    assert "--threads: 0: at least 1 thread" in capsys.readouterr().err
+
+
+def test_apply_threads_sets_says_and_returns_the_choice(capsys, monkeypatch):
+    from distil_rank.runtime import apply_threads
+
+    before = torch.get_num_threads()
+    try:
+        choice = apply_threads(1)
+        assert torch.get_num_threads() == 1 and choice.threads == 1
+        assert choice.reason == "--threads"
+        assert capsys.readouterr().out == "threads: 1 (--threads; --threads N overrides)\n"
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert apply_threads(None, quiet=True).reason == "OMP_NUM_THREADS"
+        assert capsys.readouterr().out == ""
+    finally:
+        torch.set_num_threads(before)

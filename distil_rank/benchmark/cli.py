@@ -8,7 +8,7 @@ import sys
 
 from distil_rank import __version__
 from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
-from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
+from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument, threads_argument
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help=f"the Task-Trained teacher's start (default: {defaults.teacher.init}); "
                         "default is PyTorch's init, the recipe before the ablation "
                         "(docs/results.md)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads_argument, default=None,
                    help="CPU threads for PyTorch (default: OMP_NUM_THREADS if set, else "
                         "PyTorch's own, capped at the cores other runnable processes leave "
                         "free); the JSON records the choice and the machine's load")

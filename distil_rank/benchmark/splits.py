@@ -50,7 +50,7 @@ from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_ar
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 from distil_rank.metrics import fit_ridge, spearman
-from distil_rank.runtime import stage_seed
+from distil_rank.runtime import add_threads_option, apply_threads, stage_seed
 
 SCHEMES = ("random", "modulo", "contiguous")
 COMPRESSED = ("svd", "svd_bias", "data_aware", "task_aware", "distil_task", "task_labels",
@@ -416,6 +416,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="3 folds, 2 ranks, short training: a smoke run, not a result")
     p.add_argument("--seed", type=seed_argument, default=0, help="seeds folds, heads and fits")
     p.add_argument("--quiet", action="store_true", help="print only where the results went")
+    add_threads_option(p)
     return p
 
 
@@ -452,6 +453,7 @@ def _data_paths(given: list[str]) -> list[str]:
 def _run(args) -> None:
     out = Path(args.out or ("results/quick" if args.quick else "results"))
     check_writable_folder(out, "--out")
+    threads = apply_threads(args.threads, quiet=args.quiet)
     paths = _data_paths(args.data)
     x, y, position = load_rows(paths)
     settings = SplitSettings(seed=args.seed, **(QUICK if args.quick else {}))
@@ -459,6 +461,7 @@ def _run(args) -> None:
     summary = run_splits(x, y, position, settings,
                          progress=(lambda line: None) if args.quiet else print)
     summary["data"] = list(args.data)  # as given: the record names no machine's folders
+    summary["threads"] = asdict(threads)
     written = write_outputs(out, summary)
     print(f"worst gap at 10x {summary['worst_gap_at_10x']:+.3f} "
           f"({summary['worst_split_at_10x']}); wrote {written[0]} and {written[1]}")
