@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from distil_rank.allocate import _options, allocate_ranks
+from distil_rank.allocate import allocate_ranks
 
 
 def curve(eigenvalues):
@@ -17,15 +17,24 @@ def curve(eigenvalues):
 
 
 def brute_force(curves, shapes, budget, weights):
+    """Every combination of (a rank r with r (in + out) < in out, or dense) per layer, costed
+    here from first principles: a rank-r factorisation keeps r in + r out weights, a dense
+    layer in out; the least weighted error within the budget, and the choice that gives it."""
     names = list(curves)
-    choices = [_options(curves[n], *shapes[n], weights[n]) for n in names]
-    best = None
+    choices = []
+    for n in names:
+        fan_in, fan_out = shapes[n]
+        ranks = [r for r in range(1, min(fan_in, fan_out) + 1) if r * (fan_in + fan_out)
+                 < fan_in * fan_out]
+        choices.append([(r * (fan_in + fan_out), weights[n] * float(curves[n][r]), r)
+                        for r in ranks] + [(fan_in * fan_out, 0.0, None)])
+    best, picked = None, None
     for combo in itertools.product(*choices):
         cost = sum(c for c, _, _ in combo)
         error = sum(e for _, e, _ in combo)
         if cost <= budget and (best is None or error < best):
-            best = error
-    return best
+            best, picked = error, {n: (c, r) for n, (c, _, r) in zip(names, combo)}
+    return best, picked
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -41,10 +50,15 @@ def test_the_allocation_equals_brute_force(seed):
         chosen = allocate_ranks(curves, shapes, budget, weights)
         assert sum(c.weights for c in chosen.values()) <= budget
         total = sum(c.error for c in chosen.values())
-        assert total == pytest.approx(brute_force(curves, shapes, budget, weights), abs=1e-12)
+        best, picked = brute_force(curves, shapes, budget, weights)
+        assert total == pytest.approx(best, abs=1e-12)
         for name, c in chosen.items():  # each layer's figure is its own curve's
+            fan_in, fan_out = shapes[name]
+            assert c.weights == (fan_in * fan_out if c.rank is None
+                                 else c.rank * (fan_in + fan_out))
             if c.rank is not None:
                 assert c.error == pytest.approx(weights[name] * float(curves[name][c.rank]))
+        assert picked is not None
 
 
 def test_a_budget_below_rank_one_everywhere_is_refused():

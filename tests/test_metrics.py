@@ -74,3 +74,18 @@ def test_ridge_with_tiny_penalty_is_least_squares():
     torch.testing.assert_close(predict(z), (design @ coef).squeeze(1))
     # a large penalty shrinks towards the mean
     assert fit_ridge(z, t, alpha=1e6)(z).std() < 0.01 * t.std()
+
+
+def test_svd_discarded_energy_is_the_share_beyond_the_rank():
+    """A weight built with singular values 4, 3, 2, 1: at rank r the discarded share is the
+    sum of the squares beyond the r-th over 30."""
+    import torch
+
+    from distil_rank.metrics import svd_discarded_energy
+
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(5, 4, generator=g, dtype=torch.float64))
+    weight = u @ torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)) @ v.T
+    for rank, kept in ((0, 30), (1, 14), (2, 5), (3, 1), (4, 0)):
+        assert abs(svd_discarded_energy(weight, rank) - kept / 30) < 1e-12

@@ -208,3 +208,42 @@ def test_the_default_data_is_found_from_any_folder(tmp_path, monkeypatch, root):
     paths = splits._data_paths(list(splits.DEFAULT_FILES))
     assert paths == [str(root.resolve() / name) for name in splits.DEFAULT_FILES]
     assert splits._data_paths(["mine.pt"]) == ["mine.pt"]
+
+
+def sparse_positions(n: int = 500, seed: int = 0) -> torch.Tensor:
+    """Positions with uneven gaps (a scan of some sites only): cutting the range of values in
+    equal parts and cutting the distinct positions in equal parts then differ."""
+    sites = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 90, 150, 151, 152, 400, 401, 402, 403,
+                          404, 405, 406, 800])
+    g = torch.Generator().manual_seed(seed)
+    return sites[torch.randint(len(sites), (n,), generator=g)]
+
+
+def test_contiguous_folds_cut_the_distinct_positions_not_their_range():
+    position = sparse_positions()
+    fold = splits.assign_folds(position, "contiguous", 4, seed=0)
+    distinct = sorted(set(position.tolist()))  # 22 sites: blocks of 5 or 6, in order
+    per_fold = [sorted({int(p) for p, f in zip(position, fold) if f == k}) for k in range(4)]
+    assert [p for block in per_fold for p in block] == distinct
+    assert sorted(map(len, per_fold)) == [5, 5, 6, 6]
+
+
+@pytest.mark.parametrize("scheme", splits.SCHEMES)
+def test_every_fold_tests_on_its_own_rows_and_fits_and_selects_on_disjoint_others(scheme):
+    """Worked from the fold rule itself: the test rows are exactly the fold's rows; fit and
+    selection rows are the rest, disjoint from each other and from the test rows; under the
+    position schemes no position is in two of the three."""
+    position = sparse_positions(seed=1)
+    settings = splits.SplitSettings(folds=4)
+    fold_of = splits.assign_folds(position, scheme, 4, splits.stage_seed(0, f"splits/{scheme}"))
+    seen_test = []
+    for k, (fit, selection, test) in enumerate(splits.fold_rows(position, scheme, settings)):
+        assert test.tolist() == [i for i in range(len(position)) if fold_of[i] == k]
+        parts = [set(fit.tolist()), set(selection.tolist()), set(test.tolist())]
+        assert sum(map(len, parts)) == len(position) == len(set().union(*parts))
+        assert fit.numel() > 0 and selection.numel() > 0 and test.numel() > 0
+        if scheme != "random":
+            sites = [set(position[rows].tolist()) for rows in (fit, selection, test)]
+            assert not (sites[0] & sites[1] or sites[0] & sites[2] or sites[1] & sites[2])
+        seen_test += test.tolist()
+    assert sorted(seen_test) == list(range(len(position)))  # each row tested once

@@ -143,3 +143,45 @@ def test_dense_and_factorised_are_timed_interleaved(monkeypatch):
     latency.measure_latencies([dense, factorised], 4, 8, torch.device("cpu"), warmup=0,
                               repeats=5)
     assert "".join(order) == "AB" * 5  # each round times one call of each, in turn
+
+
+def test_each_flag_is_raised_on_its_own_side_of_its_threshold():
+    from distil_rank.benchmark.latency import PLAUSIBLE_OVER_FLOPS, trust_flags
+
+    quiet, noisy = {"noisy": False, "quantised": False}, {"noisy": True, "quantised": False}
+    assert trust_flags(noisy, quiet, 2.0, 10.0) == ["noisy"]  # either timing noisy
+    assert trust_flags(quiet, noisy, 2.0, 10.0) == ["noisy"]
+    assert trust_flags(noisy, noisy, 2.0, 10.0) == ["noisy"]
+    ceiling = PLAUSIBLE_OVER_FLOPS * 10.0
+    assert PLAUSIBLE_OVER_FLOPS == 1.5
+    assert trust_flags(quiet, quiet, ceiling, 10.0) == []
+    assert trust_flags(quiet, quiet, ceiling * 1.001, 10.0) == ["above the FLOP ratio"]
+    assert trust_flags(quiet, quiet, 12.0, 10.0) == []  # above the ratio, within the margin
+
+
+def test_the_interquartile_rule_flags_noise_on_both_sides_of_a_quarter():
+    from distil_rank.kernels.clock import summarise
+
+    # [1 - a] * 3 + [1] + [1 + a] * 3: quartiles 1 - a and 1 + a, median 1, so the range 2a
+    # is a quarter of the median at a = 0.125
+    def times(a):
+        return [1 - a] * 3 + [1.0] + [1 + a] * 3
+
+    assert not summarise(times(0.12))["noisy"] and summarise(times(0.13))["noisy"]
+
+
+def test_warm_up_calls_are_made_and_not_timed(monkeypatch):
+    from distil_rank.benchmark import latency
+    from distil_rank.kernels import clock
+
+    order = []
+    dense, factorised = nn.Linear(8, 8), LowRankLinear(8, 8, 2)
+    dense.register_forward_hook(lambda *a: order.append("A"))
+    factorised.register_forward_hook(lambda *a: order.append("B"))
+    timed = latency.measure_latencies([dense, factorised], 4, 8, torch.device("cpu"),
+                                      warmup=3, repeats=5)
+    assert "".join(order) == "AB" * 8 and [t["repeats"] for t in timed] == [5, 5]
+    calls = []
+    summaries = clock.in_turns([lambda: calls.append("a"), lambda: calls.append("b")],
+                               torch.device("cpu"), repeats=4, warmup=2)
+    assert "".join(calls) == "ab" * 6 and [s["repeats"] for s in summaries] == [4, 4]

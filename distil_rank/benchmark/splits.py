@@ -295,6 +295,19 @@ def summarise_split(folds: list[dict], ranks: list[int], target: int) -> dict:
             "rows": [f["rows"] for f in folds]}
 
 
+def fold_rows(position: torch.Tensor, scheme: str, settings: SplitSettings):
+    """(fit rows, selection rows, test rows) of each fold of `scheme` in turn: the test rows
+    are the fold's, the others the rest, split by selection_rows."""
+    seed = stage_seed(settings.seed, f"splits/{scheme}")
+    fold_of = assign_folds(position, scheme, settings.folds, seed)
+    for k in range(settings.folds):
+        train_rows = torch.nonzero(fold_of != k).squeeze(1)
+        fit, selection = selection_rows(train_rows, position, scheme,
+                                        settings.selection_fraction,
+                                        stage_seed(seed, f"selection/{k}"))
+        yield fit, selection, torch.nonzero(fold_of == k).squeeze(1)
+
+
 def run_splits(x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
                settings: SplitSettings, progress=print) -> dict:
     """Every scheme, every fold held out in turn: the summary JSON's content."""
@@ -304,15 +317,9 @@ def run_splits(x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
     splits, start = {}, time.perf_counter()
     for scheme in SCHEMES:
         seed = stage_seed(settings.seed, f"splits/{scheme}")
-        fold_of = assign_folds(position, scheme, settings.folds, seed)
         folds = []
-        for k in range(settings.folds):
-            train_rows = torch.nonzero(fold_of != k).squeeze(1)
-            fit, selection = selection_rows(train_rows, position, scheme,
-                                            settings.selection_fraction,
-                                            stage_seed(seed, f"selection/{k}"))
-            fold = Fold(x, y, fit, selection, torch.nonzero(fold_of == k).squeeze(1), settings,
-                        stage_seed(seed, f"fold/{k}"))
+        for k, (fit, selection, test) in enumerate(fold_rows(position, scheme, settings)):
+            fold = Fold(x, y, fit, selection, test, settings, stage_seed(seed, f"fold/{k}"))
             folds.append(score_fold(fold, ranks))
             progress(f"{scheme} fold {k + 1}/{settings.folds}: dense {folds[-1]['dense']:.3f} "
                      f"({time.perf_counter() - start:.0f} s)")
