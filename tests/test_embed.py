@@ -237,6 +237,35 @@ def test_compress_writes_a_model_that_load_compressed_loads_and_a_report(tiny_es
         load_compressed(fresh, out / "model.lowrank.safetensors")  # checks every key and shape
         compressed = sum(type(m).__name__ == "LowRankLinear" for m in fresh.modules())
         assert compressed == sum(r is not None for r in ranks)
+        recompute_the_report(report, fresh, tiny_esm, fasta)
+
+
+def recompute_the_report(report: dict, fresh, folder, fasta) -> None:
+    """The report's figures from the saved model, by hand: the weights kept (factors r (in +
+    out) or the dense in out, biases aside) over the encoder's Linear weights, and the held-out
+    pooled embeddings' cosine and explained variance against the dense model's."""
+    from distil_rank.embed import embed_sequences
+
+    dense = transformers.EsmModel.from_pretrained(folder, add_pooling_layer=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    kept = total = 0
+    for name, module in fresh.named_modules():
+        if not name.startswith("encoder."):
+            continue
+        if type(module).__name__ == "LowRankLinear":
+            kept += module.rank * (module.in_features + module.out_features)
+            total += module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Linear):
+            kept += module.weight.numel()
+            total += module.weight.numel()
+    assert report["weights_kept_fraction"] == pytest.approx(kept / total, rel=1e-12)
+    held = held_out(report, fasta)
+    y = embed_sequences(dense, tokenizer, held, progress=False).double()
+    y_hat = embed_sequences(fresh, tokenizer, held, progress=False).double()
+    cosine = torch.nn.functional.cosine_similarity(y_hat, y).mean().item()
+    explained = 1 - ((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert report["holdout"]["cosine"] == pytest.approx(cosine, abs=1e-5)
+    assert report["holdout"]["explained_variance"] == pytest.approx(explained.item(), abs=1e-5)
 
 
 def test_compress_refuses_a_budget_it_cannot_keep_in_one_line(tiny_esm, fasta, tmp_path,
