@@ -271,3 +271,31 @@ def test_compress_model_refuses_bad_arguments_before_it_changes_the_model(tmp_pa
         load_compressed(model.state_dict(), tmp_path / "m.safetensors")
     with pytest.raises(TypeError, match="takes the model"):
         compress_model(model.state_dict(), x.split(32), rank=2)
+
+
+def test_refinement_fits_and_chooses_on_disjoint_rows_of_the_calibration(monkeypatch):
+    """The rows refinement distils on and the rows that choose its checkpoint are a seeded
+    split of the calibration rows: disjoint, together all of them, the held-out share as
+    asked; the closed form it starts from is fitted on the fit rows alone."""
+    from distil_rank import api
+    from distil_rank.embeddings import split_indices
+
+    x = correlated_inputs(400, 10, seed=5).float()
+    seen = {}
+    real = api.refinement_job
+
+    def spy(teacher, start, fit, holdout, **options):
+        seen.update(fit=fit.clone(), holdout=holdout.clone(), start=start)
+        return real(teacher, start, fit, holdout, **options)
+
+    monkeypatch.setattr(api, "refinement_job", spy)
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 6)
+    compress_linear(layer, x.split(100), rank=2, refine_steps=3, holdout_fraction=0.25, seed=7)
+    fit_rows, held_rows = split_indices(400, 0.25, 7)
+    assert torch.equal(seen["fit"], x[fit_rows]) and torch.equal(seen["holdout"], x[held_rows])
+    assert not set(fit_rows.tolist()) & set(held_rows.tolist())
+    assert len(fit_rows) + len(held_rows) == 400 and len(held_rows) == 100
+    expected = compress_data_aware(layer, x[fit_rows], 2)
+    torch.testing.assert_close(seen["start"].up @ seen["start"].down,
+                               expected.up @ expected.down)
