@@ -43,8 +43,8 @@ def main() -> int:
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--split-k", action="store_true",
                    help="let the fused kernel's tuning try split-K plans too (opt-in until they "
-                   "have run on a GPU: distil_rank/fused.py, split_k_enabled); the file name "
-                   "ends in _splitk")
+                   "have run on a GPU: distil_rank/kernels/fused.py, split_k_enabled); the file "
+                   "name ends in _splitk")
     add_threads_option(p)
     args = p.parse_args()
     if args.split_k:

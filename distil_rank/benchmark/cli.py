@@ -26,9 +26,9 @@ def create_parser() -> argparse.ArgumentParser:
                         f"figures are measured on these (default: {defaults.val_path})")
     p.add_argument("--preset", choices=sorted({*PRESETS, *(n.rsplit("-", 1)[0] for n in PRESETS)}),
                    default=None,
-                   help="start from a named preset (distil_rank/config.py's PRESETS); flags given "
-                        "beside it still win. published: 1280-d synthetic, rank 64, the published "
-                        "recipe, into results/published")
+                   help="start from a named preset (distil_rank/benchmark/config.py's "
+                        "PRESETS); flags given beside it still win. published: 1280-d "
+                        "synthetic, rank 64, the published recipe, into results/published")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), default=None,
                    help=f"auto: the files if present (the defaults in the working directory, "
                         f"else beside main.py), synthetic 1280-d data if both default files "

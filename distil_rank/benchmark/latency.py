@@ -10,8 +10,8 @@ replays it, reporting the time per pass: this removes the per-kernel launch cost
 graph's own launch over the passes, as a serving stack that captures a whole model would see.
 (With one pass per graph, no replay took less than about 14 us in the H200 record of 0db7230:
 its small batches measured that floor, not the layer.) Modes "fused" and "fused_graph" are the
-same with LowRankLinear's one-kernel forward (distil_rank/fused.py); the dense layer is timed
-the same way in every mode, and "eager" and "cuda_graph" keep the factorised layer's two
+same with LowRankLinear's one-kernel forward (distil_rank/kernels/fused.py); the dense layer is
+timed the same way in every mode, and "eager" and "cuda_graph" keep the factorised layer's two
 products. A factorised layer is two kernels instead of one, so at small batches on a GPU it
 can be slower than the dense layer in eager mode; the matrix shows where that flips (the
 break-even batch size).

@@ -338,7 +338,7 @@ def _arrival_counts(device: torch.device, spans: int) -> torch.Tensor | None:
     not be replayed at once). None when there is no set yet and the stream is capturing a CUDA
     graph: zeroing a new set there would only be recorded, not run, so the launch takes the
     unsplit plan (a graph captured after a warm-up call on the same stream, as
-    timing.graph_replay does, finds the set made by that call)."""
+    kernels.clock.graph_replay does, finds the set made by that call)."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     counts = _COUNTS.get((device, stream))
     if counts is None or counts.numel() < spans:
