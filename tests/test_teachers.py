@@ -118,3 +118,66 @@ def test_task_trained_teacher_refuses_an_unknown_initialisation():
                                denoise_noise=0.5, spectral_tau=0.1, init="ones")
     with pytest.raises(ValueError, match="teacher init 'ones'"):
         task_trained_teacher(torch.randn(10, 4), settings, seed=0)
+
+
+def test_task_trained_teachers_stacked_equal_a_plain_loop_per_seed():
+    """The stacked denoising run against the loop written out here, one seed at a time with
+    its own nn.Linear and AdamW: the same teachers and losses, to a batched product's
+    rounding."""
+    from distil_rank.benchmark.teachers import TEACHER_INIT_SCALES, task_trained_teachers
+    from distil_rank.lowrank import seeded_linear
+
+    x = correlated_inputs(300, 12, seed=2).float()
+    settings = TeacherSettings(steps=40, lr=1e-2, batch_size=32, denoise_noise=0.5,
+                               spectral_tau=0.1, init="small", weight_decay=0.01)
+    stacked = task_trained_teachers(x, settings, [3, 4, 5])
+    for seed, (teacher, losses) in zip([3, 4, 5], stacked):
+        g = torch.Generator().manual_seed(seed)
+        layer = seeded_linear(12, 12, g)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.mul_(TEACHER_INIT_SCALES["small"])
+        sigma = 0.5 * float((x - x.mean(0)).pow(2).mean().sqrt())
+        optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=0.01)
+        expected = []
+        for _ in range(40):
+            clean = x[torch.randint(300, (32,), generator=g)]
+            loss = (layer(clean + sigma * torch.randn(clean.shape, generator=g)) - clean).pow(
+                2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            expected.append(loss.item())
+        torch.testing.assert_close(teacher.weight, layer.weight.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_fitness_heads_stacked_equal_train_head_per_seed():
+    """Three seeds' Fitness-Heads trained as one stack against train_head (the one-module
+    loop the position splits use) seed by seed: the same folded first layer, readout, selection
+    MSEs and kept step, to a batched product's rounding."""
+    from distil_rank.benchmark.teachers import Standardisation, fitness_heads, train_head
+    from distil_rank.lowrank import seeded_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(900, 8, generator=g) * torch.logspace(-1, 1, 8) + 20.0
+    y = torch.tanh(x[:, 0]) + 0.3 * x[:, 3] + 0.1 * torch.randn(900, generator=g)
+    settings = HeadSettings(steps=120, lr=3e-3, batch_size=64, eval_every=20)
+    rows = [(x[i * 200:i * 200 + 150], y[i * 200:i * 200 + 150], x[i * 200 + 150:(i + 1) * 200],
+             y[i * 200 + 150:(i + 1) * 200]) for i in range(3)]
+    stacked = fitness_heads(rows, settings, [7, 8, 9])
+    for seed, (fx, fy, sx, sy), (teacher, (mse, kept)) in zip([7, 8, 9], rows, stacked):
+        gen = torch.Generator().manual_seed(seed)
+        scale = Standardisation.of(fx, fy)
+        head = torch.nn.Sequential(seeded_linear(8, 8, gen), torch.nn.GELU(),
+                                   seeded_linear(8, 1, gen))
+        expected_mse, expected_step = train_head(head, scale.x(fx), scale.y(fy), scale.x(sx),
+                                                 scale.y(sy), settings, gen)
+        torch.testing.assert_close(torch.tensor(mse), torch.tensor(expected_mse), rtol=1e-4,
+                                   atol=1e-6)
+        assert kept == expected_step
+        with torch.no_grad():
+            folded = teacher.readout(teacher.layer(sx)).squeeze(-1)
+            plain = head(scale.x(sx)).squeeze(-1)
+        torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)

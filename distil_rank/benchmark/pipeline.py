@@ -48,8 +48,8 @@ from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry, sum
 from distil_rank.benchmark.stats import effective_rank
 from distil_rank.benchmark.teachers import (
     HEAD_NAME,
-    build_teachers,
-    fitness_head,
+    build_teachers_of_seeds,
+    fitness_heads,
 )
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError
@@ -168,14 +168,20 @@ def seed_rows(dataset: Dataset, seed: int, config: Config, has_fitness: bool) ->
     return data
 
 
-def build_seed_teachers(run: SeedRun, config: Config) -> None:
-    data, seed = run.data, run.seed
-    run.teachers, run.denoising_loss = build_teachers(
-        data.train, config.teacher, seed)
-    if data.fit_fitness is not None:
-        run.teachers[HEAD_NAME], (selection_mse, kept) = fitness_head(
-            data.fit, data.fit_fitness, data.selection, data.selection_fitness,
-            config.head, stage_seed(seed, f"teachers/{HEAD_NAME}"))
+def build_teachers(runs: list[SeedRun], config: Config) -> None:
+    """Every run's teachers, those of all seeds trained as one stack: the linear ones, and the
+    Fitness-Head where the data has fitness."""
+    linear = build_teachers_of_seeds(runs[0].data.train, config.teacher,
+                                     [run.seed for run in runs])
+    for run, (teachers, losses) in zip(runs, linear):
+        run.teachers, run.denoising_loss = teachers, losses
+    if runs[0].data.fit_fitness is None:
+        return
+    heads = fitness_heads([(r.data.fit, r.data.fit_fitness, r.data.selection,
+                            r.data.selection_fitness) for r in runs], config.head,
+                          [stage_seed(r.seed, f"teachers/{HEAD_NAME}") for r in runs])
+    for run, (head, (selection_mse, kept)) in zip(runs, heads):
+        run.teachers[HEAD_NAME] = head
         run.head_training = {"chosen_step": kept, "selection_mse": min(selection_mse)}
 
 
@@ -278,9 +284,8 @@ def run(config: Config) -> RunSummary:
     runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
             for seed in config.seeds()]
     warm_up(dim, device)
-    for i, seed_run in enumerate(runs, 1):
-        progress.stage("teachers", f", seed {seed_run.seed} ({i} of {len(runs)})")
-        build_seed_teachers(seed_run, config)
+    progress.stage("teachers", f" of {len(runs)} seed(s), trained as one stack")
+    build_teachers(runs, config)
     for i, seed_run in enumerate(runs, 1):
         progress.stage("closed forms", f" and warm starts, seed {seed_run.seed} ({i} of "
                                        f"{len(runs)})")

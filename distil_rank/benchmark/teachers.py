@@ -28,6 +28,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distil_rank.lowrank import seeded_linear
@@ -80,34 +81,55 @@ TEACHER_INIT_SCALES = {"default": 1.0, "small": 1e-2, "zero": 0.0}
 
 def task_trained_teacher(train_x: torch.Tensor, settings: TeacherSettings,
                          seed: int) -> tuple[nn.Linear, list[float]]:
+    """One seed's task_trained_teachers."""
+    return task_trained_teachers(train_x, settings, [seed])[0]
+
+
+def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
+                          seeds: list[int]) -> list[tuple[nn.Linear, list[float]]]:
     """Denoising: minimise ||layer(x + e) - x||^2 with e ~ N(0, (noise * spread)^2 I), where
     spread is the root-mean-square per-coordinate deviation of the embeddings from their mean
     (so the noise is on the scale of the data's own variation, not of its large common mean),
-    by AdamW from nn.Linear's default init scaled by TEACHER_INIT_SCALES[settings.init]."""
+    by AdamW from nn.Linear's default init scaled by TEACHER_INIT_SCALES[settings.init].
+
+    One teacher per seed, trained as one stack ([seeds, D, D] weights, one batched product a
+    step): each seed draws its init, rows and noise from its own generator in the order it
+    would alone, its loss is its own batch's mean, and AdamW acts elementwise, so each teacher
+    is the one it would be alone, to the rounding of a batched product. Returns (the frozen
+    layer, its loss per step) per seed."""
     if settings.init not in TEACHER_INIT_SCALES:
         raise ValueError(f"teacher init {settings.init!r}: expected one of "
                          f"{', '.join(TEACHER_INIT_SCALES)}")
-    g = torch.Generator().manual_seed(seed)
-    layer = seeded_linear(train_x.shape[1], train_x.shape[1], g)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.mul_(TEACHER_INIT_SCALES[settings.init])
+    dim, scale = train_x.shape[1], TEACHER_INIT_SCALES[settings.init]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    starts = [seeded_linear(dim, dim, g) for g in generators]
+    weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in starts]) * scale)
+    bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in starts]) * scale)
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
-    optimiser = torch.optim.AdamW(layer.parameters(), lr=settings.lr,
+    optimiser = torch.optim.AdamW([weight, bias], lr=settings.lr,
                                   weight_decay=settings.weight_decay)
+    rows = min(settings.batch_size, train_x.shape[0])
     losses = []
     for _ in range(settings.steps):
-        idx = torch.randint(train_x.shape[0], (min(settings.batch_size, train_x.shape[0]),),
-                            generator=g)
-        clean = train_x[idx]
-        noisy = clean + sigma * torch.randn(clean.shape, generator=g)
-        loss = (layer(noisy) - clean).pow(2).mean()
+        clean, noise = [], []
+        for g in generators:  # each seed's draws, in the order it makes them alone
+            clean.append(train_x[torch.randint(train_x.shape[0], (rows,), generator=g)])
+            noise.append(torch.randn(clean[-1].shape, generator=g))
+        clean, noise = torch.stack(clean), torch.stack(noise)
+        out = torch.baddbmm(bias.unsqueeze(1), clean + sigma * noise, weight.transpose(1, 2))
+        per_seed = (out - clean).pow(2).mean(dim=(1, 2))
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        per_seed.sum().backward()  # each seed's gradient is its own loss's
         optimiser.step()
-        losses.append(loss.item())
-    return _freeze(layer), losses
+        losses.append(per_seed.detach().tolist())
+    teachers = []
+    for k, layer in enumerate(starts):
+        with torch.no_grad():
+            layer.weight.copy_(weight[k])
+            layer.bias.copy_(bias[k])
+        teachers.append((_freeze(layer), [step[k] for step in losses]))
+    return teachers
 
 
 def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
@@ -176,17 +198,70 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
                  selection_y: torch.Tensor, settings: HeadSettings, seed: int):
     """The Fitness-Head teacher, frozen, and (its selection-row MSE per evaluation, the step
     kept)."""
-    g = torch.Generator().manual_seed(seed)
-    dim = fit_x.shape[1]
-    scale = Standardisation.of(fit_x, fit_y)
-    head = nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
-    trained = train_head(head, scale.x(fit_x), scale.y(fit_y), scale.x(selection_x),
-                         scale.y(selection_y), settings, g)
-    first = head[0]
-    with torch.no_grad():  # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
-        first.bias.sub_(first.weight @ (scale.x_mean / scale.x_std))
-        first.weight.div_(scale.x_std)
-    return Teacher(_freeze(first), _freeze(head[1:])), trained
+    return fitness_heads([(fit_x, fit_y, selection_x, selection_y)], settings, [seed])[0]
+
+
+def fitness_heads(rows: list[tuple], settings: HeadSettings, seeds: list[int]) -> list:
+    """fitness_head of every seed, rows[k] = (fit_x, fit_y, selection_x, selection_y) of seed
+    k, trained as one stack when the seeds' row counts agree (one batched product a step):
+    each seed draws its init and its batches from its own generator in the order it would
+    alone (train_head's rule), its loss is its own batch's mean, Adam acts elementwise and
+    each keeps its own best checkpoint, so each head is the one it would be alone, to the
+    rounding of a batched product."""
+    shapes = {tuple(t.shape for t in r) for r in rows}
+    if len(shapes) > 1:
+        return [fitness_heads([r], settings, [seed])[0] for r, seed in zip(rows, seeds)]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    dim = rows[0][0].shape[1]
+    scales = [Standardisation.of(fit_x, fit_y) for fit_x, fit_y, _, _ in rows]
+    heads = [nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
+             for g in generators]
+    stack = [nn.Parameter(torch.stack([h[i].weight.detach() for h in heads])) if j == 0 else
+             nn.Parameter(torch.stack([h[i].bias.detach() for h in heads]))
+             for i in (0, 2) for j in (0, 1)]  # first weight, first bias, last weight, last bias
+    x, y, sel_x, sel_y = (torch.stack(t) for t in zip(*[
+        (scale.x(fx), scale.y(fy), scale.x(sx), scale.y(sy))
+        for scale, (fx, fy, sx, sy) in zip(scales, rows)]))
+
+    def forward(inputs):  # [seeds, rows, dim] -> [seeds, rows]
+        w1, b1, w2, b2 = stack
+        hidden = F.gelu(torch.baddbmm(b1.unsqueeze(1), inputs, w1.transpose(1, 2)))
+        return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(-1)
+
+    optimiser = torch.optim.Adam(stack, lr=settings.lr)
+    checkpoints = [[] for _ in seeds]
+    best = [(float("inf"), None, 0) for _ in seeds]
+    batch = min(settings.batch_size, x.shape[1])
+    for step in range(settings.steps + 1):
+        if step % settings.eval_every == 0 or step == settings.steps:
+            with torch.no_grad():
+                mse = (forward(sel_x) - sel_y).pow(2).mean(1).tolist()
+            for k, value in enumerate(mse):
+                checkpoints[k].append(value)
+                if value < best[k][0]:
+                    best[k] = (value, [p[k].detach().clone() for p in stack], step)
+        if step == settings.steps:
+            break
+        idx = torch.stack([torch.randint(x.shape[1], (batch,), generator=g)
+                           for g in generators])
+        picked = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, dim))
+        loss = (forward(picked) - torch.gather(y, 1, idx)).pow(2).mean(1).sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    built = []
+    for k, (head, scale) in enumerate(zip(heads, scales)):
+        _, kept, step = best[k]
+        first = head[0]
+        with torch.no_grad():
+            for parameter, value in zip((head[0].weight, head[0].bias, head[2].weight,
+                                         head[2].bias), kept):
+                parameter.copy_(value)
+            # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
+            first.bias.sub_(first.weight @ (scale.x_mean / scale.x_std))
+            first.weight.div_(scale.x_std)
+        built.append((Teacher(_freeze(first), _freeze(head[1:])), (checkpoints[k], step)))
+    return built
 
 
 def teacher_seed(seed: int, name: str) -> int:
@@ -197,12 +272,22 @@ def teacher_seed(seed: int, name: str) -> int:
 def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
     """The linear teachers of the run of seed `seed` (on the CPU, float32) and the denoising
     loss curve."""
+    return build_teachers_of_seeds(train_x, settings, [seed])[0]
+
+
+def build_teachers_of_seeds(train_x: torch.Tensor, settings: TeacherSettings,
+                            seeds: list[int]) -> list[tuple[dict, list[float]]]:
+    """build_teachers of every seed, the Task-Trained teachers trained as one stack."""
     dim = train_x.shape[1]
-    trained, losses = task_trained_teacher(train_x, settings, teacher_seed(seed, "Task-Trained"))
-    teachers = {
-        "Random": random_teacher(dim, teacher_seed(seed, "Random")),
-        "Task-Trained": trained,
-        "Spectral": spectral_teacher(dim, seed=teacher_seed(seed, "Spectral"),
-                                     tau=settings.spectral_tau),
-    }
-    return {name: Teacher(layer) for name, layer in teachers.items()}, losses
+    trained = task_trained_teachers(train_x, settings,
+                                    [teacher_seed(seed, "Task-Trained") for seed in seeds])
+    built = []
+    for seed, (layer, losses) in zip(seeds, trained):
+        teachers = {
+            "Random": random_teacher(dim, teacher_seed(seed, "Random")),
+            "Task-Trained": layer,
+            "Spectral": spectral_teacher(dim, seed=teacher_seed(seed, "Spectral"),
+                                         tau=settings.spectral_tau),
+        }
+        built.append(({name: Teacher(layer) for name, layer in teachers.items()}, losses))
+    return built
