@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torchrun: data-parallel distillation on this process's
 rows, the result written per process."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,3 +36,11 @@ def main(folder: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Everything this test checks is written and both processes have met at the barrier. Leave
+    # without the interpreter's teardown, where gloo's background threads can meet a peer that
+    # has already gone and abort (SIGABRT, "terminate called without an active exception"):
+    # an abort after the work, which failed this test on busy machines and says nothing about
+    # the distillation it checks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
