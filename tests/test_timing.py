@@ -185,3 +185,24 @@ def test_warm_up_calls_are_made_and_not_timed(monkeypatch):
     summaries = clock.in_turns([lambda: calls.append("a"), lambda: calls.append("b")],
                                torch.device("cpu"), repeats=4, warmup=2)
     assert "".join(calls) == "ab" * 6 and [s["repeats"] for s in summaries] == [4, 4]
+
+
+def test_speed_is_said_as_slower_below_one_and_break_even_names_what_it_left_out():
+    from distil_rank.benchmark.report import break_even_words, speed_words
+
+    assert speed_words(2.04) == "2.04x faster"
+    assert speed_words(0.78) == "1.28x slower (speedup 0.78x)"
+
+    def row(batch, speedup, flags=()):
+        return {"batch": batch, "dtype": "float32", "mode": "eager", "speedup": speedup,
+                "untrusted": list(flags)}
+
+    matrix = {"rows": [row(1, 1.4, ["noisy"]), row(32, 2.0), row(256, 3.0)]}
+    words = break_even_words(matrix, "float32/eager", break_even_batch(matrix["rows"]))
+    assert words == ("32 (faster at every trusted batch measured); batch 1 left out as "
+                     "untrusted")
+    matrix = {"rows": [row(1, 0.9), row(32, 2.0), row(256, 3.0)]}
+    assert break_even_words(matrix, "float32/eager", 32) == "32"
+    assert break_even_words(matrix, "float32/eager", None) == "not reached in the grid"
+    matrix = {"rows": [row(1, 1.1), row(32, 2.0)]}
+    assert break_even_words(matrix, "float32/eager", 1) == "1 (faster at every batch measured)"
