@@ -452,7 +452,7 @@ def frontier_lines(record: dict) -> list[str]:
         lines.append(
             f"- At {budget} of the encoder's weights: the most faithful is `{faithful}` (cosine "
             f"{best['cosine_to_dense']:.3f}, {best['file_bytes'] / 1e6:.1f} MB, "
-            f"{best['speedup_vs_dense']:.2f}x); the fastest `{fastest}` "
+            f"{best['speedup_vs_dense']:.2f}x{_flags(best)}); the fastest trusted `{fastest}` "
             f"({mine[fastest]['speedup_vs_dense']:.2f}x at cosine "
             f"{mine[fastest]['cosine_to_dense']:.3f}). "
             + ("Weight-only int8 of the dense model is both more faithful and smaller "
@@ -462,6 +462,10 @@ def frontier_lines(record: dict) -> list[str]:
     lines.append("")
     lines.append(frontier_verdict(record, beaten))
     return lines
+
+
+def _flags(row: dict) -> str:
+    return f" ({', '.join(row['untrusted'])}: not a finding)" if row.get("untrusted") else ""
 
 
 def frontier_verdict(record: dict, beaten: list[bool] | None = None) -> str:
@@ -482,12 +486,13 @@ def frontier_verdict(record: dict, beaten: list[bool] | None = None) -> str:
                 f"{weight_only['cosine_to_dense']:.4f} at "
                 f"{weight_only['file_bytes'] / 1e6:.1f} MB (float32: "
                 f"{variants['dense']['file_bytes'] / 1e6:.1f} MB) but runs at "
-                f"{weight_only['speedup_vs_dense']:.2f}x dense on this CPU. What low rank buys "
+                f"{weight_only['speedup_vs_dense']:.2f}x dense on this CPU{_flags(weight_only)}. "
+                f"What low rank buys "
                 f"is speed: the fastest trusted variant, `{fast_name}`, ran "
                 f"{fast['speedup_vs_dense']:.2f}x at cosine {fast['cosine_to_dense']:.3f}"
                 + ("" if dynamic is None else
-                   f" (dynamic int8 of the dense model: {dynamic['speedup_vs_dense']:.2f}x at "
-                   f"{dynamic['cosine_to_dense']:.3f})") + ".")
+                   f" (dynamic int8 of the dense model: {dynamic['speedup_vs_dense']:.2f}x"
+                   f"{_flags(dynamic)} at {dynamic['cosine_to_dense']:.3f})") + ".")
     return (f"On {record['model']}, low rank keeps more per byte than weight-only int8 at "
             f"{sum(not b for b in beaten)} of {len(beaten)} budgets measured.")
 
