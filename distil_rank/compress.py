@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -143,14 +144,16 @@ def run(args: argparse.Namespace) -> dict:
     dense = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
                             progress=False)
     original = copy.deepcopy(model)  # timed in turns with the compressed model below
-    try:
-        layers = compress_model(
-            model, calibration, layers=names, budget=args.budget, objective=args.objective,
-            call=pooled if args.objective == "output" else None, seed=args.seed,
-            holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
-    except ValueError as err:  # e.g. a budget below rank 1 in every layer
-        what = f"--budget {args.budget}" if "budget" in str(err) else str(args.fasta)
-        raise InputError(f"{what}: {err}") from None
+    with warnings.catch_warnings(record=True) as warned:  # said as notes, after the run
+        warnings.simplefilter("always")
+        try:
+            layers = compress_model(
+                model, calibration, layers=names, budget=args.budget, objective=args.objective,
+                call=pooled if args.objective == "output" else None, seed=args.seed,
+                holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
+        except ValueError as err:  # e.g. a budget below rank 1 in every layer
+            what = f"--budget {args.budget}" if "budget" in str(err) else str(args.fasta)
+            raise InputError(f"{what}: {err}") from None
     small = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
                             progress=False)
     speed = throughput({"dense": original, "compressed": model}, tokenizer, holdout_sequences,
@@ -162,6 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     write_together({out / MODEL_FILE: lambda tmp: save_compressed(model, tmp),
                     out / REPORT_FILE: lambda tmp: Path(tmp).write_text(json_text(report))})
     truncation_note(truncated, limit)  # after the run: a failed one says one line only
+    for warning in warned:
+        print(f"note: {warning.message}", file=sys.stderr)
     flags = f"; untrusted: {', '.join(speed['untrusted'])}" if speed["untrusted"] else ""
     print(f"kept {report['weights_kept_fraction']:.1%} of the encoder's Linear weights; held-out "
           f"embedding cosine {report['holdout']['cosine']:.4f}, explained variance "
