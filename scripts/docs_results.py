@@ -468,15 +468,12 @@ def _flags(row: dict) -> str:
     return f" ({', '.join(row['untrusted'])}: not a finding)" if row.get("untrusted") else ""
 
 
-def frontier_verdict(record: dict, beaten: list[bool] | None = None) -> str:
-    """One sentence: does low rank ever keep more per byte than weight-only int8, and what
-    does it buy instead."""
+def frontier_verdict(record: dict, beaten: list[bool]) -> str:
+    """One sentence: does low rank ever keep more per byte than weight-only int8 (`beaten`:
+    per budget, whether it does not), and what does it buy instead. The last of
+    frontier_lines, which the README quotes."""
     variants = record["variants"]
-    weight_only, dynamic = (variants.get(f"dense + int8 {w}") for w in ("weight-only", "dynamic"))
-    if weight_only is None:
-        return ""
-    if beaten is None:
-        return frontier_lines(record)[-1]
+    weight_only, dynamic = (variants[f"dense + int8 {w}"] for w in ("weight-only", "dynamic"))
     fast = max((r for n, r in variants.items() if not r.get("untrusted")),
                key=lambda r: r["speedup_vs_dense"])
     fast_name = next(n for n, r in variants.items() if r is fast)
@@ -490,9 +487,8 @@ def frontier_verdict(record: dict, beaten: list[bool] | None = None) -> str:
                 f"What low rank buys "
                 f"is speed: the fastest trusted variant, `{fast_name}`, ran "
                 f"{fast['speedup_vs_dense']:.2f}x at cosine {fast['cosine_to_dense']:.3f}"
-                + ("" if dynamic is None else
-                   f" (dynamic int8 of the dense model: {dynamic['speedup_vs_dense']:.2f}x"
-                   f"{_flags(dynamic)} at {dynamic['cosine_to_dense']:.3f})") + ".")
+                + f" (dynamic int8 of the dense model: {dynamic['speedup_vs_dense']:.2f}x"
+                  f"{_flags(dynamic)} at {dynamic['cosine_to_dense']:.3f}).")
     return (f"On {record['model']}, low rank keeps more per byte than weight-only int8 at "
             f"{sum(not b for b in beaten)} of {len(beaten)} budgets measured.")
 
@@ -594,7 +590,7 @@ def render(source: Sources) -> dict[Path, str]:
         if not path.endswith("_quick.json"):
             docs = replace_between(docs, REAL_START, REAL_END,
                                    real_model_section(source.read(path)))
-            frontier = frontier_verdict(source.read(path))
+            frontier = (frontier_lines(source.read(path)) or [""])[-1]
     splits = source.read("reference/fitness_splits.json")
     if splits is not None:
         docs = replace_between(docs, SPLITS_START, SPLITS_END, fitness_splits_section(splits))
