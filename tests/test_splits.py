@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from distil_rank.benchmark import splits
-from distil_rank.benchmark.teachers import HeadSettings
+from distil_rank.benchmark.teachers import HeadSettings, fitness_head, train_heads
 from distil_rank.distill import DistillSettings
 from distil_rank.embeddings import EmbeddingSet, save_embeddings
 from distil_rank.lowrank import LowRankLinear
+from distil_rank.metrics import spearman
 
 
 def positions(n: int = 600, sites: int = 37, seed: int = 0) -> torch.Tensor:
@@ -127,9 +128,29 @@ def test_the_refinement_keeps_step_zero_when_nothing_beats_it():
     rows = torch.nonzero(fold_of != 0).squeeze(1)
     fit, selection = splits.selection_rows(rows, position, "modulo", 0.15, 0)
     fold = splits.Fold(x, y, fit, selection, torch.nonzero(fold_of == 0).squeeze(1), settings, 0)
-    scores, _ = splits.compressed(fold, splits.fitness_head(
-        x[fit], y[fit], x[selection], y[selection], HeadSettings(steps=30), 0)[0], [2])
-    assert scores["task_labels"] == pytest.approx(scores["task_aware"], abs=1e-6)
+    teacher = fitness_head(x[fit], y[fit], x[selection], y[selection], HeadSettings(steps=30),
+                           0)[0]
+    start = splits.compress_folds([fold], [teacher], [2])[0][2]["task_aware"].module
+    head = splits.refined(fold, teacher, start, 2)
+    train_heads([head.job])
+    with torch.no_grad():
+        closed = spearman(teacher.readout(start(x[fold.test])).squeeze(-1), y[fold.test])
+    assert head.score() == pytest.approx(closed, abs=1e-6)
+
+
+def test_a_fold_scores_alone_as_it_does_among_all_the_folds():
+    """score_folds trains every fold's heads as one stack: each fold's figures are those the
+    fold gets when it is scored alone (to a batched product's rounding)."""
+    x, y, position = fitness_rows(seed=2)
+    folds = [splits.Fold(x, y, fit, selection, test, TINY, 10 + k) for k, (fit, selection, test)
+             in enumerate(splits.fold_rows(position, "modulo", TINY))]
+    together = splits.score_folds(folds, [1, 4], progress=lambda line: None)
+    alone = splits.score_folds(folds[1:2], [1, 4], progress=lambda line: None)[0]
+    assert together[1]["dense_chosen_step"] == alone["dense_chosen_step"]
+    assert together[1]["rows"] == alone["rows"]
+    for method, scores in alone["methods"].items():
+        assert together[1]["methods"][method] == pytest.approx(scores, abs=2e-3), method
+    assert together[1]["ablation"] == pytest.approx(alone["ablation"], abs=2e-3)
 
 
 def test_command_refuses_a_file_without_positions_and_writes_nothing(tmp_path):

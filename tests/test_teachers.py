@@ -1,3 +1,4 @@
+import copy
 from dataclasses import replace
 
 import pytest
@@ -153,27 +154,55 @@ def test_task_trained_teachers_stacked_equal_a_plain_loop_per_seed():
                                    atol=1e-6)
 
 
-def test_fitness_heads_stacked_equal_train_head_per_seed():
-    """Three seeds' Fitness-Heads trained as one stack against train_head (the one-module
-    loop the position splits use) seed by seed: the same folded first layer, readout, selection
-    MSEs and kept step, to a batched product's rounding."""
-    from distil_rank.benchmark.teachers import Standardisation, fitness_heads, train_head
+def _plain_train_head(head, x, y, selection_x, selection_y, settings, generator):
+    """train_head's rule written out for one module: Adam on one random batch a step, the
+    selection MSE every eval_every steps (and the last), the best checkpoint kept."""
+    optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
+    curve, best = [], (float("inf"), None, 0)
+    for step in range(settings.steps + 1):
+        if step % settings.eval_every == 0 or step == settings.steps:
+            with torch.no_grad():
+                mse = (head(selection_x).squeeze(-1) - selection_y).pow(2).mean().item()
+            curve.append(mse)
+            if mse < best[0]:
+                best = (mse, copy.deepcopy(head.state_dict()), step)
+        if step == settings.steps:
+            break
+        idx = torch.randint(len(x), (min(settings.batch_size, len(x)),), generator=generator)
+        loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    head.load_state_dict(best[1])
+    return curve, best[2]
+
+
+def _toy_rows(n=900, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g) * torch.logspace(-1, 1, dim) + 20.0
+    y = torch.tanh(x[:, 0]) + 0.3 * x[:, 3] + 0.1 * torch.randn(n, generator=g)
+    return x, y
+
+
+def test_fitness_heads_stacked_equal_a_plain_loop_per_seed():
+    """Three seeds' Fitness-Heads, with different row counts, trained as one stack against a
+    plain one-module loop seed by seed: the same folded first layer, readout, selection MSEs
+    and kept step, to a batched product's rounding."""
+    from distil_rank.benchmark.teachers import Standardisation, fitness_heads
     from distil_rank.lowrank import seeded_linear
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(900, 8, generator=g) * torch.logspace(-1, 1, 8) + 20.0
-    y = torch.tanh(x[:, 0]) + 0.3 * x[:, 3] + 0.1 * torch.randn(900, generator=g)
+    x, y = _toy_rows()
     settings = HeadSettings(steps=120, lr=3e-3, batch_size=64, eval_every=20)
-    rows = [(x[i * 200:i * 200 + 150], y[i * 200:i * 200 + 150], x[i * 200 + 150:(i + 1) * 200],
-             y[i * 200 + 150:(i + 1) * 200]) for i in range(3)]
+    bounds = [(0, 150, 200), (200, 380, 420), (420, 560, 640)]  # fit, selection of each seed
+    rows = [(x[a:b], y[a:b], x[b:c], y[b:c]) for a, b, c in bounds]
     stacked = fitness_heads(rows, settings, [7, 8, 9])
     for seed, (fx, fy, sx, sy), (teacher, (mse, kept)) in zip([7, 8, 9], rows, stacked):
         gen = torch.Generator().manual_seed(seed)
         scale = Standardisation.of(fx, fy)
         head = torch.nn.Sequential(seeded_linear(8, 8, gen), torch.nn.GELU(),
                                    seeded_linear(8, 1, gen))
-        expected_mse, expected_step = train_head(head, scale.x(fx), scale.y(fy), scale.x(sx),
-                                                 scale.y(sy), settings, gen)
+        expected_mse, expected_step = _plain_train_head(head, scale.x(fx), scale.y(fy),
+                                                        scale.x(sx), scale.y(sy), settings, gen)
         torch.testing.assert_close(torch.tensor(mse), torch.tensor(expected_mse), rtol=1e-4,
                                    atol=1e-6)
         assert kept == expected_step
@@ -181,3 +210,41 @@ def test_fitness_heads_stacked_equal_train_head_per_seed():
             folded = teacher.readout(teacher.layer(sx)).squeeze(-1)
             plain = head(scale.x(sx)).squeeze(-1)
         torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_train_heads_groups_mixed_heads_and_each_is_the_one_it_would_be_alone():
+    """Low-rank and dense heads, two learning rates, shared and own inputs, small batches
+    clipped by the row count, and heads of another activation: train_heads against the plain
+    loop, job by job."""
+    from distil_rank.benchmark.teachers import HeadJob, train_heads
+    from distil_rank.lowrank import LowRankLinear, seeded_linear
+
+    x, y = _toy_rows(n=700)
+    fit_x, sel_x = x[:500], x[500:]
+    small = x[:40]  # a batch of 64 is clipped to its 40 rows
+    fast = HeadSettings(steps=60, lr=3e-3, batch_size=64, eval_every=15)
+    slow = replace(fast, lr=1e-3)
+
+    def make(kind, g):  # "tanh": a head the batched products do not cover (vmap trains it)
+        first = LowRankLinear(8, 8, 3, generator=g) if kind == "low" else seeded_linear(8, 8, g)
+        middle = torch.nn.Tanh() if kind == "tanh" else torch.nn.GELU()
+        return torch.nn.Sequential(first, middle, seeded_linear(8, 1, g))
+
+    specs = [("low", fit_x, y[:500], fast), ("low", fit_x, -y[:500], fast),
+             ("low", fit_x, y[:500], slow), ("dense", fit_x, y[:500], fast),
+             ("dense", small, y[:40], fast), ("low", fit_x[:300], y[:300], fast),
+             ("tanh", fit_x, y[:500], fast), ("tanh", fit_x[:200], y[:200], fast)]
+    heads = [make(kind, torch.Generator().manual_seed(k)) for k, (kind, *_) in enumerate(specs)]
+    plain = [copy.deepcopy(h) for h in heads]
+    jobs = [HeadJob(h, fx, fy, sel_x, y[500:], s, torch.Generator().manual_seed(100 + k))
+            for k, (h, (_, fx, fy, s)) in enumerate(zip(heads, specs))]
+    results = train_heads(jobs)
+    for k, ((curve, kept), head, reference) in enumerate(zip(results, heads, plain)):
+        _, fx, fy, s = specs[k]
+        expected = _plain_train_head(reference, fx, fy, sel_x, y[500:], s,
+                                     torch.Generator().manual_seed(100 + k))
+        torch.testing.assert_close(torch.tensor(curve), torch.tensor(expected[0]), rtol=1e-4,
+                                   atol=1e-6)
+        assert kept == expected[1]
+        for got, want in zip(head.parameters(), reference.parameters()):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

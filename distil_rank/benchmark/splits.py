@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,11 +37,13 @@ from distil_rank.benchmark.compressors import (
     train_students,
 )
 from distil_rank.benchmark.data import SHIPPED_FOLDER, default_files
+from distil_rank.benchmark.stats import mean_and_std
 from distil_rank.benchmark.teachers import (
+    HeadJob,
     HeadSettings,
     Standardisation,
-    fitness_head,
-    train_head,
+    fitness_heads,
+    train_heads,
 )
 from distil_rank.distill import DistillSettings
 from distil_rank.embeddings import load_embeddings, split_indices
@@ -148,19 +149,37 @@ class Fold:
 
     def __post_init__(self):
         self.scale = Standardisation.of(self.x[self.fit], self.y[self.fit])
+        self.fit_z, self.selection_z = (self.scale.x(self.x[rows])
+                                        for rows in (self.fit, self.selection))
 
-    def labels(self, head: nn.Module, name: str, targets: torch.Tensor | None = None,
-               inputs=None) -> float:
-        """Train `head` (on standardised inputs, or on `inputs(x)`) on the standardised labels
-        of the fit rows, or on `targets` there, keeping the checkpoint with the least selection
-        label MSE; its test Spearman."""
-        inputs = inputs or self.scale.x
-        fit_y = self.scale.y(self.y[self.fit]) if targets is None else targets
-        train_head(head, inputs(self.x[self.fit]), fit_y, inputs(self.x[self.selection]),
-                   self.scale.y(self.y[self.selection]), self.settings.head,
-                   torch.Generator().manual_seed(stage_seed(self.seed, name)))
+    def label_head(self, head: nn.Module, name: str, targets: torch.Tensor | None = None,
+                   inputs=None, lr: float | None = None) -> LabelHead:
+        """`head`, to be trained (train_heads) on standardised inputs, or on `inputs(x)`, on
+        the standardised labels of the fit rows, or on `targets` there, keeping the checkpoint
+        with the least selection label MSE."""
+        fit_z, selection_z = ((self.fit_z, self.selection_z) if inputs is None else
+                              (inputs(self.x[self.fit]), inputs(self.x[self.selection])))
+        settings = self.settings.head if lr is None else replace(self.settings.head, lr=lr)
+        job = HeadJob(head, fit_z, self.scale.y(self.y[self.fit]) if targets is None else targets,
+                      selection_z, self.scale.y(self.y[self.selection]), settings,
+                      torch.Generator().manual_seed(stage_seed(self.seed, name)))
+        return LabelHead(self, job, inputs or self.scale.x)
+
+
+@dataclass
+class LabelHead:
+    """A head of one fold trained on labels, and the inputs it reads."""
+
+    fold: Fold
+    job: HeadJob
+    inputs: object
+
+    def score(self) -> float:
+        """Its Spearman on the test fold."""
+        fold = self.fold
         with torch.no_grad():
-            return spearman(head(inputs(self.x[self.test])).squeeze(-1), self.y[self.test])
+            return spearman(self.job.head(self.inputs(fold.x[fold.test])).squeeze(-1),
+                            fold.y[fold.test])
 
 
 def pca_inputs(rows: torch.Tensor, rank: int):
@@ -172,59 +191,50 @@ def pca_inputs(rows: torch.Tensor, rank: int):
     return lambda x: (((x - mean).double() @ top) / scale).float()
 
 
-def baselines(fold: Fold, ranks: list[int]) -> dict[str, list[float]]:
-    """scratch_lowrank and pca at every rank, ridge (one figure, repeated at every rank)."""
+def baselines(fold: Fold, ranks: list[int]) -> tuple[dict[str, list], dict[str, list[float]]]:
+    """scratch_lowrank and pca at every rank (heads to train), ridge (its score, one figure
+    repeated at every rank)."""
     dim, g = fold.x.shape[1], torch.Generator().manual_seed(stage_seed(fold.seed, "baselines"))
-    scores = {"scratch_lowrank": [], "pca": []}
+    heads = {"scratch_lowrank": [], "pca": []}
     for rank in ranks:
-        scores["scratch_lowrank"].append(fold.labels(_lowrank_head(dim, rank, g),
-                                                     f"scratch/{rank}"))
+        heads["scratch_lowrank"].append(fold.label_head(_lowrank_head(dim, rank, g),
+                                                        f"scratch/{rank}"))
         head = nn.Sequential(seeded_linear(rank, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
-        scores["pca"].append(fold.labels(head, f"pca/{rank}",
-                                         inputs=pca_inputs(fold.x[fold.fit], rank)))
+        heads["pca"].append(fold.label_head(head, f"pca/{rank}",
+                                            inputs=pca_inputs(fold.x[fold.fit], rank)))
     x, y = fold.x, fold.y
     probes = [fit_ridge(x[fold.fit], y[fold.fit], alpha) for alpha in fold.settings.ridge_alphas]
     best = min(probes, key=lambda p: (p(x[fold.selection]) - y[fold.selection]).pow(2).mean())
-    scores["ridge"] = [spearman(best(x[fold.test]), y[fold.test])] * len(ranks)
-    return scores
+    return heads, {"ridge": [spearman(best(x[fold.test]), y[fold.test])] * len(ranks)}
 
 
-# ----------------------------------------------------------------------------- one fold
+# ----------------------------------------------------------------------------- the folds
 
 
-def compressed(fold: Fold, teacher, ranks: list[int]) -> tuple[dict[str, list[float]], dict]:
-    """The dense head's first layer compressed by every compressor at every rank, the readout
-    kept: each head's test Spearman (task_labels and distil_head from task_aware's head), and
-    the students."""
-    x, data_rows = fold.x, {"fit": fold.fit, "selection": fold.selection, "val": fold.test}
-    train_rows = torch.cat([fold.fit, fold.selection])
-    data = BenchmarkData(train=x[train_rows], **{k: x[v] for k, v in data_rows.items()},
-                         fit_fitness=fold.y[fold.fit], selection_fitness=fold.y[fold.selection])
-    context = FitContext(data, fold.settings.distill, torch.device("cpu"),
-                         seed=stage_seed(fold.seed, "compress"), readout=teacher.readout)
-    students = {rank: compress_teacher(teacher.layer, rank, replace(
-        context, seed=stage_seed(context.seed, f"rank/{rank}")), CLOSED_AND_DISTILLED,
-        train=False) for rank in ranks}
-    train_students([s for at in students.values() for s in at.values()], context.device,
-                   desc="splits")
-    test_x, test_y = x[fold.test], fold.y[fold.test]
-    scores = {m: [] for m in COMPRESSED}
-    with torch.no_grad():
-        for rank in ranks:
-            for method in CLOSED_AND_DISTILLED:
-                out = teacher.readout(students[rank][method].module(test_x)).squeeze(-1)
-                scores[method].append(spearman(out, test_y))
-    for rank in ranks:
-        start = students[rank]["task_aware"].module
-        scores["task_labels"].append(task_labels(fold, teacher, start, rank))
-        scores["distil_head"].append(task_labels(fold, teacher, start, rank, 0.0,
-                                                 name="distil_head"))
-    return scores, students
+def compress_folds(folds: list[Fold], teachers: list, ranks: list[int]) -> list[dict]:
+    """Each fold's dense head's first layer compressed by CLOSED_AND_DISTILLED at every rank,
+    the distillations of every fold trained as one stack: per fold, {rank: {method: Student}}."""
+    per_fold, pending = [], []
+    for fold, teacher in zip(folds, teachers):
+        x, data_rows = fold.x, {"fit": fold.fit, "selection": fold.selection, "val": fold.test}
+        train_rows = torch.cat([fold.fit, fold.selection])
+        data = BenchmarkData(train=x[train_rows], **{k: x[v] for k, v in data_rows.items()},
+                             fit_fitness=fold.y[fold.fit],
+                             selection_fitness=fold.y[fold.selection])
+        context = FitContext(data, fold.settings.distill, torch.device("cpu"),
+                             seed=stage_seed(fold.seed, "compress"), readout=teacher.readout)
+        students = {rank: compress_teacher(teacher.layer, rank, replace(
+            context, seed=stage_seed(context.seed, f"rank/{rank}")), CLOSED_AND_DISTILLED,
+            train=False) for rank in ranks}
+        per_fold.append(students)
+        pending += [s for at in students.values() for s in at.values()]
+    train_students(pending, torch.device("cpu"), desc="splits")
+    return per_fold
 
 
-def task_labels(fold: Fold, teacher, start: LowRankLinear, rank: int,
-                label_weight: float | None = None, lr: float | None = None,
-                name: str = "task_labels") -> float:
+def refined(fold: Fold, teacher, start: LowRankLinear, rank: int,
+            label_weight: float | None = None, lr: float | None = None,
+            name: str = "task_labels") -> LabelHead:
     """task_aware's head refined on the blend of labels and the dense head's outputs (by
     default the settings' blend and rate; lr None in ABLATION: the dense head's rate)."""
     settings = fold.settings
@@ -233,42 +243,60 @@ def task_labels(fold: Fold, teacher, start: LowRankLinear, rank: int,
                          copy.deepcopy(teacher.readout[1]).requires_grad_(True))
     with torch.no_grad():
         dense = teacher.readout(teacher.layer(fold.x[fold.fit])).squeeze(-1)
-    refine = replace(fold, settings=replace(settings, head=replace(
-        settings.head, lr=lr or settings.refine_lr)))
-    return refine.labels(head, f"{name}/{rank}", w * fold.scale.y(fold.y[fold.fit]) +
-                         (1 - w) * dense)
+    return fold.label_head(head, f"{name}/{rank}", w * fold.scale.y(fold.y[fold.fit]) +
+                           (1 - w) * dense, lr=lr or settings.refine_lr)
 
 
-def ablation(fold: Fold, teacher, start: LowRankLinear, rank: int) -> dict[str, float]:
-    """task_labels with one part changed (ABLATION), at one rank."""
-    head_lr = fold.settings.head.lr
-    return {name: task_labels(fold, teacher, start, rank, w, lr or head_lr, name)
-            for name, (w, lr) in ABLATION.items()}
+def score_folds(folds: list[Fold], ranks: list[int], progress=print) -> list[dict]:
+    """The dense head and every compressed head and baseline on each held-out fold, the heads
+    of every fold trained together (train_heads, train_students): each fold's figures are
+    those it would have alone."""
+    start = time.perf_counter()
 
+    def stage(what: str) -> None:
+        progress(f"{what} ({time.perf_counter() - start:.0f} s)")
 
-def score_fold(fold: Fold, ranks: list[int]) -> dict:
-    """The dense head and every compressed head and baseline on one held-out fold."""
-    x, y = fold.x, fold.y
-    teacher, (_, chosen) = fitness_head(x[fold.fit], y[fold.fit], x[fold.selection],
-                                        y[fold.selection], fold.settings.head,
-                                        stage_seed(fold.seed, "dense"))
-    with torch.no_grad():
-        dense = spearman(teacher.readout(teacher.layer(x[fold.test])).squeeze(-1), y[fold.test])
-    scores, students = compressed(fold, teacher, ranks)
-    target = max(1, x.shape[1] // fold.settings.rank_divisor)
-    return {"dense": dense, "dense_chosen_step": chosen,
-            "methods": {**scores, **baselines(fold, ranks)},
-            "ablation": ablation(fold, teacher, students[target]["task_aware"].module, target),
-            "rows": {"fit": len(fold.fit), "selection": len(fold.selection),
-                     "test": len(fold.test)}}
+    dense = fitness_heads([(f.x[f.fit], f.y[f.fit], f.x[f.selection], f.y[f.selection])
+                           for f in folds], folds[0].settings.head,
+                          [stage_seed(f.seed, "dense") for f in folds])
+    stage(f"{len(folds)} dense heads trained")
+    students = compress_folds(folds, [teacher for teacher, _ in dense], ranks)
+    stage(f"{len(folds) * len(ranks) * len(CLOSED_AND_DISTILLED)} compressions fitted")
+    target = max(1, folds[0].x.shape[1] // folds[0].settings.rank_divisor)
+    results, heads = [], []
+    for fold, (teacher, (_, chosen)), at in zip(folds, dense, students):
+        with torch.no_grad():
+            test_x, test_y = fold.x[fold.test], fold.y[fold.test]
+            methods = {m: [spearman(teacher.readout(at[r][m].module(test_x)).squeeze(-1), test_y)
+                           for r in ranks] for m in CLOSED_AND_DISTILLED}
+            dense_score = spearman(teacher.readout(teacher.layer(test_x)).squeeze(-1), test_y)
+        label, ridge = baselines(fold, ranks)
+        label["task_labels"] = [refined(fold, teacher, at[r]["task_aware"].module, r)
+                                for r in ranks]
+        label["distil_head"] = [refined(fold, teacher, at[r]["task_aware"].module, r, 0.0,
+                                        name="distil_head") for r in ranks]
+        ablation = {name: refined(fold, teacher, at[target]["task_aware"].module, target, w,
+                                  lr or fold.settings.head.lr, name)
+                    for name, (w, lr) in ABLATION.items()}
+        heads += [h for hs in label.values() for h in hs] + list(ablation.values())
+        results.append((fold, dense_score, chosen, methods, ridge, label, ablation))
+    train_heads([head.job for head in heads])
+    stage(f"{len(heads)} label-trained heads trained")
+    return [{"dense": dense_score, "dense_chosen_step": chosen,
+             "methods": {**methods, **{m: [h.score() for h in hs] for m, hs in label.items()},
+                         **ridge},
+             "ablation": {name: head.score() for name, head in ablation.items()},
+             "rows": {"fit": len(fold.fit), "selection": len(fold.selection),
+                      "test": len(fold.test)}}
+            for fold, dense_score, chosen, methods, ridge, label, ablation in results]
 
 
 # ----------------------------------------------------------------------------- the experiment
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "per_fold": values}
+    mean, std = mean_and_std(values)
+    return {"mean": mean, "std": std, "per_fold": values}
 
 
 def summarise_split(folds: list[dict], ranks: list[int], target: int) -> dict:
@@ -310,20 +338,21 @@ def fold_rows(position: torch.Tensor, scheme: str, settings: SplitSettings):
 
 def run_splits(x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
                settings: SplitSettings, progress=print) -> dict:
-    """Every scheme, every fold held out in turn: the summary JSON's content."""
+    """Every scheme, every fold held out in turn (the folds of every scheme trained together):
+    the summary JSON's content."""
     dim = x.shape[1]
     target = max(1, dim // settings.rank_divisor)
     ranks = sorted({*sweep_ranks(dim, settings.divisors), target})
-    splits, start = {}, time.perf_counter()
+    start = time.perf_counter()
+    folds = {}
     for scheme in SCHEMES:
         seed = stage_seed(settings.seed, f"splits/{scheme}")
-        folds = []
-        for k, (fit, selection, test) in enumerate(fold_rows(position, scheme, settings)):
-            fold = Fold(x, y, fit, selection, test, settings, stage_seed(seed, f"fold/{k}"))
-            folds.append(score_fold(fold, ranks))
-            progress(f"{scheme} fold {k + 1}/{settings.folds}: dense {folds[-1]['dense']:.3f} "
-                     f"({time.perf_counter() - start:.0f} s)")
-        splits[scheme] = summarise_split(folds, ranks, target)
+        folds[scheme] = [Fold(x, y, fit, selection, test, settings, stage_seed(seed, f"fold/{k}"))
+                         for k, (fit, selection, test) in enumerate(fold_rows(position, scheme,
+                                                                             settings))]
+    scored = iter(score_folds([f for scheme in SCHEMES for f in folds[scheme]], ranks, progress))
+    splits = {scheme: summarise_split([next(scored) for _ in folds[scheme]], ranks, target)
+              for scheme in SCHEMES}
     worst = max(SCHEMES, key=lambda s: splits[s]["gap_at_10x"])
     return {"rows": len(x), "dim": dim, "ranks": ranks, "rank_at_10x": target,
             "compression": [flop_ratio(dim, dim, r) for r in ranks],

@@ -25,13 +25,13 @@ random state is never touched.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distil_rank.lowrank import seeded_linear
+from distil_rank.lowrank import LowRankLinear, seeded_linear
 from distil_rank.runtime import stage_seed
 
 HEAD_NAME = "Fitness-Head"
@@ -145,31 +145,137 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     return _freeze(layer)
 
 
+@dataclass
+class HeadJob:
+    """One head to train on labels (train_heads): its inputs and targets, fit and selection,
+    its settings and the generator its batches are drawn from."""
+
+    head: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    selection_x: torch.Tensor
+    selection_y: torch.Tensor
+    settings: HeadSettings
+    generator: torch.Generator
+
+
 def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, selection_x: torch.Tensor,
                selection_y: torch.Tensor, settings: HeadSettings, generator: torch.Generator):
     """Train `head` in place by Adam on the MSE to `y` (one random batch of rows per step),
     evaluating the selection rows' MSE every `eval_every` steps (step 0 and the last included),
     and load the checkpoint with the least: the Fitness-Head's rule, shared by every head the
     benchmark trains on labels. Returns (the selection MSE per evaluation, the step kept)."""
-    optimiser = torch.optim.Adam(head.parameters(), lr=settings.lr)
-    checkpoints, best = [], (float("inf"), None, 0)
+    return train_heads([HeadJob(head, x, y, selection_x, selection_y, settings, generator)])[0]
+
+
+def train_heads(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
+    """train_head of every job, those with the same layers, parameter shapes and settings
+    trained as one stack (their parameters stacked, one batched product a step; see
+    _stacked_forward): each job draws its batches from its own generator in the order it
+    would alone, its loss is its own batch's mean, Adam acts elementwise and each keeps its own
+    best checkpoint, so each head is the one it would be alone, to the rounding of a batched
+    product. Jobs may differ in their rows and row counts; jobs that share an input tensor
+    share it in memory."""
+    groups: dict[tuple, list[int]] = {}
+    for k, job in enumerate(jobs):
+        shapes = tuple((name, p.shape) for name, p in job.head.named_parameters())
+        batch = min(job.settings.batch_size, job.x.shape[0])
+        key = (repr(job.head), shapes, replace(job.settings, batch_size=batch))  # repr: layers
+        groups.setdefault(key, []).append(k)
+    results = [None] * len(jobs)
+    for members in groups.values():
+        for k, result in zip(members, _train_stack([jobs[k] for k in members])):
+            results[k] = result
+    return results
+
+
+def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensors stacked along a new first dimension, zero-padded to the longest, and each
+    one's length."""
+    return (nn.utils.rnn.pad_sequence(tensors, batch_first=True),
+            torch.tensor([len(t) for t in tensors]))
+
+
+def _shared(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct tensors, padded and stacked; each tensor's index among them)."""
+    slot: dict[int, int] = {}
+    index = torch.tensor([slot.setdefault(id(t), len(slot)) for t in tensors])
+    distinct = {slot[id(t)]: t for t in tensors}
+    return _padded([distinct[i] for i in range(len(distinct))])[0], index
+
+
+def _stacked_forward(head: nn.Module):
+    """f(params, x) for a stack of heads shaped like `head`, params stacked along a first
+    dimension and x [heads, rows, in]: written as batched products for a Sequential of Linear,
+    LowRankLinear and GELU (the heads the benchmark trains), else vmap over functional_call."""
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    if not all(type(layer) in (nn.Linear, LowRankLinear, nn.GELU) for layer in layers) or \
+            any(isinstance(layer, nn.GELU) and layer.approximate != "none" for layer in layers):
+        base = copy.deepcopy(head).to("meta")
+        return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,)))
+    prefix = "" if layers == [head] else "{}."
+
+    def forward(params, x):
+        for i, layer in enumerate(layers):
+            name = prefix.format(i)
+            if isinstance(layer, nn.GELU):
+                x = F.gelu(x)
+                continue
+            if isinstance(layer, LowRankLinear):
+                x = torch.bmm(x, params[name + "down"].transpose(1, 2))
+            weight = params[name + ("up" if isinstance(layer, LowRankLinear) else "weight")]
+            bias = params.get(name + "bias")
+            if weight.shape[1] == 1:  # a readout: a product over `in`, and no outer product
+                x = (x * weight).sum(-1, keepdim=True)  # in the backward (slow as a bmm)
+            else:
+                x = torch.bmm(x, weight.transpose(1, 2))
+            if bias is not None:
+                x = x + bias.unsqueeze(1)
+        return x
+
+    return forward
+
+
+def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
+    settings = jobs[0].settings
+    params, buffers = torch.func.stack_module_state([job.head for job in jobs])
+    if buffers:
+        raise ValueError("train_heads trains heads without buffers (no batch norm)")
+    forward = _stacked_forward(jobs[0].head)
+    x, x_slot = _shared([job.x for job in jobs])
+    y, rows = _padded([job.y for job in jobs])
+    flat_x, x_start = x.flatten(0, 1), x_slot.unsqueeze(1) * x.shape[1]
+    sel_x, sel_slot = _shared([job.selection_x for job in jobs])
+    sel_y, sel_rows = _padded([job.selection_y for job in jobs])
+    sel_mask = torch.arange(sel_y.shape[1]) < sel_rows.unsqueeze(1)
+    batch = min(settings.batch_size, int(rows.min()))  # the same for every job of a group
+    optimiser = torch.optim.Adam(params.values(), lr=settings.lr)
+    checkpoints = [[] for _ in jobs]
+    best = [(float("inf"), None, 0) for _ in jobs]
     for step in range(settings.steps + 1):
         if step % settings.eval_every == 0 or step == settings.steps:
             with torch.no_grad():
-                mse = (head(selection_x).squeeze(-1) - selection_y).pow(2).mean().item()
-            checkpoints.append(mse)
-            if mse < best[0]:
-                best = (mse, copy.deepcopy(head.state_dict()), step)
+                error = (forward(params, sel_x[sel_slot]).squeeze(-1) - sel_y) ** 2
+                mse = ((error * sel_mask).sum(1) / sel_rows).tolist()
+            for k, value in enumerate(mse):
+                checkpoints[k].append(value)
+                if value < best[k][0]:
+                    best[k] = (value, {n: p[k].detach().clone() for n, p in params.items()}, step)
         if step == settings.steps:
             break
-        idx = torch.randint(x.shape[0], (min(settings.batch_size, x.shape[0]),),
-                            generator=generator)
-        loss = (head(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()
+        idx = torch.stack([torch.randint(int(n), (batch,), generator=job.generator)
+                           for n, job in zip(rows, jobs)])
+        picked = flat_x.index_select(0, (x_start + idx).flatten())
+        out = forward(params, picked.view(*idx.shape, -1)).squeeze(-1)
+        loss = (out - torch.gather(y, 1, idx)).pow(2).mean(1).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-    head.load_state_dict(best[1])
-    return checkpoints, best[2]
+    with torch.no_grad():
+        for job, (_, kept, _) in zip(jobs, best):
+            for name, parameter in job.head.named_parameters():
+                parameter.copy_(kept[name])
+    return [(checkpoints[k], best[k][2]) for k in range(len(jobs))]
 
 
 @dataclass(frozen=True)
@@ -203,64 +309,22 @@ def fitness_head(fit_x: torch.Tensor, fit_y: torch.Tensor, selection_x: torch.Te
 
 def fitness_heads(rows: list[tuple], settings: HeadSettings, seeds: list[int]) -> list:
     """fitness_head of every seed, rows[k] = (fit_x, fit_y, selection_x, selection_y) of seed
-    k, trained as one stack when the seeds' row counts agree (one batched product a step):
-    each seed draws its init and its batches from its own generator in the order it would
-    alone (train_head's rule), its loss is its own batch's mean, Adam acts elementwise and
-    each keeps its own best checkpoint, so each head is the one it would be alone, to the
-    rounding of a batched product."""
-    shapes = {tuple(t.shape for t in r) for r in rows}
-    if len(shapes) > 1:
-        return [fitness_heads([r], settings, [seed])[0] for r, seed in zip(rows, seeds)]
+    k, trained together by train_heads (each the head it would be alone)."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     dim = rows[0][0].shape[1]
     scales = [Standardisation.of(fit_x, fit_y) for fit_x, fit_y, _, _ in rows]
     heads = [nn.Sequential(seeded_linear(dim, dim, g), nn.GELU(), seeded_linear(dim, 1, g))
              for g in generators]
-    stack = [nn.Parameter(torch.stack([h[i].weight.detach() for h in heads])) if j == 0 else
-             nn.Parameter(torch.stack([h[i].bias.detach() for h in heads]))
-             for i in (0, 2) for j in (0, 1)]  # first weight, first bias, last weight, last bias
-    x, y, sel_x, sel_y = (torch.stack(t) for t in zip(*[
-        (scale.x(fx), scale.y(fy), scale.x(sx), scale.y(sy))
-        for scale, (fx, fy, sx, sy) in zip(scales, rows)]))
-
-    def forward(inputs):  # [seeds, rows, dim] -> [seeds, rows]
-        w1, b1, w2, b2 = stack
-        hidden = F.gelu(torch.baddbmm(b1.unsqueeze(1), inputs, w1.transpose(1, 2)))
-        return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(-1)
-
-    optimiser = torch.optim.Adam(stack, lr=settings.lr)
-    checkpoints = [[] for _ in seeds]
-    best = [(float("inf"), None, 0) for _ in seeds]
-    batch = min(settings.batch_size, x.shape[1])
-    for step in range(settings.steps + 1):
-        if step % settings.eval_every == 0 or step == settings.steps:
-            with torch.no_grad():
-                mse = (forward(sel_x) - sel_y).pow(2).mean(1).tolist()
-            for k, value in enumerate(mse):
-                checkpoints[k].append(value)
-                if value < best[k][0]:
-                    best[k] = (value, [p[k].detach().clone() for p in stack], step)
-        if step == settings.steps:
-            break
-        idx = torch.stack([torch.randint(x.shape[1], (batch,), generator=g)
-                           for g in generators])
-        picked = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, dim))
-        loss = (forward(picked) - torch.gather(y, 1, idx)).pow(2).mean(1).sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+    trained = train_heads([
+        HeadJob(head, scale.x(fx), scale.y(fy), scale.x(sx), scale.y(sy), settings, g)
+        for head, scale, g, (fx, fy, sx, sy) in zip(heads, scales, generators, rows)])
     built = []
-    for k, (head, scale) in enumerate(zip(heads, scales)):
-        _, kept, step = best[k]
+    for head, scale, curve in zip(heads, scales, trained):
         first = head[0]
-        with torch.no_grad():
-            for parameter, value in zip((head[0].weight, head[0].bias, head[2].weight,
-                                         head[2].bias), kept):
-                parameter.copy_(value)
-            # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
+        with torch.no_grad():  # fold the standardisation: W ((x - m) / s) + b = (W / s) x + b'
             first.bias.sub_(first.weight @ (scale.x_mean / scale.x_std))
             first.weight.div_(scale.x_std)
-        built.append((Teacher(_freeze(first), _freeze(head[1:])), (checkpoints[k], step)))
+        built.append((Teacher(_freeze(first), _freeze(head[1:])), curve))
     return built
 
 
