@@ -64,15 +64,23 @@ def fit_ridge(features: torch.Tensor, target: torch.Tensor, alpha: float):
     """Ridge regression with intercept. The penalty is alpha times the mean eigenvalue of the
     centred features' Gram matrix, so one alpha means the same for any scale of features.
     Returns a function from features to predictions."""
+    return fit_ridges(features, target, [alpha])[0]
+
+
+def fit_ridges(features: torch.Tensor, target: torch.Tensor, alphas) -> list:
+    """fit_ridge at every alpha, the Gram matrix formed once."""
     z = features.double()
     t = target.double()
     z_mean, t_mean = z.mean(0), t.mean()
     zc = z - z_mean
-    gram = zc.T @ zc
-    penalty = alpha * gram.diagonal().mean()
+    gram, moment = zc.T @ zc, zc.T @ (t - t_mean)
     eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-    coef = torch.linalg.solve(gram + penalty * eye, zc.T @ (t - t_mean))
-    return lambda new: (new.double() - z_mean) @ coef + t_mean
+
+    def predictor(alpha):
+        coef = torch.linalg.solve(gram + alpha * gram.diagonal().mean() * eye, moment)
+        return lambda new: (new.double() - z_mean) @ coef + t_mean
+
+    return [predictor(alpha) for alpha in alphas]
 
 
 def energy_outside_data_span(weight: torch.Tensor, x: torch.Tensor,

@@ -76,6 +76,25 @@ def test_ridge_with_tiny_penalty_is_least_squares():
     assert fit_ridge(z, t, alpha=1e6)(z).std() < 0.01 * t.std()
 
 
+def test_ridges_at_every_alpha_are_the_augmented_least_squares_solutions():
+    """min ||Zc c - tc||^2 + lam ||c||^2, lam = alpha * mean eigenvalue of Zc^T Zc, is least
+    squares on Zc stacked over sqrt(lam) I: solved that way, alpha by alpha."""
+    from distil_rank.metrics import fit_ridges
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(60, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2, 5.0])
+    t = z @ torch.tensor([0.5, -1.0, 2.0, 0.1], dtype=torch.float64) + 0.3 * torch.randn(
+        60, generator=g, dtype=torch.float64) - 2
+    alphas = [1e-3, 0.1, 10.0]
+    zc, tc = z - z.mean(0), t - t.mean()
+    for alpha, predict in zip(alphas, fit_ridges(z, t, alphas)):
+        lam = alpha * torch.trace(zc.T @ zc) / 4
+        design = torch.cat([zc, lam.sqrt() * torch.eye(4, dtype=torch.float64)])
+        coef = torch.linalg.lstsq(design, torch.cat([tc, torch.zeros(4, dtype=torch.float64)])
+                                  .unsqueeze(1)).solution.squeeze(1)
+        torch.testing.assert_close(predict(z), zc @ coef + t.mean())
+
+
 def test_svd_discarded_energy_is_the_share_beyond_the_rank():
     """A weight built with singular values 4, 3, 2, 1: at rank r the discarded share is the
     sum of the squares beyond the r-th over 30."""

@@ -50,7 +50,7 @@ from distil_rank.embeddings import load_embeddings, split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_argument
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
-from distil_rank.metrics import fit_ridge, spearman
+from distil_rank.metrics import fit_ridges, spearman
 from distil_rank.runtime import add_threads_option, apply_threads, stage_seed
 
 SCHEMES = ("random", "modulo", "contiguous")
@@ -203,7 +203,7 @@ def baselines(fold: Fold, ranks: list[int]) -> tuple[dict[str, list], dict[str, 
         heads["pca"].append(fold.label_head(head, f"pca/{rank}",
                                             inputs=pca_inputs(fold.x[fold.fit], rank)))
     x, y = fold.x, fold.y
-    probes = [fit_ridge(x[fold.fit], y[fold.fit], alpha) for alpha in fold.settings.ridge_alphas]
+    probes = fit_ridges(x[fold.fit], y[fold.fit], fold.settings.ridge_alphas)
     best = min(probes, key=lambda p: (p(x[fold.selection]) - y[fold.selection]).pow(2).mean())
     return heads, {"ridge": [spearman(best(x[fold.test]), y[fold.test])] * len(ranks)}
 
