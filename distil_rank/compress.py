@@ -24,6 +24,7 @@ import copy
 import sys
 import warnings
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from distil_rank.api import compress_model, save_compressed, weights_kept
 from distil_rank.embed import (
     embed_sequences,
     length_batches,
-    load_esm,
+    load_model,
     read_fasta,
     residue_mean,
     truncation_note,
@@ -41,6 +42,7 @@ from distil_rank.embed import (
 )
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_argument
+from distil_rank.families import ESM2, ModelFamily
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.kernels.clock import in_turns
 from distil_rank.metrics import explained_variance
@@ -69,33 +71,36 @@ def create_parser() -> argparse.ArgumentParser:
     return p
 
 
-def token_batches(tokenizer, sequences: list[str], max_tokens: int, device) -> list[dict]:
+def token_batches(tokenizer, sequences: list[str], max_tokens: int, device,
+                  family: ModelFamily = ESM2) -> list[dict]:
     """Length-sorted padded batches within the token budget, as model keyword arguments."""
-    return [{k: v.to(device) for k, v in tokenizer([sequences[i] for i in rows], padding=True,
-                                                   return_tensors="pt").items()}
-            for rows in length_batches([len(s) for s in sequences], max_tokens)]
+    return [{k: v.to(device) for k, v in tokenizer([family.text(sequences[i]) for i in rows],
+                                                   padding=True, return_tensors="pt").items()}
+            for rows in length_batches([len(s) for s in sequences], max_tokens,
+                                       family.special_tokens)]
 
 
-def pooled(model: nn.Module, batch: dict) -> torch.Tensor:
+def pooled(model: nn.Module, batch: dict, family: ModelFamily = ESM2) -> torch.Tensor:
     """The protein embedding that the embedding tool writes: the last hidden states' mean over
     the residues."""
-    return residue_mean(model(**batch).last_hidden_state, batch["attention_mask"])
+    return residue_mean(model(**batch).last_hidden_state, batch["attention_mask"], family)
 
 
 TIMING_PASSES, TIMING_PROTEINS = 5, 256  # timed passes per model; proteins each pass embeds
 
 
 def throughput(models: dict[str, nn.Module], tokenizer, sequences: list[str], max_tokens: int,
-               device: torch.device, passes: int = TIMING_PASSES) -> dict:
+               device: torch.device, passes: int = TIMING_PASSES,
+               family: ModelFamily = ESM2) -> dict:
     """Tokens per second of each model over (at most TIMING_PROTEINS of) `sequences`, the
     models embedding them in turns, pass by pass after one untimed pass each, so that both meet
     the same load: the median with its quartiles, and the clock's flags (noisy, quantised);
     `speedup`, the first model's median time over the last's, and `untrusted`, why it is not a
     finding."""
     timed = sequences[:TIMING_PROTEINS]
-    tokens = sum(len(s) + 2 for s in timed)  # the residues, <cls> and <eos>
+    tokens = sum(len(s) + family.special_tokens for s in timed)  # residues and special tokens
     fns = [lambda m=m: embed_sequences(m, tokenizer, timed, max_tokens=max_tokens,
-                                       progress=False) for m in models.values()]
+                                       progress=False, family=family) for m in models.values()]
     record = {"proteins": len(timed), "tokens": tokens, "passes": passes}
     summaries = in_turns(fns, device, passes)
     for name, summary in zip(models, summaries):
@@ -128,36 +133,38 @@ def run(args: argparse.Namespace) -> dict:
         raise InputError(f"{args.fasta}: {len(records)} protein(s), need 2 to calibrate on one "
                          "and measure on another")
     device = resolve_device(args.device)
-    tokenizer, model, source = load_esm(args.model, device, torch.float32)
+    tokenizer, model, source, family = load_model(args.model, device, torch.float32)
     names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and n.startswith("encoder.")]
+             if isinstance(m, nn.Linear) and n.startswith(family.encoder_prefix)]
     if not names:
         raise InputError(f"--model {args.model}: its encoder has no Linear layer to compress")
-    sequences, limit, truncated = within_limit(records, model, args.fasta)
+    sequences, limit, truncated = within_limit(records, model, args.fasta, family=family)
     fit, held = split_indices(len(sequences), args.holdout, args.seed)
     if len(held) < 2:
         raise InputError(f"--holdout {args.holdout}: of {len(sequences)} proteins in "
                          f"{args.fasta} it holds out {len(held)}; the held-out explained "
                          "variance needs at least 2 (more proteins, or a larger --holdout)")
-    calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device)
+    calibration = token_batches(tokenizer, [sequences[i] for i in fit], args.max_tokens, device,
+                                family)
     holdout_sequences = [sequences[i] for i in held]
     dense = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
-                            progress=False)
+                            progress=False, family=family)
     original = copy.deepcopy(model)  # timed in turns with the compressed model below
     with warnings.catch_warnings(record=True) as warned:  # said as notes, after the run
         warnings.simplefilter("always")
         try:
             layers = compress_model(
                 model, calibration, layers=names, budget=args.budget, objective=args.objective,
-                call=pooled if args.objective == "output" else None, seed=args.seed,
-                holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device))
+                call=partial(pooled, family=family) if args.objective == "output" else None,
+                seed=args.seed, holdout=token_batches(tokenizer, holdout_sequences,
+                                                      args.max_tokens, device, family))
         except ValueError as err:  # e.g. a budget below rank 1 in every layer
             what = f"--budget {args.budget}" if "budget" in str(err) else str(args.fasta)
             raise InputError(f"{what}: {err}") from None
     small = embed_sequences(model, tokenizer, holdout_sequences, max_tokens=args.max_tokens,
-                            progress=False)
+                            progress=False, family=family)
     speed = throughput({"dense": original, "compressed": model}, tokenizer, holdout_sequences,
-                       args.max_tokens, device)
+                       args.max_tokens, device, family=family)
     del original
     report = {**_report(args, source, layers, dense, small, speed, len(fit), truncated),
               "threads": asdict(threads)}

@@ -41,18 +41,10 @@ from distil_rank.errors import (
     first_line,
     seed_argument,
 )
+from distil_rank.families import ESM2, FAMILIES, ModelFamily, family_of, releases
 from distil_rank.files import check_writable_file, check_writable_folder, write_together
 from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
 
-# The ESM-2 release (Lin et al. 2023): name -> (hub id, hidden size, layers).
-ESM2_MODELS = {
-    "esm2_t6_8M_UR50D": ("facebook/esm2_t6_8M_UR50D", 320, 6),
-    "esm2_t12_35M_UR50D": ("facebook/esm2_t12_35M_UR50D", 480, 12),
-    "esm2_t30_150M_UR50D": ("facebook/esm2_t30_150M_UR50D", 640, 30),
-    "esm2_t33_650M_UR50D": ("facebook/esm2_t33_650M_UR50D", 1280, 33),
-    "esm2_t36_3B_UR50D": ("facebook/esm2_t36_3B_UR50D", 2560, 36),
-    "esm2_t48_15B_UR50D": ("facebook/esm2_t48_15B_UR50D", 5120, 48),
-}
 # 20 standard amino acids, X (unknown), and the ambiguity / rare codes ESM-2's vocabulary has.
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
 
@@ -181,11 +173,12 @@ def resolve_model_name(name: str) -> tuple[str, bool]:
     retries first."""
     if Path(name).is_dir():
         return name, True
-    if name in ESM2_MODELS:
-        name = ESM2_MODELS[name][0]
-    elif not name.startswith("facebook/esm2_"):
+    known = releases()
+    if name in known:
+        name = known[name]
+    elif not any(f.hub_prefix and name.startswith(f.hub_prefix) for f in FAMILIES.values()):
         raise InputError(f"--model {name!r}: not a local directory nor an ESM-2 name "
-                         f"({', '.join(ESM2_MODELS)})")
+                         f"({', '.join(known)})")
     if _cached(name):
         return name, True
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
@@ -212,9 +205,11 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def load_esm(name: str, device: torch.device, dtype: torch.dtype):
+def load_model(name: str, device: torch.device, dtype: torch.dtype):
+    """(tokenizer, model, where it came from, its ModelFamily): `name` a release name, a hub id
+    or a local folder of any family in distil_rank/families.py."""
     try:
-        from transformers import AutoConfig, AutoTokenizer, EsmModel
+        from transformers import AutoConfig
         from transformers.utils import logging
     except ImportError:
         raise InputError("the embedding tool needs transformers: "
@@ -223,24 +218,22 @@ def load_esm(name: str, device: torch.device, dtype: torch.dtype):
     logging.disable_progress_bar()  # the tool's own lines, and an error's, stay the only ones
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
-        if config.model_type != "esm":
-            raise InputError(f"--model {name}: a {config.model_type!r} model, not ESM-2")
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = EsmModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
+        family = family_of(config.model_type, f"--model {name}")
+        tokenizer, model = family.load(source, local)
     except InputError:
         raise
     except Exception as err:  # a corrupt folder fails anywhere inside transformers
         raise InputError(f"--model {name}: could not load ({first_line(err)})") from None
-    return tokenizer, model.to(device=device, dtype=dtype).eval(), source
+    return tokenizer, model.to(device=device, dtype=dtype).eval(), source, family
 
 
-def length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first so that each padded batch, (rows) x (longest + 2 special
+def length_batches(lengths: list[int], max_tokens: int, special: int = 2) -> list[list[int]]:
+    """Indices grouped longest first so that each padded batch, (rows) x (longest + `special`
     tokens), stays within max_tokens; a sequence longer than the budget goes alone."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches, current, longest = [], [], 0
     for i in order:
-        width = lengths[i] + 2
+        width = lengths[i] + special
         if current and max(longest, width) * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, longest = [], 0
@@ -253,7 +246,8 @@ def length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def embed_sequences(model, tokenizer, sequences: list[str], *, layer: int | None = None,
-                    max_tokens: int = 4096, progress: bool = True) -> torch.Tensor:
+                    max_tokens: int = 4096, progress: bool = True,
+                    family: ModelFamily = ESM2) -> torch.Tensor:
     """Mean-pooled residue embeddings [N, hidden] (float32), in the order of `sequences`."""
     from tqdm.auto import tqdm
 
@@ -262,30 +256,34 @@ def embed_sequences(model, tokenizer, sequences: list[str], *, layer: int | None
     if layer is not None and not 0 <= layer <= n_layers:
         raise InputError(f"--layer {layer}: the model has layers 0..{n_layers}")
     out = torch.empty(len(sequences), model.config.hidden_size)
-    batches = length_batches([len(s) for s in sequences], max_tokens)
+    batches = length_batches([len(s) for s in sequences], max_tokens, family.special_tokens)
     for batch in tqdm(batches, desc="embedding", unit="batch", disable=None if progress else True):
-        tokens = tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt")
+        tokens = tokenizer([family.text(sequences[i]) for i in batch], padding=True,
+                           return_tensors="pt")
         tokens = {k: v.to(device) for k, v in tokens.items()}
         result = model(**tokens, output_hidden_states=layer is not None)
         hidden = result.last_hidden_state if layer is None else result.hidden_states[layer]
-        out[torch.tensor(batch)] = residue_mean(hidden, tokens["attention_mask"]).cpu()
+        out[torch.tensor(batch)] = residue_mean(hidden, tokens["attention_mask"], family).cpu()
     return out
 
 
-def residue_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def residue_mean(hidden: torch.Tensor, attention_mask: torch.Tensor,
+                 family: ModelFamily = ESM2) -> torch.Tensor:
     """[batch, tokens, hidden] -> [batch, hidden] (float32): the mean over each sequence's
-    residues, which sit at positions 1..L: not <cls> (0), not <eos> (L + 1), not padding."""
-    lengths = attention_mask.sum(1, keepdim=True) - 2
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    residue = (positions >= 1) & (positions <= lengths)
+    residues, which sit after the family's leading special tokens (ESM-2: <cls> at 0, residues
+    at 1..L, <eos> at L + 1): no special token, no padding."""
+    lengths = attention_mask.sum(1, keepdim=True) - family.special_tokens
+    positions = torch.arange(hidden.shape[1], device=hidden.device) - family.leading_tokens
+    residue = (positions >= 0) & (positions < lengths)
     return (hidden.float() * residue[..., None]).sum(1) / lengths.clamp_min(1).float()
 
 
-def within_limit(records: list[Record], model, fasta, reject: bool = False):
+def within_limit(records: list[Record], model, fasta, reject: bool = False,
+                 family: ModelFamily = ESM2):
     """(the sequences cut to the model's limit, the limit, how many were cut): the limit is
-    max_position_embeddings - 2 residues (room for <cls> and <eos>); with `reject` a cut is
-    refused in one line instead."""
-    limit = model.config.max_position_embeddings - 2
+    max_position_embeddings less the family's special tokens (ESM-2: <cls> and <eos>); with
+    `reject` a cut is refused in one line instead."""
+    limit = model.config.max_position_embeddings - family.special_tokens
     long = [r for r in records if len(r.sequence) > limit]
     if long and reject:
         raise InputError(f"{fasta}: {len(long)} sequence(s) longer than the model's limit of "
@@ -314,8 +312,8 @@ def create_parser() -> argparse.ArgumentParser:
         description="Mean-pooled ESM-2 embeddings of a FASTA file, in the format main.py reads.")
     p.add_argument("--fasta", required=True, help="input FASTA file")
     p.add_argument("--model", required=True,
-                   help=f"an ESM-2 name ({', '.join(ESM2_MODELS)}) or a local transformers "
-                        "directory")
+                   help=f"an ESM-2 name ({', '.join(ESM2.releases)}) or a local transformers "
+                        "directory (of a family in distil_rank/families.py)")
     p.add_argument("--out", required=True,
                    help="output .pt file (its folder must exist); with --split, a folder for "
                         "embeddings_{train,val}.pt (created if missing)")
@@ -374,13 +372,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     fitness = None if args.labels is None else read_labels(args.labels, records)  # before the model
     device = resolve_device(args.device)
     dtype = _pick_dtype(args.dtype, device)
-    tokenizer, model, source = load_esm(args.model, device, dtype)
+    tokenizer, model, source, family = load_model(args.model, device, dtype)
 
     sequences, limit, truncated = within_limit(records, model, args.fasta,
-                                               reject=args.on_long == "reject")
+                                               reject=args.on_long == "reject", family=family)
     truncation_note(truncated, limit)
     embeddings = embed_sequences(model, tokenizer, sequences, layer=args.layer,
-                                 max_tokens=args.max_tokens)
+                                 max_tokens=args.max_tokens, family=family)
 
     provenance = _provenance(args, source, dtype, device, truncated, limit)
     ids = [r.id for r in records]

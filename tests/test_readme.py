@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from conftest import ROOT
+from distil_rank.benchmark.compressors import COMPRESSORS
+from distil_rank.families import FAMILIES
 
 
 def test_readme_starts_with_the_two_commands_and_stays_short(root):
@@ -66,8 +68,15 @@ def test_every_python_block_runs_as_written(root, document, tmp_path, monkeypatc
         _prepare_esm_reload(tmp_path, monkeypatch)
         capsys.readouterr()
     namespace = {"__name__": document.replace("/", "_")}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"{document} block {i}", "exec"), namespace)
+    # a page's registrations (a compressor, a model family) end with its test
+    saved = [(registry, dict(registry)) for registry in (COMPRESSORS, FAMILIES)]
+    try:
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"{document} block {i}", "exec"), namespace)
+    finally:
+        for registry, entries in saved:
+            registry.clear()
+            registry.update(entries)
     if document == "README.md":
         out = capsys.readouterr().out
         assert out.startswith("rank ") and "LowRankLinear 16" in out
