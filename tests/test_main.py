@@ -241,3 +241,46 @@ def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root,
             "explained_variance"]
         assert entry["note_value"] == 1.5 and entry["params"] == 16 * 640 + 320
     assert (out / FIGURE_NAME).exists()
+
+
+def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path, root,
+                                                                        monkeypatch):
+    """A fifth teacher and a new compressor, each registered from this file alone: a --quick
+    run fits every compressor on every teacher, writes a summary that the committed schema
+    accepts, and draws its figure with five teachers."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from distil_rank.benchmark import compressors, teachers
+    from distil_rank.lowrank import LowRankLinear, seeded_linear
+
+    def low_rank_teachers(train_x, settings, seeds):  # an exactly rank-8 layer per seed
+        built = []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            dim = train_x.shape[1]
+            layer = seeded_linear(dim, dim, g)
+            with torch.no_grad():
+                layer.weight.copy_(LowRankLinear(dim, dim, 8, generator=g).dense_weight())
+            built.append(teachers.Teacher(layer.requires_grad_(False)))
+        return built
+
+    def fit_truncated_twice(teacher, rank, context):  # svd at rank // 2: a worse svd
+        from distil_rank.lowrank import compress_svd
+        return compressors.Student(compress_svd(teacher, max(1, rank // 2)), fit_seconds=0.0)
+
+    monkeypatch.setitem(teachers.LINEAR_TEACHERS, "Rank-8", low_rank_teachers)
+    monkeypatch.setitem(compressors.COMPRESSORS, "half_svd", fit_truncated_twice)
+    out = tmp_path / "five"
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out),
+                      "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["teachers"] == ["Random", "Task-Trained", "Spectral", "Rank-8",
+                                   "Fitness-Head"]
+    schema = json.loads((root / "reference" / "distil_rank_summary.schema.json").read_text())
+    jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
+    rank8 = summary["Rank-8"]["methods"]
+    assert rank8["svd"]["explained_variance"] == pytest.approx(1.0, abs=1e-4)  # r=16 >= 8
+    for teacher in summary["teachers"]:
+        methods = summary[teacher]["methods"]
+        assert methods["half_svd"]["rank"] == methods["svd"]["rank"] // 2
+    assert (out / FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

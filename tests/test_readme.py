@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT
 from distil_rank.benchmark.compressors import COMPRESSORS
+from distil_rank.benchmark.teachers import LINEAR_TEACHERS
 from distil_rank.families import FAMILIES
 
 
@@ -68,8 +69,8 @@ def test_every_python_block_runs_as_written(root, document, tmp_path, monkeypatc
         _prepare_esm_reload(tmp_path, monkeypatch)
         capsys.readouterr()
     namespace = {"__name__": document.replace("/", "_")}
-    # a page's registrations (a compressor, a model family) end with its test
-    saved = [(registry, dict(registry)) for registry in (COMPRESSORS, FAMILIES)]
+    # a page's registrations (a compressor, a teacher, a model family) end with its test
+    saved = [(registry, dict(registry)) for registry in (COMPRESSORS, FAMILIES, LINEAR_TEACHERS)]
     try:
         for i, code in enumerate(blocks):
             exec(compile(code, f"{document} block {i}", "exec"), namespace)

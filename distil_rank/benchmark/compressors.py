@@ -300,7 +300,8 @@ def teacher_entry(teacher: nn.Linear, students: dict[str, Student], data: Benchm
     for method, student in students.items():
         y_hat = student.module(data.val)
         scores = method_scores({**fidelity(y_val, y_hat), "fit_seconds": student.fit_seconds,
-                          "params": num_parameters(student.module), "rank": rank,
+                          "params": num_parameters(student.module),
+                          "rank": getattr(student.module, "rank", rank),  # what it is
                           **student.details})
         if probe is not None:
             scores.spearman = spearman(probe(y_hat), data.val_fitness)

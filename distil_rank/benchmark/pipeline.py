@@ -72,7 +72,6 @@ class SeedRun:
     seed: int
     data: BenchmarkData
     teachers: dict = field(default_factory=dict)  # name -> teachers.Teacher
-    denoising_loss: list[float] | None = None
     head_training: dict | None = None
     fits: dict = field(default_factory=dict)  # name -> {rank: {method: Student}}
     memo: FitMemo = field(default_factory=FitMemo)  # decompositions its fits share
@@ -173,8 +172,8 @@ def build_teachers(runs: list[SeedRun], config: Config) -> None:
     Fitness-Head where the data has fitness."""
     linear = build_teachers_of_seeds(runs[0].data.train, config.teacher,
                                      [run.seed for run in runs])
-    for run, (teachers, losses) in zip(runs, linear):
-        run.teachers, run.denoising_loss = teachers, losses
+    for run, teachers in zip(runs, linear):
+        run.teachers = teachers
     if runs[0].data.fit_fitness is None:
         return
     heads = fitness_heads([(r.data.fit, r.data.fit_fitness, r.data.selection,
@@ -214,7 +213,7 @@ def measure_seed(run: SeedRun, rank: int, config: Config, device: torch.device) 
             teacher.layer, run.fits[name][rank], run.data, rank,
             config.latency, device, config.ridge_alpha,
             readout=teacher.readout, sweep=sweep,
-            denoising_loss=run.denoising_loss if name == "Task-Trained" else None,
+            denoising_loss=teacher.losses,
             head_training=run.head_training if name == HEAD_NAME else None)
 
 

@@ -43,6 +43,7 @@ class Teacher:
 
     layer: nn.Linear
     readout: nn.Module | None = None  # None: the layer is judged by its own output
+    losses: list[float] | None = None  # a trained teacher's loss per step (Task-Trained's)
 
 
 @dataclass(frozen=True)
@@ -333,25 +334,39 @@ def teacher_seed(seed: int, name: str) -> int:
     return stage_seed(stage_seed(seed, "teachers"), f"teachers/{name}")
 
 
-def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int):
-    """The linear teachers of the run of seed `seed` (on the CPU, float32) and the denoising
-    loss curve."""
+def _random(train_x: torch.Tensor, settings: TeacherSettings, seeds: list[int]) -> list:
+    return [Teacher(random_teacher(train_x.shape[1], seed)) for seed in seeds]
+
+
+def _task_trained(train_x: torch.Tensor, settings: TeacherSettings, seeds: list[int]) -> list:
+    return [Teacher(layer, losses=losses)
+            for layer, losses in task_trained_teachers(train_x, settings, seeds)]
+
+
+def _spectral(train_x: torch.Tensor, settings: TeacherSettings, seeds: list[int]) -> list:
+    return [Teacher(spectral_teacher(train_x.shape[1], seed=seed, tau=settings.spectral_tau))
+            for seed in seeds]
+
+
+# The linear teachers, in the order the tables and the figure show them: name -> a builder
+# (training rows, TeacherSettings, one seed per run) -> one Teacher per seed, every seed's
+# built at once (a trained teacher trains them as one stack). A teacher is one entry here; the
+# report gives each its colour in turn. The Fitness-Head, built on labels, is added after them.
+LINEAR_TEACHERS = {"Random": _random, "Task-Trained": _task_trained, "Spectral": _spectral}
+
+
+def build_teachers(train_x: torch.Tensor, settings: TeacherSettings, seed: int) -> dict:
+    """The linear teachers of the run of seed `seed` (on the CPU, float32)."""
     return build_teachers_of_seeds(train_x, settings, [seed])[0]
 
 
 def build_teachers_of_seeds(train_x: torch.Tensor, settings: TeacherSettings,
-                            seeds: list[int]) -> list[tuple[dict, list[float]]]:
-    """build_teachers of every seed, the Task-Trained teachers trained as one stack."""
-    dim = train_x.shape[1]
-    trained = task_trained_teachers(train_x, settings,
-                                    [teacher_seed(seed, "Task-Trained") for seed in seeds])
-    built = []
-    for seed, (layer, losses) in zip(seeds, trained):
-        teachers = {
-            "Random": random_teacher(dim, teacher_seed(seed, "Random")),
-            "Task-Trained": layer,
-            "Spectral": spectral_teacher(dim, seed=teacher_seed(seed, "Spectral"),
-                                         tau=settings.spectral_tau),
-        }
-        built.append(({name: Teacher(layer) for name, layer in teachers.items()}, losses))
+                            seeds: list[int]) -> list[dict[str, Teacher]]:
+    """build_teachers of every seed: each registered builder called once with every run's
+    seed for it (teacher_seed)."""
+    built = [{} for _ in seeds]
+    for name, build in LINEAR_TEACHERS.items():
+        for teachers, teacher in zip(built, build(train_x, settings,
+                                                  [teacher_seed(seed, name) for seed in seeds])):
+            teachers[name] = teacher
     return built
