@@ -355,16 +355,59 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
-                   rank: int | dict[str, int] | None = None,
-                   target_explained_variance: float | None = None,
-                   budget: float | None = None, objective: str | None = None,
-                   output_fn: Callable | None = None, probes: int = 1, seed: int = 0,
-                   damping: float = DEFAULT_DAMPING, holdout: Iterable | None = None,
-                   call: Callable | None = None, min_params_saved: int = 1,
-                   skip_padding: bool = True, gram_dtype: torch.dtype | None = None,
-                   method: str = "data_aware") -> list[LayerReport]:
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How compress_model compresses a model, every option checked once, here, before any model
+    is touched (compress_model documents each). Build it and pass it, or pass its fields as
+    keyword arguments to compress_model, which builds it: compress_model(model, batches,
+    budget=0.5) is compress_model(model, batches, CompressionConfig(budget=0.5))."""
+
+    layers: object = None
+    rank: int | dict[str, int] | None = None
+    target_explained_variance: float | None = None
+    budget: float | None = None
+    objective: str | None = None  # None: "output" with a budget, "layer" otherwise
+    output_fn: Callable | None = None
+    probes: int = 1
+    seed: int = 0
+    damping: float = DEFAULT_DAMPING
+    min_params_saved: int = 1
+    skip_padding: bool = True
+    gram_dtype: torch.dtype | None = None
+    method: str = "data_aware"
+
+    def __post_init__(self):
+        if self.objective is None:
+            object.__setattr__(self, "objective", "output" if self.budget is not None
+                               else "layer")
+        if self.objective not in ("layer", "output"):
+            raise ValueError(f"objective {self.objective!r}: expected 'layer' or 'output'")
+        given = [v is not None for v in (self.rank, self.target_explained_variance,
+                                         self.budget)]
+        if sum(given) > 1:
+            raise ValueError("give exactly one of rank, target_explained_variance and budget")
+        budget = self.budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(
+                budget, (int, float)) or not 0 < budget <= 1):
+            raise ValueError(f"budget {budget!r}: expected a fraction of the weights in (0, 1]")
+        for name in ("probes", "min_params_saved"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
+                    (name == "probes" and value < 1):
+                raise ValueError(f"{name} {value!r}: expected a whole number, at least "
+                                 f"{1 if name == 'probes' else 0}")
+        if not isinstance(self.damping, (int, float)) or not self.damping >= 0:
+            raise ValueError(f"damping {self.damping!r}: expected a number >= 0")
+        _check_baseline(self.method, self.target_explained_variance, None, False, budget,
+                        self.objective)
+
+
+def compress_model(model: nn.Module, calibration: Iterable,
+                   config: CompressionConfig | None = None, *, holdout: Iterable | None = None,
+                   call: Callable | None = None, **options) -> list[LayerReport]:
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
+    How: `config` (a CompressionConfig), or its fields as keyword `options` (beside a config,
+    they replace its fields); each is described below.
 
     layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
     predicate (name, module) -> bool. Give one of: rank, one rank for every layer or {layer
@@ -398,22 +441,23 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
     batches when given. method: "data_aware" (the closed forms above), or at a given rank the
     baselines "svd_bias" (SVD with each layer's input mean folded into its bias) and "svd".
     """
-    if objective is None:
-        objective = "output" if budget is not None else "layer"
-    _check_baseline(method, target_explained_variance, None, False, budget, objective)
+    config = replace(config, **options) if config is not None else CompressionConfig(**options)
     _check_module(model, "compress_model")
-    targets = _targets(model, layers, rank, target_explained_variance, budget, objective)
+    rank, budget, objective, method = config.rank, config.budget, config.objective, config.method
+    damping = config.damping
+    targets = _targets(model, config.layers, rank)
     if budget is not None and objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
                       "layer's relative error, blind to its effect on the model's output; on "
                       "all-MiniLM-L6-v2 it kept less than uniform ranks at every budget "
                       "(docs/api.md). Leave objective unset for the output objective.",
                       UserWarning, stacklevel=2)
-    gram = {n: gram_dtype or (torch.float64 if m.weight.dtype == torch.float64 else torch.float32)
-            for n, m in targets.items()}
+    gram = {n: config.gram_dtype or (torch.float64 if m.weight.dtype == torch.float64
+                                     else torch.float32) for n, m in targets.items()}
     prober = None if objective == "layer" else \
-        _Probes(output_fn, probes, torch.Generator().manual_seed(seed))
-    statistics = _layer_statistics(model, targets, calibration, call, prober, gram, skip_padding)
+        _Probes(config.output_fn, config.probes, torch.Generator().manual_seed(config.seed))
+    statistics = _layer_statistics(model, targets, calibration, call, prober, gram,
+                                   config.skip_padding)
     ranks = None if budget is None else _budget_ranks(targets, statistics, budget, objective,
                                                       damping)
     fitted = {}
@@ -426,28 +470,22 @@ def compress_model(model: nn.Module, calibration: Iterable, *, layers=None,
         spectrum = _spectrum(m, *statistics[n], damping) if ranks is None or ranks[n] else None
         chosen = ranks[n] if ranks is not None else _choose_rank(
             m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
-            target_explained_variance, statistics[n][1], damping, f"layer {n!r}", spectrum[1])
+            config.target_explained_variance, statistics[n][1], damping, f"layer {n!r}",
+            spectrum[1])
         fitted[n] = _fit_layer(n, m, *statistics[n], chosen, damping, objective, spectrum)
     replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
                 if student is not None and (budget is not None
-                                            or report.params_saved >= min_params_saved)}
+                                            or report.params_saved >= config.min_params_saved)}
     if holdout is not None and replaced:
-        _measure_holdout(model, replaced, holdout, call, gram, skip_padding)
+        _measure_holdout(model, replaced, holdout, call, gram, config.skip_padding)
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
     return [report for n, (student, report) in fitted.items()
             if n in replaced or (student is None and budget is not None)]
 
 
-def _targets(model: nn.Module, layers, rank, target, budget, objective: str) -> dict:
-    """The layers to compress, after every check of how they are to be compressed."""
-    if objective not in ("layer", "output"):
-        raise ValueError(f"objective {objective!r}: expected 'layer' or 'output'")
-    if budget is not None and (rank is not None or target is not None):
-        raise ValueError("give exactly one of rank, target_explained_variance and budget")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or not 0 < budget <= 1):
-        raise ValueError(f"budget {budget!r}: expected a fraction of the weights in (0, 1]")
+def _targets(model: nn.Module, layers, rank) -> dict:
+    """The layers to compress, after the checks that need the model."""
     if isinstance(rank, dict) and layers is None:
         layers = list(rank)
     targets = _select(model, layers)
@@ -505,10 +543,7 @@ def _fit_baseline(name: str, linear: nn.Linear, moments: InputMoments, rank: int
 def _budget_ranks(targets: dict[str, nn.Linear], statistics: dict, budget: float,
                   objective: str, damping: float) -> dict[str, int | None]:
     """Each layer's rank under the budget (None: kept dense), allocated exactly."""
-    if (isinstance(budget, bool) or not isinstance(budget, (int, float))
-            or not 0 < budget <= 1):
-        raise ValueError(f"budget {budget!r}: expected a fraction of the weights in (0, 1]")
-    curves, shapes, weights = {}, {}, {}
+    curves, shapes, weights = {}, {}, {}  # the budget checked by CompressionConfig
     for name, linear in targets.items():
         moments, weight = statistics[name]
         curves[name] = data_aware_error_curve(linear.weight, moments, weight, damping)

@@ -23,14 +23,14 @@ import argparse
 import copy
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from distil_rank.api import compress_model, save_compressed, weights_kept
+from distil_rank.api import CompressionConfig, compress_model, save_compressed, weights_kept
 from distil_rank.embed import (
     embed_sequences,
     length_batches,
@@ -115,18 +115,23 @@ def throughput(models: dict[str, nn.Module], tokenizer, sequences: list[str], ma
     return record
 
 
-def _check(args: argparse.Namespace) -> None:
-    if not 0 < args.budget <= 1:
-        raise InputError(f"--budget {args.budget}: a fraction of the weights in (0, 1]")
+def _check(args: argparse.Namespace) -> CompressionConfig:
+    """The run's CompressionConfig (the library's one check of the options), before any model
+    is loaded; a bad option is refused naming its flag."""
+    try:
+        config = CompressionConfig(budget=args.budget, objective=args.objective, seed=args.seed)
+    except ValueError as err:
+        raise InputError(f"--budget {args.budget}: {str(err).split(': ', 1)[-1]}") from None
     if not 0 < args.holdout < 1:
         raise InputError(f"--holdout {args.holdout}: must be between 0 and 1 (exclusive)")
     if args.max_tokens < 3:
         raise InputError(f"--max-tokens {args.max_tokens}: too small for one residue")
     check_writable_folder(args.out, "--out")
+    return config
 
 
 def run(args: argparse.Namespace) -> dict:
-    _check(args)
+    config = _check(args)
     threads = apply_threads(args.threads)
     records = read_fasta(args.fasta)
     if len(records) < 2:
@@ -154,10 +159,10 @@ def run(args: argparse.Namespace) -> dict:
         warnings.simplefilter("always")
         try:
             layers = compress_model(
-                model, calibration, layers=names, budget=args.budget, objective=args.objective,
+                model, calibration, replace(config, layers=names),
                 call=partial(pooled, family=family) if args.objective == "output" else None,
-                seed=args.seed, holdout=token_batches(tokenizer, holdout_sequences,
-                                                      args.max_tokens, device, family))
+                holdout=token_batches(tokenizer, holdout_sequences, args.max_tokens, device,
+                                      family))
         except ValueError as err:  # e.g. a budget below rank 1 in every layer
             what = f"--budget {args.budget}" if "budget" in str(err) else str(args.fasta)
             raise InputError(f"{what}: {err}") from None

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -299,3 +301,36 @@ def test_refinement_fits_and_chooses_on_disjoint_rows_of_the_calibration(monkeyp
     expected = compress_data_aware(layer, x[fit_rows], 2)
     torch.testing.assert_close(seen["start"].up @ seen["start"].down,
                                expected.up @ expected.down)
+
+
+def test_a_compression_config_is_the_keywords_checked_once():
+    """compress_model(model, batches, CompressionConfig(...)) is compress_model with the same
+    keywords; a config is refused when built (before any model), and an unknown option is a
+    TypeError."""
+    from distil_rank import CompressionConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = torch.randn(128, 8)
+    by_keywords = copy.deepcopy(model)
+    reports = compress_model(by_keywords, x.split(32), budget=0.5, seed=3)
+    by_config = copy.deepcopy(model)
+    config = CompressionConfig(budget=0.5, seed=3)
+    assert config.objective == "output"  # resolved once, where it is built
+    assert [r.rank for r in compress_model(by_config, x.split(32), config)] == \
+        [r.rank for r in reports]
+    for a, b in zip(by_keywords.state_dict().values(), by_config.state_dict().values()):
+        assert torch.equal(a, b)
+    # keywords beside a config replace its fields
+    again = copy.deepcopy(model)
+    ranks = [r.rank for r in compress_model(again, x.split(32), CompressionConfig(rank=4),
+                                            rank=2)]
+    assert set(ranks) == {2}
+    for options, message in [(dict(budget=1.5), "budget 1.5"), (dict(probes=0), "probes 0"),
+                             (dict(rank=2, budget=0.5), "exactly one"),
+                             (dict(objective="both"), "objective 'both'"),
+                             (dict(damping=-1.0), "damping -1.0")]:
+        with pytest.raises(ValueError, match=message):
+            CompressionConfig(**options)
+    with pytest.raises(TypeError, match="bugdet"):
+        compress_model(copy.deepcopy(model), x.split(32), bugdet=0.5)
