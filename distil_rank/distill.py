@@ -150,8 +150,9 @@ def group_key(job: DistillJob) -> tuple:
     s, st = job.student, job.settings
     readout = None if job.readout is None else (
         repr(job.readout), tuple((k, tuple(v.shape)) for k, v in job.readout.state_dict().items()))
+    batch = min(st.batch_size, len(job.train_x))  # epoch_batches' batch: fewer rows, smaller
     return (s.in_features, s.out_features, s.rank, s.bias is not None, s.down.dtype, st.steps,
-            st.lr, st.batch_size, st.weight_decay, st.eval_every, st.patience, readout,
+            st.lr, batch, st.weight_decay, st.eval_every, st.patience, readout,
             None if job.holdout_x is None else len(job.holdout_x))
 
 

@@ -92,8 +92,9 @@ def test_the_teacher_and_student_stay_where_they_were():
 
 
 def batched_jobs(steps: int, patience: int | None = None) -> list[DistillJob]:
-    """Students that differ in everything a stack must keep apart: teacher, rank, alpha, rows,
-    seed, held-out rows and a readout (end-to-end through a frozen head)."""
+    """Students that differ in everything a stack must keep apart: teacher, rank, alpha, rows
+    (some fewer than a batch), seed, held-out rows and a readout (end-to-end through a frozen
+    head)."""
     dim = 16
     x = correlated_inputs(300, dim, seed=5, mean_scale=1.0)
     fit, holdout = x[:250], x[250:]
@@ -104,7 +105,9 @@ def batched_jobs(steps: int, patience: int | None = None) -> list[DistillJob]:
     for i, (rank, alpha, rows, held, head) in enumerate([
             (4, 0.1, x, None, False), (4, 0.0, fit, holdout, False), (4, 0.3, fit, holdout, False),
             (2, 0.1, fit, holdout, False), (4, 0.0, fit, holdout, True),
-            (4, 0.0, fit, holdout, True)]):
+            (4, 0.0, fit, holdout, True),
+            (4, 0.1, fit[:10], holdout, False), (4, 0.1, fit[:12], holdout, False)]):
+        # the last two: fewer rows than a batch, so batches of 10 and of 12 rows
         teacher = nn.Linear(dim, dim).double().requires_grad_(False)
         with torch.no_grad():
             teacher.weight.copy_(torch.randn(dim, dim, generator=g, dtype=torch.float64) / 4)

@@ -200,6 +200,7 @@ def test_the_readme_quotes_the_committed_record(root):
     ("fractional position", "'position' holds 3.5, not a whole number"),
     ("positions 3k", "leave modulo fold 1 of 3 empty"),
     ("constant fitness", "every row has fitness 1; Spearman against a constant"),
+    ("four rows", "a head needs 2 fit rows of varying fitness, a selection row and 2 test"),
 ])
 def test_command_refuses_rows_a_split_cannot_score_before_any_training(tmp_path, capsys,
                                                                        change, message):
@@ -211,6 +212,8 @@ def test_command_refuses_rows_a_split_cannot_score_before_any_training(tmp_path,
         position[7] = 3.5
     elif change == "positions 3k":  # every position a multiple of the 3 quick folds
         position = 3 * position
+    elif change == "four rows":  # four positions: folds of one or two rows
+        x, y, position = x[:4], y[:4], torch.arange(4.0)
     else:
         y = torch.ones_like(y)
     path = tmp_path / "rows.pt"

@@ -476,6 +476,13 @@ def check_rows(paths: list[str], y: torch.Tensor, position: torch.Tensor,
             raise InputError(f"{where}: the positions leave {scheme} fold {empty} of "
                              f"{settings.folds} empty (every position a multiple of the fold "
                              "count, say): nothing to test on there")
+        for k, (fit, selection, test) in enumerate(fold_rows(position, scheme, settings)):
+            if len(fit) < 2 or len(selection) < 1 or len(test) < 2 or \
+                    bool((y[fit] == y[fit][0]).all()):
+                raise InputError(
+                    f"{where}: {len(y)} rows leave {scheme} fold {k + 1} of {settings.folds} "
+                    f"with {len(fit)} fit, {len(selection)} selection and {len(test)} test rows: a "
+                    "head needs 2 fit rows of varying fitness, a selection row and 2 test rows")
 
 
 def _data_paths(given: list[str]) -> list[str]:

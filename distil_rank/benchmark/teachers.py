@@ -272,6 +272,9 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+    if any(kept is None for _, kept, _ in best):  # every selection MSE NaN: nothing to keep
+        raise ValueError("train_heads: a head's selection MSE was never finite (too few fit "
+                         "rows, or non-finite inputs or targets)")
     with torch.no_grad():
         for job, (_, kept, _) in zip(jobs, best):
             for name, parameter in job.head.named_parameters():
