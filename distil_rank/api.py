@@ -398,6 +398,16 @@ class CompressionConfig:
                                  f"{1 if name == 'probes' else 0}")
         if not isinstance(self.damping, (int, float)) or not self.damping >= 0:
             raise ValueError(f"damping {self.damping!r}: expected a number >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed {self.seed!r}: expected a whole number in [0, 2**63)")
+        if self.gram_dtype is not None and not (isinstance(self.gram_dtype, torch.dtype)
+                                                and self.gram_dtype.is_floating_point):
+            raise TypeError(f"gram_dtype {self.gram_dtype!r}: expected a floating torch.dtype "
+                            "(torch.float32 or torch.float64) or None")
+        if self.output_fn is not None and not callable(self.output_fn):
+            raise TypeError(f"output_fn {self.output_fn!r}: expected a function of the model's "
+                            "output, or None")
         _check_baseline(self.method, self.target_explained_variance, None, False, budget,
                         self.objective)
 

@@ -329,8 +329,13 @@ def test_a_compression_config_is_the_keywords_checked_once():
     for options, message in [(dict(budget=1.5), "budget 1.5"), (dict(probes=0), "probes 0"),
                              (dict(rank=2, budget=0.5), "exactly one"),
                              (dict(objective="both"), "objective 'both'"),
-                             (dict(damping=-1.0), "damping -1.0")]:
+                             (dict(damping=-1.0), "damping -1.0"),
+                             (dict(seed=-1), "seed -1")]:
         with pytest.raises(ValueError, match=message):
+            CompressionConfig(**options)
+    for options, message in [(dict(gram_dtype="float64"), "gram_dtype 'float64'"),
+                             (dict(output_fn=3, budget=0.5), "output_fn 3")]:
+        with pytest.raises(TypeError, match=message):
             CompressionConfig(**options)
     with pytest.raises(TypeError, match="bugdet"):
         compress_model(copy.deepcopy(model), x.split(32), bugdet=0.5)
