@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     flags = f"; untrusted: {', '.join(speed['untrusted'])}" if speed["untrusted"] else ""
     print(f"kept {report['weights_kept_fraction']:.1%} of the encoder's Linear weights; held-out "
           f"embedding cosine {report['holdout']['cosine']:.4f}, explained variance "
-          f"{report['holdout']['explained_variance']:.4f}; tokens/s "
+          f"{_figure(report['holdout'], 'explained_variance')}; tokens/s "
           f"{speed['dense']['tokens_per_second']:.0f} -> "
           f"{speed['compressed']['tokens_per_second']:.0f} (medians of {speed['passes']} passes "
           f"in turns, speedup {speed['speedup']:.2f}x{flags}); wrote {out / MODEL_FILE} and "
@@ -205,10 +205,26 @@ def _report(args, source, layers, dense, small, speed, calibrated, truncated) ->
                     "explained_variance_calibration": r.explained_variance_calibration,
                     "explained_variance_holdout": r.explained_variance_holdout}
                    for r in layers],
-        "holdout": {"cosine": torch.nn.functional.cosine_similarity(small, dense).mean().item(),
-                    "explained_variance": explained_variance(dense, small)},
+        "holdout": _holdout_figures(dense, small),
         "throughput": speed,
     }
+
+
+def _figure(record: dict, key: str) -> str:
+    value = record[key]
+    return f"{value:.4f}" if value is not None else \
+        f"not computable ({record[key + '_undefined']})"
+
+
+def _holdout_figures(dense: torch.Tensor, small: torch.Tensor) -> dict:
+    """The held-out proteins' embedding cosine and explained variance, compressed against
+    dense; where the dense embeddings do not vary, explained variance is None with the reason
+    (it would be 0 / 0)."""
+    figures = {"cosine": torch.nn.functional.cosine_similarity(small, dense).mean().item()}
+    if bool((dense == dense[0]).all()):
+        return {**figures, "explained_variance": None, "explained_variance_undefined":
+                "the held-out proteins' dense embeddings are all the same"}
+    return {**figures, "explained_variance": explained_variance(dense, small)}
 
 
 def main(argv: list[str] | None = None) -> int:

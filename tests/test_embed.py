@@ -304,3 +304,21 @@ def test_compress_refuses_a_holdout_of_one_protein_up_front(tiny_esm, fasta, tmp
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: --holdout 0.2: of 6 proteins") and "at least 2" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_compress_reports_an_explained_variance_it_cannot_compute_as_such(tiny_esm, tmp_path,
+                                                                          capsys):
+    """Held-out proteins that are all the same sequence have one dense embedding: explained
+    variance is 0 / 0, recorded as null with the reason and said so, never as nan."""
+    from distil_rank.compress import REPORT_FILE
+    from distil_rank.compress import main as compress
+
+    fasta = tmp_path / "same.fasta"
+    fasta.write_text("".join(f">p{i}\nMKTAYIAKQR\n" for i in range(10)))
+    assert compress(["--model", str(tiny_esm), "--fasta", str(fasta), "--budget", "0.5",
+                     "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    holdout = json.loads((tmp_path / "out" / REPORT_FILE).read_text())["holdout"]
+    assert holdout["explained_variance"] is None
+    assert "all the same" in holdout["explained_variance_undefined"]
+    out = capsys.readouterr().out
+    assert "explained variance not computable (the held-out" in out and "nan" not in out
