@@ -142,6 +142,9 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
     """
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"compress_linear takes an nn.Linear, got {type(linear).__name__}")
+    # the options compress_model shares, checked as compress_model checks them
+    CompressionConfig(rank=rank, target_explained_variance=target_explained_variance,
+                      damping=damping, seed=seed, method=method)
     what = _describe(linear)
     if not all(torch.isfinite(p).all() for p in linear.parameters()):
         raise ValueError(f"{what}: its weight or bias holds NaN or Inf")

@@ -339,3 +339,17 @@ def test_a_compression_config_is_the_keywords_checked_once():
             CompressionConfig(**options)
     with pytest.raises(TypeError, match="bugdet"):
         compress_model(copy.deepcopy(model), x.split(32), bugdet=0.5)
+
+
+def test_compress_linear_checks_the_options_it_shares_as_compress_model_does():
+    from distil_rank import CompressionConfig
+
+    layer, x = nn.Linear(8, 8), torch.randn(64, 8)
+    for options, message in [(dict(rank=2, damping=-1.0), "damping -1.0"),
+                             (dict(rank=2, target_explained_variance=0.9), "exactly one"),
+                             (dict(rank=2, seed=-1), "seed -1"),
+                             (dict(rank=2, method="pca"), "method 'pca'")]:
+        with pytest.raises(ValueError, match=message):
+            compress_linear(layer, x, **options)
+        with pytest.raises(ValueError, match=message):
+            CompressionConfig(**options)
