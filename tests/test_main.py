@@ -219,6 +219,14 @@ def test_help_documents_every_option(capsys):
         assert option in text
 
 
+def _small_run(out, root) -> dict:
+    """A --quick run of one seed without the sweep on the shipped data; its summary."""
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out),
+                      "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    return json.loads((out / SUMMARY_NAME).read_text())
+
+
 def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root, monkeypatch):
     from distil_rank.benchmark import compressors as benchmark
     from distil_rank.lowrank import LowRankLinear
@@ -230,10 +238,7 @@ def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root,
 
     monkeypatch.setitem(benchmark.COMPRESSORS, "random_factors", fit_random_factors)
     out = tmp_path / "registry"
-    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out),
-                      "--train", str(root / "embeddings_train.pt"),
-                      "--val", str(root / "embeddings_val.pt")]) == 0
-    summary = json.loads((out / SUMMARY_NAME).read_text())
+    summary = _small_run(out, root)
     assert "random_factors" in summary["methods"]
     for teacher in summary["teachers"]:
         entry = summary[teacher]["methods"]["random_factors"]
@@ -270,10 +275,7 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
     monkeypatch.setitem(teachers.LINEAR_TEACHERS, "Rank-8", low_rank_teachers)
     monkeypatch.setitem(compressors.COMPRESSORS, "half_svd", fit_truncated_twice)
     out = tmp_path / "five"
-    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out),
-                      "--train", str(root / "embeddings_train.pt"),
-                      "--val", str(root / "embeddings_val.pt")]) == 0
-    summary = json.loads((out / SUMMARY_NAME).read_text())
+    summary = _small_run(out, root)
     assert summary["teachers"] == ["Random", "Task-Trained", "Spectral", "Rank-8",
                                    "Fitness-Head"]
     schema = json.loads((root / "reference" / "distil_rank_summary.schema.json").read_text())
