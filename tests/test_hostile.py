@@ -111,6 +111,7 @@ def main_cases(tmp, root):
         "rank text": ["--rank", "abc"], "rank 2.5": ["--rank", "2.5"], "rank 0": ["--rank", "0"],
         "rank D": ["--train", train, "--val", val, "--rank", "320"],
         "no seeds": ["--seeds", "0"], "negative steps": ["--steps", "-3"],
+        "seeds beyond memory": ["--train", train, "--val", val, "--seeds", "10000000"],
         "no threads": ["--threads", "0"],
         "device": ["--device", "cuda:abc"], "device word": ["--device", "banana"],
         "preset": ["--preset", "nope"], "unknown flag": ["--frobnicate"],
@@ -499,3 +500,13 @@ def test_the_embedding_tool_fails_at_once_on_a_hub_model_it_cannot_have(tmp_path
                           "offline hub name")
     assert time.perf_counter() - started < 10  # no retries against a hub it cannot reach
     assert "not in the local cache" in line and "HF_HUB_OFFLINE" in line
+
+
+def test_the_memory_check_counts_sixteen_bytes_a_teacher_weight_per_seed():
+    from distil_rank.benchmark.pipeline import check_memory
+    from distil_rank.errors import InputError
+
+    check_memory(4, 100, total=2 * 16 * 4 * 100 * 100)  # exactly half: allowed
+    with pytest.raises(InputError, match=r"--seeds 4: .* D = 100"):
+        check_memory(4, 100, total=2 * 16 * 4 * 100 * 100 - 1)
+

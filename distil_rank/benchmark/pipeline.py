@@ -11,6 +11,7 @@ instead of one small model at a time waiting on Python.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -134,6 +135,26 @@ def check_settings(config: Config) -> None:
         raise InputError(f"distill.patience = {config.distill.patience}: must be at least 1 "
                          "(or None)")
     check_writable_folder(config.out, "--out")  # now, not after minutes of work
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(seeds: int, dim: int, total: int | None = None) -> None:
+    """Refuse, before any training, a run whose teachers cannot fit: every seed's D x D
+    teachers train as one stack, each weight with its gradient and two Adam moments (16 bytes
+    a weight), which must stay within half of the machine's memory."""
+    total = physical_memory() if total is None else total
+    need = 16 * seeds * dim * dim
+    if total is not None and need > total / 2:
+        raise InputError(f"--seeds {seeds}: the teachers of {seeds} seeds at D = {dim}, trained "
+                         f"as one stack, need about {need / 2**30:.1f} GiB, more than half of "
+                         f"this machine's {total / 2**30:.1f} GiB")
 
 
 # ----------------------------------------------------------------------------- phases
@@ -276,6 +297,7 @@ def run(config: Config) -> RunSummary:
     progress = Progress(STAGES, config.quiet)
     dataset = load_data(config)
     dim = dataset.train.dim
+    check_memory(config.num_seeds, dim)
     rank = resolve_rank(config.rank, dim, config.rank_divisor)
     progress.say("config: " + json.dumps(config.as_dict()))  # validated: no error can follow it
     progress.say(f"threads: {threads.threads} ({threads.reason}; --threads N overrides)")
