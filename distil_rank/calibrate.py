@@ -182,11 +182,17 @@ def run(args: argparse.Namespace) -> InputMoments:
     check_writable_file(args.out, "--out", (".pt",))
     apply_threads(args.threads)
     world = world_size()
-    paths = []
+    paths, seen = [], {}
     for pattern in args.shards:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             raise InputError(f"{pattern}: no shard matches")
+        for path in matches:  # a shard read twice would count its rows twice
+            resolved = Path(path).resolve()
+            if resolved in seen:
+                raise InputError(f"{path}: given twice (also as {seen[resolved]}): its rows "
+                                 "would count twice in the statistics")
+            seen[resolved] = path
         paths += matches
     started = world > 1 and not dist.is_initialized()
     if started:

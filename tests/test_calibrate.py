@@ -62,3 +62,9 @@ def test_bad_shards(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nan.npy: row 37" in err and not out.exists()
     assert main(["--shards", str(tmp_path / "none*.npy"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    # a shard named twice (here once by name, once by a pattern) would count its rows twice
+    assert main(["--shards", str(tmp_path / "good.npy"), str(tmp_path / "g*.npy"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "good.npy: given twice" in err and not out.exists()
