@@ -271,6 +271,27 @@ class _Probes:
     probes: int
     generator: torch.Generator
 
+    def backpropagate(self, output, taps: dict[str, list[torch.Tensor]], mask, on_grad) -> None:
+        """on_grad(name, J^T v) for each probe v of the output and each tapped layer output,
+        J that output's Jacobian; padding positions of the output (`mask`) are not probed."""
+        y = output_tensor(output) if self.output_fn is None else self.output_fn(output)
+        if not isinstance(y, torch.Tensor):
+            raise ValueError(f"the model's output is a {type(y).__name__}: pass output_fn "
+                             "to pick the tensor whose error matters")
+        keep = None
+        if self.output_fn is None and mask is not None and y.shape[:2] == mask.shape:
+            keep = mask.to(y.device, y.dtype).reshape(*mask.shape, *[1] * (y.dim() - 2))
+        names = [n for n, tensors in taps.items() for _ in tensors]
+        tensors = [t for tensors in taps.values() for t in tensors]
+        for k in range(self.probes):
+            v = torch.randn(y.shape, generator=self.generator, dtype=y.dtype).to(y.device)
+            v = v if keep is None else v * keep
+            grads = torch.autograd.grad(y, tensors, grad_outputs=v, allow_unused=True,
+                                        retain_graph=k < self.probes - 1)
+            for name, grad in zip(names, grads):
+                if grad is not None:
+                    on_grad(name, grad)
+
 
 def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probes=None,
             on_grad=None, skip_padding: bool = True, desc: str = "calibrating") -> None:
@@ -317,25 +338,8 @@ def _record(model, targets: dict[str, nn.Module], batches, call, on_input, probe
             except (RuntimeError, TypeError, ValueError) as err:  # a batch of the wrong kind
                 raise ValueError(f"{desc}, batch {i}: {first_line(err)}; the model is "
                                  "unchanged") from None
-            if probes is None:
-                continue
-            y = output_tensor(output) if probes.output_fn is None else probes.output_fn(output)
-            if not isinstance(y, torch.Tensor):
-                raise ValueError(f"the model's output is a {type(y).__name__}: pass output_fn "
-                                 "to pick the tensor whose error matters")
-            keep = None  # padding positions of the output are not probed
-            if probes.output_fn is None and mask is not None and y.shape[:2] == mask.shape:
-                keep = mask.to(y.device, y.dtype).reshape(*mask.shape, *[1] * (y.dim() - 2))
-            names = [n for n, tensors in taps.items() for _ in tensors]
-            tensors = [t for tensors in taps.values() for t in tensors]
-            for k in range(probes.probes):
-                v = torch.randn(y.shape, generator=probes.generator, dtype=y.dtype).to(y.device)
-                v = v if keep is None else v * keep
-                grads = torch.autograd.grad(y, tensors, grad_outputs=v, allow_unused=True,
-                                            retain_graph=k < probes.probes - 1)
-                for name, grad in zip(names, grads):
-                    if grad is not None:
-                        on_grad(name, rows(grad))
+            if probes is not None:
+                probes.backpropagate(output, taps, mask, lambda n, grad: on_grad(n, rows(grad)))
     finally:
         for handle in handles:
             handle.remove()
@@ -361,9 +365,39 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 @dataclass(frozen=True)
 class CompressionConfig:
     """How compress_model compresses a model, every option checked once, here, before any model
-    is touched (compress_model documents each). Build it and pass it, or pass its fields as
-    keyword arguments to compress_model, which builds it: compress_model(model, batches,
-    budget=0.5) is compress_model(model, batches, CompressionConfig(budget=0.5))."""
+    is touched. Build it and pass it, or pass its fields as keyword arguments to compress_model,
+    which builds it: compress_model(model, batches, budget=0.5) is
+    compress_model(model, batches, CompressionConfig(budget=0.5)).
+
+    layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
+    predicate (name, module) -> bool. Give one of: rank, one rank for every layer or {layer
+    name: rank} (so that objectives can be compared at equal size); target_explained_variance,
+    the smallest rank per layer that reaches it; or budget, the fraction in (0, 1] of the
+    selected layers' weights (biases aside) to keep, with ranks allocated exactly across the
+    layers to minimise their summed error (distil_rank.allocate: each layer's unexplained
+    fraction of its output variance for the "layer" objective, its G-weighted error, in units of
+    the model's output, for "output"); a layer is kept dense where that is the better use of
+    the budget, and then counts in full.
+    objective: "layer" (each layer's own output error) or "output" (the error of the model's
+    output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
+    seeded Gaussian probes per batch; no labels needed). A probe costs a backward pass and a
+    Gram product per layer; docs/api.md measures what more than the default one buys. None (the
+    default): "output" with a budget, whose allocation must compare layers in one unit (the
+    layer objective's relative errors lost to uniform ranks on a real model: docs/api.md), and
+    "layer" otherwise. A budget allocated by the "layer" objective warns that it may lose to
+    uniform ranks. Without output_fn, the model's output is the tensor it returns, or the
+    first tensor of a tuple, dict or Hugging Face ModelOutput (its last_hidden_state); with a
+    dict batch's attention_mask, probes of a [batch, tokens, ...] output leave padding out.
+    probes, seed: the probes per batch, and their generator's seed.
+    A layer whose chosen rank would not save at least `min_params_saved` parameters is left dense
+    and not reported. skip_padding: a dict batch's `attention_mask` (as a Hugging Face tokenizer
+    returns it) keeps padding positions out of every layer's statistics; False counts every
+    token. Each batch's Gram product is computed in `gram_dtype` (default: float32, or float64
+    for a float64 layer) and merged in float64. damping: the ridge added to G (relative to its
+    mean eigenvalue) before its roots are taken. method: "data_aware" (the closed forms above),
+    or at a given rank the baselines "svd_bias" (SVD with each layer's input mean folded into
+    its bias) and "svd".
+    """
 
     layers: object = None
     rank: int | dict[str, int] | None = None
@@ -419,47 +453,20 @@ def compress_model(model: nn.Module, calibration: Iterable,
                    config: CompressionConfig | None = None, *, holdout: Iterable | None = None,
                    call: Callable | None = None, **options) -> list[LayerReport]:
     """Replace the chosen nn.Linear layers of `model`, in place, by closed-form low-rank ones.
-    How: `config` (a CompressionConfig), or its fields as keyword `options` (beside a config,
-    they replace its fields); each is described below.
+    How: `config` (a CompressionConfig, whose docstring describes every option), or its fields
+    as keyword `options` (beside a config, they replace its fields).
 
-    layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
-    predicate (name, module) -> bool. Give one of: rank, one rank for every layer or {layer
-    name: rank} (so that objectives can be compared at equal size); target_explained_variance,
-    the smallest rank per layer that reaches it; or budget, the fraction in (0, 1] of the
-    selected layers' weights (biases aside) to keep, with ranks allocated exactly across the
-    layers to minimise their summed error (distil_rank.allocate: each layer's unexplained
-    fraction of its output variance for the "layer" objective, its G-weighted error, in units of
-    the model's output, for "output"); a layer is kept dense where that is the better use of
-    the budget, and then counts in full.
-    objective: "layer" (each layer's own output error) or "output" (the error of the model's
-    output, or of output_fn(model output), weighted per layer by G = E[J^T J] from `probes`
-    seeded Gaussian probes per batch; no labels needed). A probe costs a backward pass and a
-    Gram product per layer; docs/api.md measures what more than the default one buys. None (the
-    default): "output" with a budget, whose allocation must compare layers in one unit (the
-    layer objective's relative errors lost to uniform ranks on a real model: docs/api.md), and
-    "layer" otherwise. A budget allocated by the "layer" objective warns that it may lose to
-    uniform ranks. Without output_fn, the model's output is the tensor it returns, or the
-    first tensor of a tuple, dict or Hugging Face ModelOutput (its last_hidden_state); with a
-    dict batch's attention_mask, probes of a [batch, tokens, ...] output leave padding out.
     calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments or
     a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
-    returns its output.
-    A layer whose chosen rank would not save at least `min_params_saved` parameters is left dense
-    and not reported. skip_padding: a dict batch's `attention_mask` (as a Hugging Face tokenizer
-    returns it) keeps padding positions out of every layer's statistics; False counts every
-    token. Each batch's Gram product is computed in `gram_dtype` (default: float32, or float64
-    for a float64 layer) and merged in float64. Every layer's statistics are recorded from the
-    original model in one pass; the model comes back unchanged apart from the replaced layers.
-    Returns one LayerReport per replaced layer; explained variance is measured on the holdout
-    batches when given. method: "data_aware" (the closed forms above), or at a given rank the
-    baselines "svd_bias" (SVD with each layer's input mean folded into its bias) and "svd".
+    returns its output. Every layer's statistics are recorded from the original model in one
+    pass; the model comes back unchanged apart from the replaced layers. Returns one
+    LayerReport per replaced layer (and, with a budget, per layer kept dense); explained
+    variance is measured on the holdout batches when given.
     """
     config = replace(config, **options) if config is not None else CompressionConfig(**options)
     _check_module(model, "compress_model")
-    rank, budget, objective, method = config.rank, config.budget, config.objective, config.method
-    damping = config.damping
-    targets = _targets(model, config.layers, rank)
-    if budget is not None and objective == "layer":
+    targets = _targets(model, config.layers, config.rank)
+    if config.budget is not None and config.objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
                       "layer's relative error, blind to its effect on the model's output; on "
                       "all-MiniLM-L6-v2 it kept less than uniform ranks at every budget "
@@ -467,34 +474,43 @@ def compress_model(model: nn.Module, calibration: Iterable,
                       UserWarning, stacklevel=2)
     gram = {n: config.gram_dtype or (torch.float64 if m.weight.dtype == torch.float64
                                      else torch.float32) for n, m in targets.items()}
-    prober = None if objective == "layer" else \
+    prober = None if config.objective == "layer" else \
         _Probes(config.output_fn, config.probes, torch.Generator().manual_seed(config.seed))
     statistics = _layer_statistics(model, targets, calibration, call, prober, gram,
                                    config.skip_padding)
-    ranks = None if budget is None else _budget_ranks(targets, statistics, budget, objective,
-                                                      damping)
-    fitted = {}
-    for n, m in targets.items():  # one layer's eigenvectors at a time: they are out x out
-        if method != "data_aware":
-            chosen = check_rank(rank[n] if isinstance(rank, dict) else rank,
-                                min(m.in_features, m.out_features), f"layer {n!r}: rank")
-            fitted[n] = _fit_baseline(n, m, statistics[n][0], chosen, method)
-            continue
-        spectrum = _spectrum(m, *statistics[n], damping) if ranks is None or ranks[n] else None
-        chosen = ranks[n] if ranks is not None else _choose_rank(
-            m, statistics[n][0], rank[n] if isinstance(rank, dict) else rank,
-            config.target_explained_variance, statistics[n][1], damping, f"layer {n!r}",
-            spectrum[1])
-        fitted[n] = _fit_layer(n, m, *statistics[n], chosen, damping, objective, spectrum)
+    fitted = _fit_layers(targets, statistics, config)
     replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
-                if student is not None and (budget is not None
+                if student is not None and (config.budget is not None
                                             or report.params_saved >= config.min_params_saved)}
     if holdout is not None and replaced:
         _measure_holdout(model, replaced, holdout, call, gram, config.skip_padding)
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
     return [report for n, (student, report) in fitted.items()
-            if n in replaced or (student is None and budget is not None)]
+            if n in replaced or (student is None and config.budget is not None)]
+
+
+def _fit_layers(targets: dict[str, nn.Linear], statistics: dict,
+                config: CompressionConfig) -> dict:
+    """{layer name: (its student or None for dense, its report)}, at the ranks the config asks
+    for: given, reaching a target, or allocated under a budget."""
+    rank, damping = config.rank, config.damping
+    ranks = None if config.budget is None else _budget_ranks(
+        targets, statistics, config.budget, config.objective, damping)
+    fitted = {}
+    for n, m in targets.items():  # one layer's eigenvectors at a time: they are out x out
+        given = rank[n] if isinstance(rank, dict) else rank
+        if config.method != "data_aware":
+            chosen = check_rank(given, min(m.in_features, m.out_features), f"layer {n!r}: rank")
+            fitted[n] = _fit_baseline(n, m, statistics[n][0], chosen, config.method)
+            continue
+        spectrum = _spectrum(m, *statistics[n], damping) if ranks is None or ranks[n] else None
+        chosen = ranks[n] if ranks is not None else _choose_rank(
+            m, statistics[n][0], given, config.target_explained_variance, statistics[n][1],
+            damping, f"layer {n!r}", spectrum[1])
+        fitted[n] = _fit_layer(n, m, *statistics[n], chosen, damping, config.objective,
+                               spectrum)
+    return fitted
 
 
 def _targets(model: nn.Module, layers, rank) -> dict:
@@ -734,28 +750,33 @@ def _expected_state(model: nn.Module, layers: dict[str, dict], path: Path) -> di
     return expected
 
 
+def _read_header(path: Path) -> tuple[dict, dict]:
+    """A safetensors file's (metadata, {key: (shape, dtype name)}), read from its header alone."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise OSError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: (tuple(f.get_slice(k).get_shape()),
+                                            f.get_slice(k).get_dtype()) for k in list(f.keys())}
+    except OSError as err:
+        raise OSError(f"{path}: could not be read ({first_line(err)})") from None
+    except Exception as err:  # the storage library's own error type says nothing to a user
+        raise ValueError(f"{path}: not a safetensors file ({first_line(err)})") from None
+
+
 def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     """Replace the layers named in the file by LowRankLinear of the saved shapes, then load every
     weight. The whole file is checked against the model first (layer names and widths, every
     key, shape and dtype as declared, before anything is allocated, then finite values): either
     the model is fully loaded, or it is untouched and a ValueError (OSError when the file
     cannot be read) names the file and the problem. Returns the model."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     _check_module(model, "load_compressed")
     path = Path(path)
-    if not path.is_file():
-        raise OSError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata, keys = f.metadata() or {}, list(f.keys())
-            declared = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
-                        for k in keys}
-    except OSError as err:
-        raise OSError(f"{path}: could not be read ({first_line(err)})") from None
-    except Exception as err:  # the storage library's own error type says nothing to a user
-        raise ValueError(f"{path}: not a safetensors file ({first_line(err)})") from None
+    metadata, declared = _read_header(path)
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: no {METADATA_KEY} metadata; not written by save_compressed")
     layers = _read_layers(path, metadata[METADATA_KEY])

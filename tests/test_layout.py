@@ -81,3 +81,18 @@ def test_importing_the_library_loads_neither_the_benchmark_nor_matplotlib(root):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_functions_stay_short_enough_to_read(root):
+    """No function of the package over 60 lines, docstring included, and at most 6 over 50: a
+    longer one is split where its parts have names (issue: "Extensible by design")."""
+    lengths = {}
+    for path in sorted((root / "distil_rank").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where = f"{path.relative_to(root)}:{node.name}"
+                lengths[where] = node.end_lineno - node.lineno + 1
+    assert lengths  # the walk found the package's functions
+    assert not {w: n for w, n in lengths.items() if n > 60}
+    over_50 = {w: n for w, n in lengths.items() if n > 50}
+    assert len(over_50) <= 6, over_50

@@ -78,6 +78,11 @@ class SeedRun:
     memo: FitMemo = field(default_factory=FitMemo)  # decompositions its fits share
     entries: dict[str, TeacherEntry] = field(default_factory=dict)
 
+    def students(self) -> list:
+        """Every fitted student of this seed, over teachers, ranks and methods."""
+        return [s for fits in self.fits.values() for at_rank in fits.values()
+                for s in at_rank.values()]
+
 
 # ----------------------------------------------------------------------------- checks
 
@@ -311,8 +316,7 @@ def run(config: Config) -> RunSummary:
         progress.stage("closed forms", f" and warm starts, seed {seed_run.seed} ({i} of "
                                        f"{len(runs)})")
         fit_closed_forms(seed_run, rank, config, device)
-    students = [s for r in runs for fits in r.fits.values() for at_rank in fits.values()
-                for s in at_rank.values()]
+    students = [s for r in runs for s in r.students()]
     progress.stage("training", f": {sum(s.job is not None for s in students)} students "
                                "distilled together")
     train_students(students, device, time_alone=True)  # every distillation, together
