@@ -103,14 +103,14 @@ def test_the_summary_holds_every_split_method_and_its_gap_as_the_per_fold_figure
         split = summary["splits"][scheme]
         dense = split["dense"]["per_fold"]
         assert len(dense) == 3
-        for method in (*splits.COMPRESSED, *splits.BASELINES):
+        for method in (*splits.compressed_methods(), *splits.BASELINES):
             row = split["methods"][method]
             per_fold = row["spearman"][at]["per_fold"]
             expected = sum(d - s for d, s in zip(dense, per_fold)) / 3
             assert row["gap_at_10x"] == pytest.approx(expected, abs=1e-12)
             within = [r for r, gap in zip(summary["ranks"], row["gap"]) if gap <= 0.01]
             assert row["smallest_rank_within"] == (within[0] if within else None)
-        best = min(splits.COMPRESSED, key=lambda m: split["methods"][m]["gap_at_10x"])
+        best = min(splits.compressed_methods(), key=lambda m: split["methods"][m]["gap_at_10x"])
         assert split["gap_at_10x"] == split["methods"][best]["gap_at_10x"]
         assert set(split["ablation_at_10x"]) == set(splits.ABLATION)
         gaps[scheme] = split["gap_at_10x"]
@@ -184,6 +184,31 @@ def test_command_writes_the_json_and_the_figure_together(tmp_path):
     summary = json.loads((out / splits.JSON_NAME).read_text())
     assert set(summary["splits"]) == set(splits.SCHEMES)
     assert (out / splits.FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_registered_compressor_is_scored_on_every_split_and_drawn(tmp_path, monkeypatch):
+    """A compressor registered from this file alone enters the splits: here one that keeps the
+    dense layer as it is, so on every fold its head is the dense head (a gap of exactly 0)."""
+    import copy
+
+    from distil_rank.benchmark.compressors import COMPRESSORS, Student
+
+    monkeypatch.setitem(COMPRESSORS, "keep_dense",
+                        lambda teacher, rank, context: Student(copy.deepcopy(teacher), 0.0))
+    assert "keep_dense" in splits.compressed_methods() and \
+        not set(splits.LAYER_ONLY) & set(splits.compressed_methods())
+    x, y, position = fitness_rows(n=300)
+    path = tmp_path / "rows.pt"
+    save_embeddings(path, EmbeddingSet(embeddings=x, fitness=y, position=position))
+    assert splits.main(["--data", str(path), "--out", str(tmp_path), "--quick", "--quiet"]) == 0
+    summary = json.loads((tmp_path / splits.JSON_NAME).read_text())
+    assert "keep_dense" in summary["compressed_methods"]
+    for scheme in splits.SCHEMES:
+        split = summary["splits"][scheme]
+        kept = split["methods"]["keep_dense"]
+        assert all(s["per_fold"] == split["dense"]["per_fold"] for s in kept["spearman"])
+        assert kept["gap"] == [0.0] * len(summary["ranks"])
+    assert (tmp_path / splits.FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_readme_quotes_the_committed_record(root):

@@ -8,8 +8,10 @@ consecutive positions). Every fold is held out in turn. Inside the training fold
 rows (a share of the rows, or for the position splits of the positions) choose every checkpoint
 and the ridge alpha; the heads train on the fit rows' labels or teacher outputs, the closed
 forms read every training-fold input, and the test fold is read only to score. Per fold the
-dense Fitness-Head is compared, at every sweep rank, with its first layer compressed
-(COMPRESSED) and with heads built without it (BASELINES); ABLATION varies task_labels' parts.
+dense Fitness-Head is compared, at every sweep rank, with its first layer compressed (by every
+compressor of the registry that fits a head, fitted_methods(), then task_labels and distil_head:
+compressed_methods()) and with heads built without it (BASELINES); ABLATION varies task_labels'
+parts.
 docs/benchmark.md describes every head; the JSON's layout is run_splits' and summarise_split's.
 
 task_labels refines task_aware's whole head on LABEL_WEIGHT * labels + (1 - LABEL_WEIGHT) *
@@ -30,6 +32,8 @@ import torch
 from torch import nn
 
 from distil_rank.benchmark.compressors import (
+    COMPRESSORS,
+    HEAD_COMPRESSORS,
     BenchmarkData,
     FitContext,
     compress_teacher,
@@ -54,10 +58,11 @@ from distil_rank.metrics import fit_ridges, spearman
 from distil_rank.runtime import add_threads_option, apply_threads, stage_seed
 
 SCHEMES = ("random", "modulo", "contiguous")
-COMPRESSED = ("svd", "svd_bias", "data_aware", "task_aware", "distil_task", "task_labels",
-              "distil_head")
+# The registry's compressors that distil the layer alone, on its own outputs: distil_task distils
+# it through the head, and takes their place here.
+LAYER_ONLY = ("distil", "distil_da")
+REFINED = ("task_labels", "distil_head")  # heads refined on labels (refined() below)
 BASELINES = ("scratch_lowrank", "pca", "ridge")
-CLOSED_AND_DISTILLED = ("svd", "svd_bias", "data_aware", "task_aware", "distil_task")
 WITHIN = 0.01  # Spearman within which a head counts as keeping the dense head's
 LABEL_WEIGHT = 0.5  # task_labels: the labels' share of the blended target
 REFINE_LR = 2e-4  # task_labels: Adam's rate
@@ -65,6 +70,17 @@ ABLATION = {"labels_only": (1.0, REFINE_LR), "head_lr": (LABEL_WEIGHT, None)}
 # (label weight, rate; None: the head's own); the teacher alone (weight 0) is distil_head
 JSON_NAME, FIGURE_NAME = "fitness_splits.json", "fitness_splits.png"
 DEFAULT_FILES = ("embeddings_train.pt", "embeddings_val.pt")
+
+
+def fitted_methods() -> tuple[str, ...]:
+    """The registry's compressors that the splits fit to a head's first layer: every one that
+    applies to a head (a registered one included), those in LAYER_ONLY aside."""
+    return tuple(m for m in {**COMPRESSORS, **HEAD_COMPRESSORS} if m not in LAYER_ONLY)
+
+
+def compressed_methods() -> tuple[str, ...]:
+    """Every compressed head the splits score: the fitted ones, then the refined ones."""
+    return (*fitted_methods(), *REFINED)
 
 
 @dataclass(frozen=True)
@@ -212,7 +228,7 @@ def baselines(fold: Fold, ranks: list[int]) -> tuple[dict[str, list], dict[str, 
 
 
 def compress_folds(folds: list[Fold], teachers: list, ranks: list[int]) -> list[dict]:
-    """Each fold's dense head's first layer compressed by CLOSED_AND_DISTILLED at every rank,
+    """Each fold's dense head's first layer compressed by fitted_methods() at every rank,
     the distillations of every fold trained as one stack: per fold, {rank: {method: Student}}."""
     per_fold, pending = [], []
     for fold, teacher in zip(folds, teachers):
@@ -224,7 +240,7 @@ def compress_folds(folds: list[Fold], teachers: list, ranks: list[int]) -> list[
         context = FitContext(data, fold.settings.distill, torch.device("cpu"),
                              seed=stage_seed(fold.seed, "compress"), readout=teacher.readout)
         students = {rank: compress_teacher(teacher.layer, rank, replace(
-            context, seed=stage_seed(context.seed, f"rank/{rank}")), CLOSED_AND_DISTILLED,
+            context, seed=stage_seed(context.seed, f"rank/{rank}")), fitted_methods(),
             train=False) for rank in ranks}
         per_fold.append(students)
         pending += [s for at in students.values() for s in at.values()]
@@ -261,14 +277,14 @@ def score_folds(folds: list[Fold], ranks: list[int], progress=print) -> list[dic
                           [stage_seed(f.seed, "dense") for f in folds])
     stage(f"{len(folds)} dense heads trained")
     students = compress_folds(folds, [teacher for teacher, _ in dense], ranks)
-    stage(f"{len(folds) * len(ranks) * len(CLOSED_AND_DISTILLED)} compressions fitted")
+    stage(f"{len(folds) * len(ranks) * len(fitted_methods())} compressions fitted")
     target = max(1, folds[0].x.shape[1] // folds[0].settings.rank_divisor)
     results, heads = [], []
     for fold, (teacher, (_, chosen)), at in zip(folds, dense, students):
         with torch.no_grad():
             test_x, test_y = fold.x[fold.test], fold.y[fold.test]
             methods = {m: [spearman(teacher.readout(at[r][m].module(test_x)).squeeze(-1), test_y)
-                           for r in ranks] for m in CLOSED_AND_DISTILLED}
+                           for r in ranks] for m in fitted_methods()}
             dense_score = spearman(teacher.readout(teacher.layer(test_x)).squeeze(-1), test_y)
         label, ridge = baselines(fold, ranks)
         label["task_labels"] = [refined(fold, teacher, at[r]["task_aware"].module, r)
@@ -305,7 +321,8 @@ def summarise_split(folds: list[dict], ranks: list[int], target: int) -> dict:
     smallest rank within WITHIN of the dense head."""
     dense = [f["dense"] for f in folds]
     methods = {}
-    for method in (*COMPRESSED, *BASELINES):
+    compressed = compressed_methods()
+    for method in (*compressed, *BASELINES):
         at = [[f["methods"][method][i] for f in folds] for i in range(len(ranks))]
         paired = [_stats([d - s for d, s in zip(dense, values)]) for values in at]
         gaps = [gap["mean"] for gap in paired]
@@ -314,7 +331,7 @@ def summarise_split(folds: list[dict], ranks: list[int], target: int) -> dict:
                            "gap_std": [gap["std"] for gap in paired],
                            "gap_at_10x": gaps[ranks.index(target)],
                            "smallest_rank_within": within[0] if within else None}
-    best = min(COMPRESSED, key=lambda m: methods[m]["gap_at_10x"])
+    best = min(compressed, key=lambda m: methods[m]["gap_at_10x"])
     ablations = {name: _stats([f["ablation"][name] for f in folds]) for name in ABLATION}
     return {"dense": _stats(dense), "methods": methods, "best_compressed_at_10x": best,
             "ablation_at_10x": ablations,
@@ -356,7 +373,8 @@ def run_splits(x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
     worst = max(SCHEMES, key=lambda s: splits[s]["gap_at_10x"])
     return {"rows": len(x), "dim": dim, "ranks": ranks, "rank_at_10x": target,
             "compression": [flop_ratio(dim, dim, r) for r in ranks],
-            "within": WITHIN, "compressed_methods": list(COMPRESSED), "baselines": list(BASELINES),
+            "within": WITHIN, "compressed_methods": list(compressed_methods()),
+            "baselines": list(BASELINES),
             "splits": splits, "worst_gap_at_10x": splits[worst]["gap_at_10x"],
             "worst_split_at_10x": worst, "seconds": time.perf_counter() - start,
             "settings": asdict(settings)}
@@ -404,9 +422,9 @@ def render_figure(path: Path, summary: dict) -> None:
         ax.axhline(dense["mean"], color="black", label="dense head (±std)")
         ax.axhline(dense["mean"] - WITHIN, color="black", ls=":", lw=1,
                    label=f"dense - {WITHIN}")
-        for method in (*COMPRESSED, *BASELINES):
+        for method in (*summary["compressed_methods"], *summary["baselines"]):
             stats = split["methods"][method]["spearman"]
-            dashed = method in BASELINES
+            dashed = method in summary["baselines"]
             ax.errorbar(ranks, [s["mean"] for s in stats], [s["std"] for s in stats],
                         ls="--" if dashed else "-", marker="o" if not dashed else "s",
                         ms=3.5, capsize=2, lw=1.2, label=method)
