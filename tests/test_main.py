@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import load_script
 from distil_rank.benchmark import cli as main
 from distil_rank.benchmark.compressors import COMPRESSORS, HEAD_COMPRESSORS
 from distil_rank.benchmark.report import FIGURE_NAME, SUMMARY_NAME
@@ -186,10 +187,10 @@ def test_bad_input_is_one_line_exit_2_and_out_untouched(tmp_path, root, capsys):
 
 
 def test_a_piped_run_shows_its_stages_before_its_first_table_and_quiet_shows_only_the_end(
-        tmp_path, root):
-    args = [sys.executable, "main.py", "--quick", "--no-sweep", "--seeds", "1", "--out",
-            str(tmp_path / "piped")]
-    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)
+        tmp_path, root, capsys):
+    args = ["--quick", "--no-sweep", "--seeds", "1", "--out", str(tmp_path / "piped")]
+    done = subprocess.run([sys.executable, "main.py", *args], cwd=root, capture_output=True,
+                          text=True, timeout=600)  # a real pipe: what is flushed, and when
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     first_table = next(i for i, line in enumerate(lines) if line.startswith("teacher "))
@@ -197,10 +198,12 @@ def test_a_piped_run_shows_its_stages_before_its_first_table_and_quiet_shows_onl
     assert len(stages) >= 3 and "then" in stages[0]
     assert all(len(line) <= 100 for line in lines[first_table:] if "  " in line)  # aligned
     assert not any(line.startswith("|") for line in lines)  # no Markdown on the console
-    quiet = subprocess.run([*args, "--quiet"], cwd=root, capture_output=True, text=True,
-                           timeout=600)
-    assert quiet.returncode == 0 and quiet.stdout.strip().startswith("wrote ")
-    assert len(quiet.stdout.strip().splitlines()) == 1
+    capsys.readouterr()
+    # --quiet's one line, from a run in this process
+    assert main.main([*args, "--quiet", "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.strip().startswith("wrote ") and len(quiet.strip().splitlines()) == 1
 
 
 def test_quick_writes_to_its_own_folder_by_default():
@@ -252,7 +255,8 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
                                                                         monkeypatch):
     """A fifth teacher and a new compressor, each registered from this file alone: a --quick
     run fits every compressor on every teacher, writes a summary that the committed schema
-    accepts, and draws its figure with five teachers."""
+    accepts, draws its figure with five teachers, and the docs generator's results section
+    holds both."""
     jsonschema = pytest.importorskip("jsonschema")
     from distil_rank.benchmark import compressors, teachers
     from distil_rank.lowrank import LowRankLinear, seeded_linear
@@ -286,3 +290,7 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
         methods = summary[teacher]["methods"]
         assert methods["half_svd"]["rank"] == methods["svd"]["rank"] // 2
     assert (out / FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    docs = load_script("scripts/docs_results.py")  # the docs' results section, generated
+    section = docs.results_section(docs.RunSummary.from_json(summary), [], [], [], [],
+                                   docs.Sources(committed=False, root=tmp_path))
+    assert "| Rank-8 |" in section and "half_svd" in section
