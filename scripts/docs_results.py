@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 
 from distil_rank.benchmark.report import (
+    best_head_method,
     describe_data,
     fmt,
     latency_table,
@@ -262,9 +263,7 @@ def headline_table(summary: RunSummary) -> str:
     each compressor keeps, and for a head the task. The student column shows each teacher's own
     student (`student_method`), the figure its JSON key `student_explained_variance` holds."""
     view = summary.results()
-    bests = {name: max((k for k in ("task_aware", "distil_task") if k in e.methods),
-                       key=lambda k, m=e.methods: m[k].task_spearman, default=None)
-             for name, e in view.entries.items()}
+    bests = {name: best_head_method(e) for name, e in view.entries.items()}
     return fill("headline", summary=summary, view=view, bests=bests, recipe=RECIPE,
                 compression=view.entries[summary.teachers[0]].derived()["compression"])
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from distil_rank.benchmark.compressors import HEAD_COMPRESSORS
 from distil_rank.benchmark.data import describe_embeddings
 from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, PLAUSIBLE_OVER_FLOPS
-from distil_rank.benchmark.results import Results, RunSummary
+from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
 from distil_rank.files import json_text, write_together
 from distil_rank.lowrank import flop_ratio
 
@@ -318,13 +319,19 @@ def headline(summary: RunSummary) -> str:
                 f"{_span(ev['svd_bias'], '.3g')}; the offset is {_span(offset, '.2%')} of SVD's "
                 "unexplained variance.")
     for name, entry in view.heads().items():
-        best = max((m for m in ("task_aware", "distil_task") if m in entry.methods),
-                   key=lambda m: entry.methods[m].task_spearman)
+        best = best_head_method(entry)
         sentences.append(f"The {name}'s best compressed head ({best}) reaches Spearman "
                          f"{entry.methods[best].task_spearman:.3f} on the measured fitness, "
                          f"against the dense head's {entry.teacher_task_spearman:.3f}.")
     sentences.append(_speed_sentence(summary))
     return " ".join(s for s in sentences if s)
+
+
+def best_head_method(entry: TeacherEntry) -> str | None:
+    """Of the compressors that know the head (HEAD_COMPRESSORS), the one whose head predicts
+    the measured fitness best; None for a teacher without them (a linear one)."""
+    return max((m for m in HEAD_COMPRESSORS if m in entry.methods),
+               key=lambda m: entry.methods[m].task_spearman, default=None)
 
 
 def _speed_sentence(summary: RunSummary) -> str:
