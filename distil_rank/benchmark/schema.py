@@ -12,7 +12,6 @@ against it.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -24,6 +23,7 @@ import typing
 from pathlib import Path
 
 from distil_rank.benchmark import results
+from distil_rank.errors import OneLineParser
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "reference" / "distil_rank_summary.schema.json"
 JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string",
@@ -135,8 +135,7 @@ def schema_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distil_rank.benchmark.schema",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 when {SCHEMA_PATH.name} differs from the generated one")
     args = parser.parse_args(argv)
