@@ -30,6 +30,7 @@ def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(target))
+    assert (target / "distil_rank" / "benchmark" / "templates" / "headline.md").is_file()
     for script in ("distil-rank", "distil-rank-embed", "distil-rank-calibrate",
                    "distil-rank-compress"):
         path = target / "bin" / script

@@ -293,38 +293,36 @@ def headline(summary: RunSummary) -> str:
     """The run's finding in two or three sentences, every figure from the summary: what the
     closed form, the SVD and the student keep of the linear teachers' output variance, what the
     best compressed head keeps of the task, and the speedup at the latency batch with its
-    flags."""
+    flags. The words: templates/headline.md."""
     view, student = summary.results(), summary.student_method
     linear = [e for e in view.entries.values() if e.teacher_task_spearman is None]
-    first = view.entries[summary.teachers[0]].derived()
-    sentences = []
-    if linear:
-        ev = {m: [e.methods[m].explained_variance for e in linear]
-              for m in ("data_aware", "svd", "svd_bias", student) if m in linear[0].methods}
-        sentences.append(
-            f"At rank {summary.target_rank} of {summary.input_dim} ({first['compression']:.1f}x "
-            f"fewer parameters) on {describe_data(summary)}, the closed form keeps "
-            f"{_span(ev['data_aware'], '.3f')} of the linear teachers' output variance on "
-            f"held-out rows (explained variance: 1 is the teacher, 0 its mean output, below 0 "
-            f"worse than that), the data-free SVD {_span(ev['svd'], '.3g')}, and {student} "
-            f"{_span(ev[student], '.3f')}.")
-        pairs = [(s, b) for s, b in zip(ev["svd"], ev.get("svd_bias", []))
-                 if s is not None and b is not None and s == s and b == b and s < 1]
-        if pairs:  # explained variance is undefined where the teacher's output does not vary
-            offset = [(b - s) / (1 - s) for s, b in pairs]
-            sentences.append(
-                f"{'Most' if min(offset) > 0.5 else 'Part'} of SVD's loss is a constant "
-                f"offset: with the truncation's shift of the "
-                f"training mean folded into its bias (svd_bias) it keeps "
-                f"{_span(ev['svd_bias'], '.3g')}; the offset is {_span(offset, '.2%')} of SVD's "
-                "unexplained variance.")
-    for name, entry in view.heads().items():
-        best = best_head_method(entry)
-        sentences.append(f"The {name}'s best compressed head ({best}) reaches Spearman "
-                         f"{entry.methods[best].task_spearman:.3f} on the measured fitness, "
-                         f"against the dense head's {entry.teacher_task_spearman:.3f}.")
-    sentences.append(_speed_sentence(summary))
-    return " ".join(s for s in sentences if s)
+    ev = {m: [e.methods[m].explained_variance for e in linear]
+          for m in ("data_aware", "svd", "svd_bias", student) if linear and m in linear[0].methods}
+    pairs = [(s, b) for s, b in zip(ev.get("svd", []), ev.get("svd_bias", []))
+             if s is not None and b is not None and s == s and b == b and s < 1]
+    # explained variance is undefined where the teacher's output does not vary
+    batch, matrix = summary.setting("latency", "batch"), summary.latency_matrix.get("cpu")
+    row = next((r for r in (matrix or {}).get("rows", []) if r["batch"] == batch
+                and r["mode"] == "eager" and r["dtype"] == "float32"), None)
+    text = _template("headline").render(
+        summary=summary, ev=ev, student=student, data=describe_data(summary),
+        compression=view.entries[summary.teachers[0]].derived()["compression"],
+        offset=[(b - s) / (1 - s) for s, b in pairs], heads=view.heads(), row=row,
+        device=matrix and matrix["device"], flags=row and untrusted(row))
+    return " ".join(line for line in text.splitlines() if line)
+
+
+def _template(name: str):
+    """A template of distil_rank/benchmark/templates (Jinja2): `f` formats a figure by a format
+    spec, {{ x | f(".3f") }}."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, autoescape=False)
+    env.filters["f"] = format
+    env.globals.update(span=_span, speed_words=speed_words, best_head_method=best_head_method)
+    return env.get_template(f"{name}.md")
 
 
 def best_head_method(entry: TeacherEntry) -> str | None:
@@ -332,20 +330,6 @@ def best_head_method(entry: TeacherEntry) -> str | None:
     the measured fitness best; None for a teacher without them (a linear one)."""
     return max((m for m in HEAD_COMPRESSORS if m in entry.methods),
                key=lambda m: entry.methods[m].task_spearman, default=None)
-
-
-def _speed_sentence(summary: RunSummary) -> str:
-    batch = summary.setting("latency", "batch")
-    matrix = summary.latency_matrix.get("cpu")
-    row = next((r for r in (matrix or {}).get("rows", []) if r["batch"] == batch
-                and r["mode"] == "eager" and r["dtype"] == "float32"), None)
-    if row is None:
-        return ""
-    flags = untrusted(row)
-    said = (f"At batch {batch} on {matrix['device']} the rank-r layer ran "
-            f"{speed_words(row['speedup'])} than dense (FLOP ratio {row['flop_ratio']:.1f}x)")
-    return said + (f", a figure that cannot be trusted ({', '.join(flags)}: the machine was "
-                   "busy)." if flags else ".")
 
 
 def describe_data(summary: RunSummary) -> str:
