@@ -124,9 +124,10 @@ def generate() -> dict:
             "$id": "distil_rank_summary.schema.json",
             "title": "Distil-Rank benchmark summary",
             **{k: v for k, v in run.items() if k != "description"},
-            "description": "What `python main.py` writes to results/distil_rank_summary.json, "
-                           "generated from distil_rank/benchmark/results.py by "
-                           "`python -m distil_rank.benchmark.schema`. " + run["description"],
+            "description": "What `python main.py` writes to results/distil_rank_summary.json "
+                           "(RunSummary.to_json): the run's facts, then each teacher at the top "
+                           "level under its name. Generated from distil_rank/benchmark/results.py "
+                           "by `python -m distil_rank.benchmark.schema`.",
             "$defs": dict(sorted(gen.defs.items()))}
 
 
