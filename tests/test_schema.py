@@ -3,8 +3,14 @@ which is generated from the records that write them (distil_rank/benchmark/schem
 
 import copy
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -97,3 +103,44 @@ def test_a_compressors_own_facts_sit_beside_its_scores(root, schema):
     scores["rank"] = 1.5
     with pytest.raises(jsonschema.ValidationError, match="1.5 is not of type 'integer'"):
         jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_adding_a_metric_as_contributing_shows_it(root, tmp_path):
+    """CONTRIBUTING's "Adding a metric", applied as written to a copy of the package: the new
+    key is computed, is a field of MethodScores, and the generated schema describes it."""
+    text = (root / "CONTRIBUTING.md").read_text()
+    diff = re.search(r"## Adding a metric.*?```diff\n(.*?)```", text, re.S).group(1)
+    shutil.copytree(root / "distil_rank", tmp_path / "distil_rank",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "reference").mkdir()
+    for change in re.split(r"^ # ", diff, flags=re.M)[1:]:
+        heading, *lines = change.splitlines()
+        path = tmp_path / heading.split(",")[0]
+        context = "".join(line[1:] + "\n" for line in lines if line.startswith(" "))
+        added = "".join(line[1:] + "\n" for line in lines if line.startswith("+"))
+        source = path.read_text()
+        assert source.count(context) == 1, (heading, context)
+        path.write_text(source.replace(context, context + added))
+    check = (
+        "import json, torch\n"
+        "from distil_rank.benchmark import schema\n"
+        "from distil_rank.benchmark.results import method_scores\n"
+        "from distil_rank.metrics import fidelity\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "y, y_hat = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g)\n"
+        "figures = fidelity(y, y_hat)\n"
+        "scores = method_scores({**figures, 'fit_seconds': 0.0, 'params': 8, 'rank': 1})\n"
+        "assert schema.main([]) == 0\n"
+        "print(json.dumps([figures['cosine_median'], scores.cosine_median, scores.extra]))\n")
+    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    computed, field, extra = json.loads(done.stdout.splitlines()[-1])
+    g = torch.Generator().manual_seed(0)
+    y, y_hat = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g)
+    by_hand = sorted(((a @ b) / (a.norm() * b.norm())).item() for a, b in zip(y, y_hat))[4]
+    assert computed == field == pytest.approx(by_hand, abs=1e-6) and extra == {}
+    generated = json.loads((tmp_path / "reference" / "distil_rank_summary.schema.json").read_text())
+    assert generated["$defs"]["MethodScores"]["properties"]["cosine_median"] == {
+        "type": ["number", "null"],
+        "description": "Median over validation rows of the per-row cosine."}
