@@ -20,8 +20,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import jinja2
-
 from distil_rank.benchmark.report import (
     best_head_method,
     describe_data,
@@ -31,6 +29,7 @@ from distil_rank.benchmark.report import (
     results_table,
     task_table,
     teacher_latency_table,
+    template_environment,
 )
 from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
 
@@ -47,14 +46,11 @@ RECIPE = "distil"  # the published recipe's student in our runs: SVD start, thei
 
 
 @functools.cache
-def templates() -> jinja2.Environment:
-    """The prose: Markdown templates in scripts/templates, filled with the records' figures by
-    Jinja2 (which torch already requires). `f` formats a figure by a format spec:
-    {{ x | f(".3f") }}."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "scripts" / "templates"),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True, autoescape=False)
-    env.filters.update(f=format, run_time=_run_time, provenance=_provenance, flags=_flags)
+def templates():
+    """The prose: Markdown templates in scripts/templates, filled with the records' figures
+    (report.template_environment, as the run's headline is)."""
+    env = template_environment(ROOT / "scripts" / "templates")
+    env.filters.update(run_time=_run_time, provenance=_provenance, flags=_flags)
     env.globals.update(pm=pm, fmt=fmt)
     return env
 

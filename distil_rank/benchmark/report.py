@@ -312,15 +312,22 @@ def headline(summary: RunSummary) -> str:
     return " ".join(line for line in text.splitlines() if line)
 
 
-def _template(name: str):
-    """A template of distil_rank/benchmark/templates (Jinja2): `f` formats a figure by a format
-    spec, {{ x | f(".3f") }}."""
+def template_environment(folder: Path):
+    """Jinja2 for Markdown templates in `folder`, as the report and the docs generator fill
+    them: a missing figure is an error, block tags leave no blank lines, and `f` formats a
+    figure by a format spec, {{ x | f(".3f") }}."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder),
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, autoescape=False)
     env.filters["f"] = format
+    return env
+
+
+def _template(name: str):
+    """A template of distil_rank/benchmark/templates."""
+    env = template_environment(Path(__file__).parent / "templates")
     env.globals.update(span=_span, speed_words=speed_words, best_head_method=best_head_method)
     return env.get_template(f"{name}.md")
 
