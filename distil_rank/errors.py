@@ -40,17 +40,6 @@ def seed_argument(text: str) -> int:
     return seed
 
 
-def threads_argument(text: str) -> int:
-    """argparse's type for --threads: a whole number of at least 1."""
-    try:
-        threads = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if threads < 1:
-        raise argparse.ArgumentTypeError(f"{threads}: at least 1 thread")
-    return threads
-
-
 class Terminated(BaseException):
     """SIGTERM, turned into an exception so that every `finally` runs (temporary files go). A
     BaseException, like KeyboardInterrupt, so that no `except Exception` turns it into an error

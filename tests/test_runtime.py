@@ -52,6 +52,19 @@ def test_every_command_takes_the_one_threads_flag(module, capsys):
     assert "--threads: 0: at least 1 thread" in capsys.readouterr().err
 
 
+def test_threads_above_the_cores_are_refused(monkeypatch):
+    """--threads 1000 on two cores ran a 6 s --quick run for minutes: the flag stops at the
+    cores this process may run on, and takes exactly that many."""
+    import argparse
+
+    from distil_rank import runtime
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 3)
+    assert runtime.threads_argument("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="4: more than the 3 core"):
+        runtime.threads_argument("4")
+
+
 def test_apply_threads_sets_says_and_returns_the_choice(capsys, monkeypatch):
     from distil_rank.runtime import apply_threads
 

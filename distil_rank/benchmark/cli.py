@@ -8,7 +8,8 @@ import sys
 
 from distil_rank import __version__
 from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
-from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument, threads_argument
+from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
+from distil_rank.runtime import threads_argument
 
 
 def create_parser() -> argparse.ArgumentParser:
