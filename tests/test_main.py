@@ -144,6 +144,20 @@ def test_without_labels_the_head_is_skipped_and_said_so(tmp_path, root, capsys):
     assert "teacher_spearman" not in summary["Random"]  # no labels, no downstream probe
 
 
+def test_too_few_training_rows_for_a_head_skip_it_and_say_why(tmp_path, root, capsys):
+    """Two labelled training rows: the selection split leaves one fit row, whose
+    standardisation is NaN. The head is skipped with the reason, not a traceback."""
+    data = torch.load(root / "embeddings_train.pt", weights_only=True)
+    torch.save({k: v[:2] for k, v in data.items() if k in ("embeddings", "fitness")},
+               tmp_path / "two.pt")
+    out = tmp_path / "out"
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--out", str(out), "--train",
+                      str(tmp_path / "two.pt"), "--val", str(root / "embeddings_val.pt")]) == 0
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    why = summary["skipped_teachers"]["Fitness-Head"]
+    assert "2 training rows leave 1 fit row(s)" in why and why in capsys.readouterr().out
+
+
 def bad_cases(tmp, root):
     train, val = str(root / "embeddings_train.pt"), str(root / "embeddings_val.pt")
     torch.save(torch.randn(10, 7), tmp / "d7.pt")

@@ -118,12 +118,17 @@ def undefined_metrics(entries: dict) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def fitness_usable(train_fitness, val_fitness) -> tuple[bool, str]:
+def fitness_usable(dataset: Dataset, selection_fraction: float) -> tuple[bool, str]:
     """Whether both splits carry fitness labels a head can learn from, and if not, why."""
-    if train_fitness is None or val_fitness is None:
+    train, val = dataset.train, dataset.val
+    if train.fitness is None or val.fitness is None:
         return False, "no fitness labels in both splits: a head trained on them cannot be built"
-    if bool((train_fitness == train_fitness[0]).all()):
+    if bool((train.fitness == train.fitness[0]).all()):
         return False, "fitness is the same for every training row: there is nothing to learn"
+    fit = len(split_indices(train.num_rows, selection_fraction, 0)[0])  # the same for any seed
+    if fit < 2:
+        return False, (f"{train.num_rows} training rows leave {fit} fit row(s) beside the "
+                       "selection rows: a head needs at least 2")
     return True, ""
 
 
@@ -306,7 +311,7 @@ def run(config: Config) -> RunSummary:
     rank = resolve_rank(config.rank, dim, config.rank_divisor)
     progress.say("config: " + json.dumps(config.as_dict()))  # validated: no error can follow it
     progress.say(f"threads: {threads.threads} ({threads.reason}; --threads N overrides)")
-    has_fitness = announce_data(progress, dataset, rank, device)
+    has_fitness = announce_data(progress, dataset, config, rank, device)
     runs = [SeedRun(seed, seed_rows(dataset, seed, config, has_fitness))
             for seed in config.seeds()]
     warm_up(dim, device)
@@ -343,7 +348,8 @@ def run(config: Config) -> RunSummary:
     return summary
 
 
-def announce_data(progress: Progress, dataset: Dataset, rank: int, device) -> bool:
+def announce_data(progress: Progress, dataset: Dataset, config: Config, rank: int,
+                  device) -> bool:
     """Say what the run reads; whether both splits carry usable fitness labels."""
     train, val = dataset.train, dataset.val
     progress.stage("data", f": {dataset.note}: train {tuple(train.embeddings.shape)}, val "
@@ -351,7 +357,7 @@ def announce_data(progress: Progress, dataset: Dataset, rank: int, device) -> bo
     if not dataset.real_data:
         progress.say("note: synthetic data stands in for real embeddings; the JSON says "
                      "real_data: false")
-    has_fitness, skipped_head = fitness_usable(train.fitness, val.fitness)
+    has_fitness, skipped_head = fitness_usable(dataset, config.selection_fraction)
     if not has_fitness:
         progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")
     if dataset.val_rows_in_train:
@@ -389,7 +395,7 @@ def summarise_run(config: Config, dataset: Dataset, runs: list[SeedRun], rank: i
     """The run's summary, built once: every teacher combined over seeds, and the run's facts."""
     names = list(runs[0].teachers)
     entries = {name: summarise_seeds([r.entries[name] for r in runs]) for name in names}
-    has_fitness, skipped_head = fitness_usable(dataset.train.fitness, dataset.val.fitness)
+    has_fitness, skipped_head = fitness_usable(dataset, config.selection_fraction)
     return RunSummary(
         real_data=dataset.real_data, data_note=dataset.note, target_rank=rank,
         input_dim=dataset.train.dim, teachers=names, entries=entries,
