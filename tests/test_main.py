@@ -158,6 +158,30 @@ def test_too_few_training_rows_for_a_head_skip_it_and_say_why(tmp_path, root, ca
     assert "2 training rows leave 1 fit row(s)" in why and why in capsys.readouterr().out
 
 
+def test_a_head_whose_task_is_undefined_is_said_so_never_nan(root):
+    """Constant validation fitness leaves every task Spearman undefined (null): the headline
+    and the task table say so, and the head stays a head (its layer joins no linear span)."""
+    import re
+
+    from distil_rank.benchmark import report
+    from distil_rank.benchmark.results import RunSummary
+
+    summary = json.loads((root / "reference" / SUMMARY_NAME).read_text())
+    before = report.headline(RunSummary.from_json(summary))
+    head = summary["Fitness-Head"]
+    head["teacher_task_spearman"] = None
+    for scores in head["methods"].values():
+        scores["task_spearman"] = None
+    loaded = RunSummary.from_json(summary)
+    text = report.headline(loaded)
+    table = "\n".join(report.task_table(loaded.results(), console=True))
+    assert not re.search(r"\bnan\b", text + table, re.IGNORECASE)
+    assert "The Fitness-Head's Spearman rho on the measured fitness is not computable" in text
+    assert text.split(". ")[0] == before.split(". ")[0]  # the linear teachers' span, unchanged
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert len(rows) == 1 + len(head["methods"]) and all(row[-4] == "n/a" for row in rows[1:])
+
+
 def bad_cases(tmp, root):
     train, val = str(root / "embeddings_train.pt"), str(root / "embeddings_val.pt")
     torch.save(torch.randn(10, 7), tmp / "d7.pt")
@@ -167,6 +191,7 @@ def bad_cases(tmp, root):
     nan[3, 3] = float("nan")
     torch.save(nan, tmp / "nan.pt")
     torch.save("not a tensor", tmp / "text.pt")
+    torch.save(torch.ones(10, 320), tmp / "same.pt")  # nothing varies: no EV can be measured
     cases = {
         "missing": ["--train", str(tmp / "nope.pt"), "--val", val],
         "dims": ["--train", train, "--val", str(tmp / "d7.pt")],
@@ -174,6 +199,7 @@ def bad_cases(tmp, root):
         "flat": ["--train", str(tmp / "flat.pt"), "--val", val],
         "nan": ["--train", train, "--val", str(tmp / "nan.pt")],
         "text": ["--train", str(tmp / "text.pt"), "--val", val],
+        "same_val": ["--train", train, "--val", str(tmp / "same.pt")],
         "rank0": ["--train", train, "--val", val, "--rank", "0"],
         "rank_d": ["--train", train, "--val", val, "--rank", "320"],
         "device": ["--train", train, "--val", val, "--device", "tpu"],

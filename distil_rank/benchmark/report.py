@@ -148,14 +148,20 @@ def _fused_lines(matrix: dict) -> list[str]:
     return lines
 
 
-def fmt(value, spec: str) -> str:
+def fmt(value, spec: str, undefined: str = "n/a") -> str:
     """A figure, or n/a where it is undefined (None in JSON, NaN in memory)."""
-    return "n/a" if value is None or value != value else format(value, spec)
+    return undefined if value is None or value != value else format(value, spec)
+
+
+def _figure(value, spec: str) -> str:
+    """A figure in a sentence: where it is undefined, the words say so (the reason is the
+    JSON's `undefined`)."""
+    return fmt(value, spec, "not computable")
 
 
 def pm(mean, std, spec: str) -> str:
     """mean ± std, the std left out when it is zero or absent (a single seed, or no spread)."""
-    return fmt(mean, spec) if not std else f"{format(mean, spec)} ± {format(std, '.1g')}"
+    return fmt(mean, spec) if not std or mean is None else f"{format(mean, spec)} ± {format(std, '.1g')}"
 
 
 def results_table(view: Results, console: bool = False) -> list[str]:
@@ -186,12 +192,13 @@ def task_table(view: Results, console: bool = False) -> list[str]:
     rows = []
     for teacher, entry in view.heads().items():
         reference = entry.teacher_task_spearman
-        rows.append([teacher, "teacher head itself", f"{reference:.3f}", "1", "1", "1", ""])
+        rows.append([teacher, "teacher head itself", fmt(reference, ".3f"), "1", "1", "1", ""])
         for method, m in entry.methods.items():
             rho_std = view.std(teacher, "methods", method, "task_spearman")
+            share = None if None in (m.task_spearman, reference) else m.task_spearman / reference
             rows.append([teacher, method if console else METHOD_LABELS.get(method, method),
-                         pm(m.task_spearman, rho_std, ".3f"), f"{m.task_spearman / reference:.3f}",
-                         f"{m.head_explained_variance:.4g}", f"{m.explained_variance:.4g}",
+                         pm(m.task_spearman, rho_std, ".3f"), fmt(share, ".3f"),
+                         fmt(m.head_explained_variance, ".4g"), fmt(m.explained_variance, ".4g"),
                          f"{m.fit_seconds:.3f}"])
     return _table(header, "llrrrrr", rows, console) if rows else []
 
@@ -284,6 +291,8 @@ def _panel_fidelity(ax, summary, view: Results):
 
 
 def _span(values: list[float], spec: str) -> str:
+    if any(v is None or v != v for v in values):
+        return _figure(None, spec)
     low, high = min(values), max(values)
     return format(low, spec) if format(low, spec) == format(high, spec) else \
         f"{format(low, spec)} to {format(high, spec)}"
@@ -295,7 +304,7 @@ def headline(summary: RunSummary) -> str:
     best compressed head keeps of the task, and the speedup at the latency batch with its
     flags. The words: templates/headline.md."""
     view, student = summary.results(), summary.student_method
-    linear = [e for e in view.entries.values() if e.teacher_task_spearman is None]
+    linear = [e for e in view.entries.values() if not e.is_head]
     ev = {m: [e.methods[m].explained_variance for e in linear]
           for m in ("data_aware", "svd", "svd_bias", student) if linear and m in linear[0].methods}
     pairs = [(s, b) for s, b in zip(ev.get("svd", []), ev.get("svd_bias", []))
@@ -315,13 +324,13 @@ def headline(summary: RunSummary) -> str:
 def template_environment(folder: Path):
     """Jinja2 for Markdown templates in `folder`, as the report and the docs generator fill
     them: a missing figure is an error, block tags leave no blank lines, and `f` formats a
-    figure by a format spec, {{ x | f(".3f") }}."""
+    figure by a format spec, {{ x | f(".3f") }} ("not computable" where it is undefined)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder),
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, autoescape=False)
-    env.filters["f"] = format
+    env.filters["f"] = _figure
     return env
 
 
@@ -335,8 +344,11 @@ def _template(name: str):
 def best_head_method(entry: TeacherEntry) -> str | None:
     """Of the compressors that know the head (HEAD_COMPRESSORS), the one whose head predicts
     the measured fitness best; None for a teacher without them (a linear one)."""
-    return max((m for m in HEAD_COMPRESSORS if m in entry.methods),
-               key=lambda m: entry.methods[m].task_spearman, default=None)
+    def rho(method):  # an undefined rho (constant fitness) ranks last
+        value = entry.methods[method].task_spearman
+        return -math.inf if value is None or value != value else value
+
+    return max((m for m in HEAD_COMPRESSORS if m in entry.methods), key=rho, default=None)
 
 
 def describe_data(summary: RunSummary) -> str:

@@ -467,6 +467,12 @@ class TeacherEntry:
     head_training: HeadTraining | None = field(default=None, metadata=ALWAYS_WRITTEN)
     """Fitness-Head only: how its training ended (null for other teachers)."""
 
+    @property
+    def is_head(self) -> bool:
+        """Whether this teacher is a head's first layer, judged by its task. Its head_training
+        says so, not its task Spearman, which is null where the fitness does not vary."""
+        return self.head_training is not None
+
     def derived(self) -> Published:
         """The published keys, and what they leave out, from this entry's own scores."""
         svd, best = self.methods["svd"], self.methods[self.student_method]
@@ -542,7 +548,7 @@ class Results:
 
     def heads(self) -> dict[str, TeacherEntry]:
         """The teachers judged by a task (a head's first layer)."""
-        return {n: e for n, e in self.entries.items() if e.teacher_task_spearman is not None}
+        return {n: e for n, e in self.entries.items() if e.is_head}
 
     def std(self, teacher: str, *path: str):
         node = self._json[teacher].get("std")
