@@ -161,7 +161,9 @@ def _figure(value, spec: str) -> str:
 
 def pm(mean, std, spec: str) -> str:
     """mean ± std, the std left out when it is zero or absent (a single seed, or no spread)."""
-    return fmt(mean, spec) if not std or mean is None else f"{format(mean, spec)} ± {format(std, '.1g')}"
+    if not std or mean is None:
+        return fmt(mean, spec)
+    return f"{format(mean, spec)} ± {format(std, '.1g')}"
 
 
 def results_table(view: Results, console: bool = False) -> list[str]:
