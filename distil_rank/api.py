@@ -223,7 +223,7 @@ class LayerReport:
     explained_variance_calibration: float  # of the objective's error on the calibration rows:
     # G-weighted for the "output" objective, so not comparable with the holdout figure
     explained_variance_holdout: float | None  # the layer's own, unweighted output on the
-    # holdout rows; None without holdout
+    # holdout rows; None without holdout, or where that output does not vary (one row): warned
     objective: str = "layer"  # "layer" (data_aware) or "output" (task_aware, G from probes)
 
     @property
@@ -463,6 +463,9 @@ def compress_model(model: nn.Module, calibration: Iterable,
     LayerReport per replaced layer (and, with a budget, per layer kept dense); explained
     variance is measured on the holdout batches when given.
     """
+    if config is not None and not isinstance(config, CompressionConfig):
+        raise TypeError(f"config: expected a CompressionConfig, got a {type(config).__name__} "
+                        "(options go as keywords: compress_model(model, data, rank=8))")
     config = replace(config, **options) if config is not None else CompressionConfig(**options)
     _check_module(model, "compress_model")
     targets = _targets(model, config.layers, config.rank)
@@ -635,11 +638,18 @@ def _measure_holdout(model: nn.Module, replaced: dict, holdout, call, gram: dict
     with torch.no_grad():
         _record(model, {n: teacher for n, (teacher, _, _) in replaced.items()}, holdout, call,
                 on_input, skip_padding=skip_padding, desc="measuring on holdout")
+    constant = []
     for name, (_, _, report) in replaced.items():
         outputs = output_moments[name].moments()
         spread = outputs.covariance.trace().item() * outputs.count  # sum ||y - mean(y)||^2
         report.explained_variance_holdout = (1 - squared_error[name] / spread
                                              if spread > 0 else None)
+        if spread <= 0:
+            constant.append(name)
+    if constant:  # 0 / 0: said once, with the reason, not reported as nan
+        warnings.warn(f"explained_variance_holdout is None (not computable) for layer(s) "
+                      f"{', '.join(map(repr, constant))}: their output does not vary over the "
+                      f"{outputs.count} holdout row(s)", stacklevel=3)
 
 
 def weights_kept(reports: list[LayerReport]) -> tuple[int, int]:

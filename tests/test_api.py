@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -353,3 +354,28 @@ def test_compress_linear_checks_the_options_it_shares_as_compress_model_does():
             compress_linear(layer, x, **options)
         with pytest.raises(ValueError, match=message):
             CompressionConfig(**options)
+
+
+def test_a_holdout_whose_output_cannot_vary_is_warned_not_computable():
+    """One holdout row: every layer's output spread is 0, so its explained variance is 0 / 0.
+    Reported as None with one warning saying why; two rows give a figure."""
+    torch.manual_seed(0)
+    data = torch.randn(200, 16)
+    model = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 8))
+    with pytest.warns(UserWarning, match=r"not computable.*'0', '2'.*over the 1 holdout row"):
+        reports = compress_model(model, data, rank=4, holdout=data[:1])
+    assert [r.explained_variance_holdout for r in reports] == [None, None]
+    model = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reports = compress_model(model, data, rank=4, holdout=data[:2])
+    assert all(r.explained_variance_holdout < 1 for r in reports)
+
+
+def test_a_config_of_another_type_is_refused_before_the_model_is_touched():
+    model = nn.Sequential(nn.Linear(16, 16))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TypeError, match="config: expected a CompressionConfig, got a dict"):
+        compress_model(model, torch.randn(50, 16), config={"rank": 4})
+    assert isinstance(model[0], nn.Linear) and all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items())
