@@ -39,32 +39,38 @@ def write_together(writers: dict[Path, object]) -> None:
     temporaries = [t.parent / f".{t.name}.partial" for t in targets]
     backups = [t.parent / f".{t.name}.previous" for t in targets]
     _remove_leftovers([*temporaries, *backups])
-    try:
+    try:  # one try around writing and swapping: a signal landing between the two is caught too
         for temporary, write in zip(temporaries, writers.values()):
             temporary.parent.mkdir(parents=True, exist_ok=True)
             write(temporary)
+        with _signals_held(mark=targets):
+            _swap_in(temporaries, targets, backups)
     except BaseException:
         with _signals_held():
-            _unlink(temporaries)
-        raise
-    with _signals_held(mark=targets):
-        swapped = []
-        try:
-            for target, backup in zip(targets, backups):
-                if target.exists():
-                    os.link(target, backup)
-            for temporary, target in zip(temporaries, targets):
-                os.replace(temporary, target)
-                swapped.append(target)
-        except BaseException:
-            for target, backup in zip(swapped, backups):
-                if backup.exists():
-                    os.replace(backup, target)
-                else:
-                    target.unlink(missing_ok=True)
-            raise
-        finally:
             _unlink([*temporaries, *backups])
+        raise
+
+
+def _swap_in(temporaries: list[Path], targets: list[Path], backups: list[Path]) -> None:
+    """Rename every temporary over its target, the old files kept as hard-linked backups until
+    all are in; on a failure the swapped ones are rolled back. No temporary or backup stays."""
+    swapped = []
+    try:
+        for target, backup in zip(targets, backups):
+            if target.exists():
+                os.link(target, backup)
+        for temporary, target in zip(temporaries, targets):
+            os.replace(temporary, target)
+            swapped.append(target)
+    except BaseException:
+        for target, backup in zip(swapped, backups):
+            if backup.exists():
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+    finally:
+        _unlink([*temporaries, *backups])
 
 
 class _signals_held:

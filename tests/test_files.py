@@ -75,6 +75,30 @@ def test_a_signal_during_the_swap_is_held_until_the_new_pair_is_complete(old, mo
     assert state(old) == {"a.json": "new", "b.png": "new"}  # no .previous, no .partial
 
 
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt),
+                                          (signal.SIGTERM, Terminated)])
+def test_a_signal_between_rendering_and_the_swap_leaves_the_old_pair_only(old, signum, stop,
+                                                                         monkeypatch):
+    """Every file rendered, the swap's hold not yet begun: the signal lands as the hold is
+    entered, before its handlers are in. Found by signalling distil-rank-compress and the
+    embedding tool at their file events: both .partial files stayed behind."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    real_enter = files._signals_held.__enter__
+
+    def enter(self):
+        if self.mark is not None:
+            os.kill(os.getpid(), signum)
+        return real_enter(self)
+
+    monkeypatch.setattr(files._signals_held, "__enter__", enter)
+    try:
+        with pytest.raises(stop):
+            write_together(pair(old, "new"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert state(old) == {"a.json": "old", "b.png": "old"}
+
+
 def test_a_failed_swap_rolls_back_and_a_signal_then_still_stops(old, monkeypatch):
     real_replace = os.replace
     calls = []
