@@ -4,6 +4,7 @@ the API a ValueError or OSError naming the file or layer, and the caller's model
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,8 @@ def test_validation_rows_that_do_not_vary_give_null_with_a_reason_and_a_figure(t
     assert summary["Random"]["methods"]["data_aware"]["explained_variance"] is None
     assert "does not vary" in summary["undefined"]["explained_variance"]
     assert (out / FIGURE_NAME).read_bytes()[:4] == b"\x89PNG"
+    headline = summary["headline"]  # in words: never nan
+    assert "not computable" in headline and not re.search(r"\bnan\b", headline, re.I)
 
 
 # ----------------------------------------------------------------------------- writing a pair

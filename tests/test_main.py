@@ -191,7 +191,6 @@ def bad_cases(tmp, root):
     nan[3, 3] = float("nan")
     torch.save(nan, tmp / "nan.pt")
     torch.save("not a tensor", tmp / "text.pt")
-    torch.save(torch.ones(10, 320), tmp / "same.pt")  # nothing varies: no EV can be measured
     cases = {
         "missing": ["--train", str(tmp / "nope.pt"), "--val", val],
         "dims": ["--train", train, "--val", str(tmp / "d7.pt")],
@@ -199,7 +198,6 @@ def bad_cases(tmp, root):
         "flat": ["--train", str(tmp / "flat.pt"), "--val", val],
         "nan": ["--train", train, "--val", str(tmp / "nan.pt")],
         "text": ["--train", str(tmp / "text.pt"), "--val", val],
-        "same_val": ["--train", train, "--val", str(tmp / "same.pt")],
         "rank0": ["--train", train, "--val", val, "--rank", "0"],
         "rank_d": ["--train", train, "--val", val, "--rank", "320"],
         "device": ["--train", train, "--val", val, "--device", "tpu"],
