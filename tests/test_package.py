@@ -1,11 +1,29 @@
 """The package installs from a clone and imports from any folder, with its console scripts."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+RUN_SCRIPTS = """
+import contextlib, io, json, runpy, sys
+from pathlib import Path
+folder, calls, results = Path(sys.argv[1]), json.loads(sys.argv[2]), []
+for script, flag in calls:
+    sys.argv = [str(folder / script), flag]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as done:
+            code = 0 if done.code is None else done.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
 
 
 def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
@@ -31,42 +49,64 @@ def test_pip_installs_the_package_and_its_console_scripts(tmp_path, root):
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(target))
     assert (target / "distil_rank" / "benchmark" / "templates" / "headline.md").is_file()
-    for script in ("distil-rank", "distil-rank-embed", "distil-rank-calibrate",
-                   "distil-rank-compress"):
-        path = target / "bin" / script
-        assert path.exists(), script
-        ran = subprocess.run([sys.executable, str(path), "--help"], cwd=elsewhere, env=env,
-                             capture_output=True, text=True)
-        assert ran.returncode == 0 and "usage:" in ran.stdout, ran.stderr
-        wrong = subprocess.run([sys.executable, str(path), "--no-such-flag"], cwd=elsewhere,
-                               env=env, capture_output=True, text=True)
-        assert wrong.returncode == 2 and f"(see {script} --help)" in wrong.stderr, wrong.stderr
-    version = subprocess.run([sys.executable, str(target / "bin" / "distil-rank"), "--version"],
-                             cwd=elsewhere, env=env, capture_output=True, text=True)
+    scripts = ("distil-rank", "distil-rank-embed", "distil-rank-calibrate", "distil-rank-compress")
+    for script in scripts:
+        assert (target / "bin" / script).exists(), script
+    # Every installed script file, run as its own __main__ with --help, with a wrong flag and
+    # (distil-rank) with --version, in one interpreter: torch is imported once, not nine times.
+    calls = [(script, flag) for script in scripts for flag in ("--help", "--no-such-flag")]
+    ran = json.loads(subprocess.run(
+        [sys.executable, "-c", RUN_SCRIPTS, str(target / "bin"), json.dumps(
+            [*calls, ("distil-rank", "--version")])],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout)
+    for (script, flag), (code, out, err) in zip(calls, ran):
+        if flag == "--help":
+            assert code == 0 and "usage:" in out, (script, err)
+        else:
+            assert code == 2 and f"(see {script} --help)" in err, (script, err)
+            assert err.startswith("error: ") and len(err.splitlines()) == 1, (script, err)
     from distil_rank import __version__
-    assert version.stdout.strip() == f"distil-rank {__version__}"
+    assert ran[-1][:2] == [0, f"distil-rank {__version__}\n"]
     metadata = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
                                "print(m.version('distil-rank'))"], cwd=elsewhere, env=env,
                               capture_output=True, text=True)
     assert metadata.stdout.strip() == __version__  # pyproject.toml reads the package's
 
 
-def test_python_dash_m_runs_the_benchmark_command_line(root):
-    done = subprocess.run([sys.executable, "-m", "distil_rank", "--version"], cwd=root,
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith("distil-rank "), done.stderr
-    done = subprocess.run([sys.executable, "-m", "distil_rank", "--help"], cwd=root,
-                          capture_output=True, text=True)
-    assert "--threads" in done.stdout and "--quiet" in done.stdout
-    for line in done.stdout.splitlines():  # each default said once, not twice
+RUN_MODULES = """
+import contextlib, io, json, runpy, sys
+calls, results = json.loads(sys.argv[1]), []
+for module, flag in calls:
+    sys.argv = [module, flag]  # run_module puts the module's file first, as python -m does
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as done:
+            code = 0 if done.code is None else done.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+MODULES = ["distil_rank.embed", "distil_rank.calibrate", "distil_rank.compress",
+           "distil_rank.benchmark.splits"]
+
+
+def test_python_dash_m_runs_every_command_and_names_it_in_its_errors(root):
+    """python -m distil_rank (--version, --help), and each command module with a wrong flag,
+    each run as __main__ the way python -m runs it, in one interpreter (torch imported once)."""
+    calls = [("distil_rank", "--version"), ("distil_rank", "--help"),
+             *((module, "--no-such-flag") for module in MODULES)]
+    ran = json.loads(subprocess.run([sys.executable, "-c", RUN_MODULES, json.dumps(calls)],
+                                    cwd=root, capture_output=True, text=True,
+                                    check=True).stdout)
+    (code, version, _), (_, usage, _) = ran[:2]
+    assert code == 0 and version.startswith("distil-rank ")
+    assert "--threads" in usage and "--quiet" in usage
+    for line in usage.splitlines():  # each default said once, not twice
         assert line.count("default") <= 1, line
-
-
-@pytest.mark.parametrize("module", ["distil_rank.embed", "distil_rank.calibrate",
-                                    "distil_rank.compress", "distil_rank.benchmark.splits"])
-def test_a_module_run_with_dash_m_names_itself_in_its_errors(root, module):
-    done = subprocess.run([sys.executable, "-m", module, "--no-such-flag"], cwd=root,
-                          capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
-    assert f"(see python -m {module} --help)" in done.stderr, done.stderr
+    for module, (code, _, err) in zip(MODULES, ran[2:]):
+        assert code == 2
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert f"(see python -m {module} --help)" in err, err
