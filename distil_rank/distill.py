@@ -213,6 +213,13 @@ class _Batches:
     holdout_x: torch.Tensor | None  # [students, rows, in]
     holdout_y: torch.Tensor | None
 
+    @staticmethod
+    def rows(bank: torch.Tensor, rows: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Every student's batch of the step, [students, batch, features]: one index_select of
+        whole bank rows (advanced indexing with a 2-D index took 5 times as long on a CPU)."""
+        picked = rows.index_select(1, step).squeeze(1)  # [students, batch]
+        return bank.index_select(0, picked.flatten()).view(*picked.shape, bank.shape[-1])
+
 
 def _batches(jobs: list[DistillJob], device: torch.device, computed: dict) -> _Batches:
     """Every step's batch for every student, drawn ahead from each student's own generator."""
@@ -306,8 +313,8 @@ class _Steps:
 
     def step(self) -> None:
         data, counter = self.data, self.counter
-        x = data.x_bank[data.x_rows.index_select(1, counter).squeeze(1)]
-        y = data.y_bank[data.y_rows.index_select(1, counter).squeeze(1)]
+        x, y = data.rows(data.x_bank, data.x_rows, counter), data.rows(data.y_bank, data.y_rows,
+                                                                       counter)
         loss = distill_loss(self.stack(x), y, self.stack.alpha)  # [students]
         loss.sum().backward()  # the students share no parameter: each gets its own gradient
         if self.data_parallel:  # the mean gradient over processes, as DDP takes
