@@ -15,6 +15,7 @@ any case fails."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import pickle
@@ -30,8 +31,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import build_tiny_esm  # noqa: E402  (the tests' tiny ESM-2 builder)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 PY = sys.executable
@@ -41,6 +40,14 @@ AMINO = list("MKVLAGHSTEDRPQNFYWCI")
 class Evil:  # unpickling it would run a command: no reader may do so
     def __reduce__(self):
         return (os.system, ("touch hostile-pwned",))
+
+
+def build_tiny_esm(folder: Path) -> Path:
+    """The tests' tiny randomly initialised ESM-2 (tests/conftest.py), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    return conftest.build_tiny_esm(folder)
 
 
 def fasta(rng, n: int, length: int = 12) -> str:
