@@ -10,12 +10,12 @@ the two runs' stds), or outside it. Exit code 1 when any figure is outside.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from distil_rank.benchmark.results import Results, RunSummary
+from distil_rank.errors import InputError, OneLineParser, first_line
 
 METRICS = ("explained_variance", "cosine", "rel_mse", "spearman")
 ROUNDING = 1e-6  # relative: what another CPU's float32 kernels move a figure by
@@ -47,13 +47,31 @@ def compare(old: Results, new: Results) -> list[tuple]:
     return rows
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load(path: str) -> Results:
+    """A summary JSON's results, or one line saying why the file is not one."""
+    try:
+        return RunSummary.from_json(json.loads(Path(path).read_text())).results()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not JSON ({first_line(err)})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path}: not a distil_rank summary ({type(err).__name__}: "
+                         f"{first_line(err)})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("old")
     p.add_argument("new")
-    args = p.parse_args()
-    old, new = (RunSummary.from_json(json.loads(Path(path).read_text())).results()
-                for path in (args.old, args.new))
+    args = p.parse_args(argv)
+    try:
+        old, new = load(args.old), load(args.new)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rows = compare(old, new)
     print(f"{'teacher':<14}{'method':<12}{'metric':<20}{'old mean':>14}{'std':>11}"
           f"{'new mean':>14}  verdict")
