@@ -15,7 +15,6 @@ Writes bench/results/calibrate_<rows>_<dim>.json.
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import subprocess
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from distil_rank.benchmark.latency import environment
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.moments import load_moments
 from distil_rank.runtime import add_threads_option, apply_threads
@@ -78,11 +78,11 @@ def in_memory_reference(paths: list[Path], chunk: int = 32768):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=1280)
-    p.add_argument("--shards", type=int, default=10)
-    p.add_argument("--batch-rows", type=int, default=16384)
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=at_least(2), default=1_000_000)
+    p.add_argument("--dim", type=at_least(1), default=1280)
+    p.add_argument("--shards", type=at_least(1), default=10)
+    p.add_argument("--batch-rows", type=at_least(1), default=16384)
     p.add_argument("--dir", default="/tmp/distil_rank_1m")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the in-memory comparison (it needs rows x dim x 4 bytes of RAM)")

@@ -14,7 +14,6 @@ layer) are compared between the two ways of keeping statistics.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from distil_rank.api import compress_model
 from distil_rank.benchmark.latency import device_name, environment, name_slug
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.runtime import add_threads_option, apply_threads
 
@@ -43,8 +43,8 @@ def padded_batches(batches: int, size: int, longest: int, vocab: int, seed: int 
 def main() -> None:
     import transformers
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batches", type=int, default=24)
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=at_least(1), default=24)
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()

@@ -14,7 +14,6 @@ marked "split", with their atomics and GPU-scope fences. Timing needs the GPU it
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -28,6 +27,7 @@ import torch
 
 from distil_rank.benchmark.latency import environment
 from distil_rank.benchmark.report import _table
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.kernels import fused
 from distil_rank.kernels.fused import candidates, plan
@@ -98,14 +98,18 @@ def compile_report(p: fused.Plan, rows: int, dim_in: int, dim_out: int, rank: in
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=int, default=1280)
-    p.add_argument("--rank", type=int, default=64)
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=at_least(1), default=1280)
+    p.add_argument("--rank", type=at_least(1), default=64)
     p.add_argument("--batches", default="1,32,256,4096,65536")
-    p.add_argument("--capability", type=int, default=90, help="compute capability (90: H100/H200)")
-    p.add_argument("--processors", type=int, default=132, help="multiprocessors (H100/H200: 132)")
+    p.add_argument("--capability", type=at_least(1), default=90,
+                   help="compute capability (90: H100/H200)")
+    p.add_argument("--processors", type=at_least(1), default=132,
+                   help="multiprocessors (H100/H200: 132)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fused_compile_sm90.json"))
     args = p.parse_args()
+    if args.rank > args.dim:
+        p.error(f"--rank {args.rank}: above --dim {args.dim}")
     try:
         import triton
     except ImportError:

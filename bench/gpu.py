@@ -23,13 +23,13 @@ one runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from distil_rank.errors import OneLineParser
 from distil_rank.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def check_outputs(root: Path, patterns: list[str], device: str, since: float) ->
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--root", default=str(ROOT), help="where results go (default: the repository)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the plumbing only")

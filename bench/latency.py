@@ -14,7 +14,6 @@ opt-in split-K plans too (batches of one row block: 1 to 32 rows), into a file o
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from distil_rank.benchmark.latency import environment, latency_matrix, modes_for, name_slug
 from distil_rank.benchmark.report import latency_table
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.kernels.fused import split_k_enabled
 from distil_rank.runtime import add_threads_option, apply_threads
@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dim", type=int, default=1280, help="layer width D (ESM-2 650M: 1280)")
-    p.add_argument("--rank", type=int, default=64, help="rank r of the factorisation")
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=at_least(1), default=1280, help="layer width D (ESM-2 650M: 1280)")
+    p.add_argument("--rank", type=at_least(1), default=64, help="rank r of the factorisation")
     p.add_argument("--batches", default="1,32,256,4096,65536")
     p.add_argument("--devices", default="auto",
                    help="auto (cpu, plus cuda when present), cpu, cuda")
-    p.add_argument("--repeats", type=int, default=100, help="timed calls per cell, at most")
+    p.add_argument("--repeats", type=at_least(1), default=100, help="timed calls per cell, at most")
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per cell: fewer calls when one call is slow (at least 5)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
@@ -47,11 +47,18 @@ def main() -> int:
                    "name ends in _splitk")
     add_threads_option(p)
     args = p.parse_args()
+    if args.rank > args.dim:
+        p.error(f"--rank {args.rank}: above --dim {args.dim}")
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        p.error(f"--batches {args.batches!r}: expected whole numbers separated by commas")
+    if min(batches) < 1 or args.budget <= 0:
+        p.error("--batches and --budget: every batch at least 1, the budget above 0")
     if args.split_k:
         os.environ["DISTIL_RANK_SPLIT_K"] = "1"
 
     apply_threads(args.threads)  # fixed for the whole run
-    batches = tuple(int(b) for b in args.batches.split(","))
     devices = ["cpu", "cuda"] if args.devices == "auto" else [args.devices]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.devices == "cuda":

@@ -34,7 +34,6 @@ budget, the output objective's compression time over the layer objective's
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import statistics
@@ -52,6 +51,7 @@ from torch import nn
 from distil_rank import LowRankLinear, compress_model, quantise_int8, save_compressed
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.embeddings import split_indices
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
@@ -247,9 +247,9 @@ def figure(record: dict, path: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few sentences, one budget")
-    p.add_argument("--calibration", type=int, default=600,
+    p.add_argument("--calibration", type=at_least(1), default=600,
                    help="calibration sentences, drawn from the 80%% (the output objective's "
                         "probes cost a backward pass each)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))

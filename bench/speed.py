@@ -17,7 +17,6 @@ On CUDA the device is synchronised before every clock read.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.benchmark.teachers import random_teacher
 from distil_rank.distill import DistillJob, distill, distill_together
 from distil_rank.embeddings import load_embeddings
+from distil_rank.errors import InputError, OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.kernels.clock import time_calls
 from distil_rank.lowrank import (
@@ -52,7 +52,7 @@ from distil_rank.lowrank import (
     seeded_linear,
 )
 from distil_rank.moments import input_moments
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,23 +155,27 @@ def time_batched(device: torch.device, steps: int, students: int = 12) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--skip-default-run", action="store_true",
                    help="only the fit comparison (the default run's time is a CPU goal)")
-    p.add_argument("--repeats", type=int, default=7, help="timed fits of each closed form")
-    p.add_argument("--steps", type=int, default=None, help="distillation steps (default: 1000)")
-    p.add_argument("--batched-steps", type=int, default=300,
+    p.add_argument("--repeats", type=at_least(1), default=7, help="timed fits of each closed form")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="distillation steps (default: 1000)")
+    p.add_argument("--batched-steps", type=at_least(1), default=300,
                    help="steps per student in the batched comparison")
-    p.add_argument("--students", type=int, default=12,
+    p.add_argument("--students", type=at_least(6), default=12,
                    help="students trained together in the batched comparison (a multiple of 6)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()
+    if args.students % 6:
+        p.error(f"--students {args.students}: a multiple of 6 (the sweep's six ranks)")
+    try:
+        device = resolve_device(args.device)
+    except InputError as err:
+        p.exit(2, f"error: {err}\n")
     apply_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: CUDA is not available on this machine")
     report = {"environment": environment(device),
               "fits": time_fits(device, args.repeats, args.steps),
               "batched": time_batched(device, args.batched_steps, args.students)}

@@ -25,7 +25,6 @@ bench/results/tests_under_load_<cpu>.json: each test run's exit code, time and l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 
 from distil_rank.benchmark.latency import PLAUSIBLE_OVER_FLOPS, device_name, environment, name_slug
+from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,13 +134,14 @@ def implausible_cells(summary: dict) -> list[dict]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", default=None,
                    help="these commands only (none: only the tests)")
-    p.add_argument("--tests", type=int, default=0, metavar="N",
+    p.add_argument("--tests", type=at_least(0), default=0, metavar="N",
                    help="also run the README's test command N times under load, recording "
                         "each run's exit code and time")
-    p.add_argument("--loops", type=int, default=os.cpu_count() or 2, help="busy-loop processes")
+    p.add_argument("--loops", type=at_least(1), default=os.cpu_count() or 2,
+                   help="busy-loop processes")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # each its own choice

@@ -25,6 +25,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def at_least(minimum: int):
+    """argparse's type for a count (rows, steps, repeats, a width, a rank): a whole number of at
+    least `minimum`; anything else is a usage error (one line, exit 2)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: at least {minimum}")
+        return value
+
+    return whole_number
+
+
 SEED_LIMIT = 2**63  # torch.Generator().manual_seed takes a seed below this
 
 

@@ -10,7 +10,6 @@ bench/results/{speed,latency,calibrate,compress_model}_*.json, through RunSummar
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import functools
 import json
@@ -32,6 +31,7 @@ from distil_rank.benchmark.report import (
     template_environment,
 )
 from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
+from distil_rank.errors import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,7 +300,7 @@ def render(source: Sources) -> dict[Path, str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     pages = render(Sources(committed=args.check))

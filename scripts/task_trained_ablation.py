@@ -15,7 +15,6 @@ share of ||W||_F^2 beyond its own top r singular values, which the SVD throws aw
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from distil_rank.benchmark.latency import environment
 from distil_rank.benchmark.pipeline import load_data, resolve_rank
 from distil_rank.benchmark.teachers import task_trained_teacher, teacher_seed
 from distil_rank.distill import DistillJob, distill_together
+from distil_rank.errors import OneLineParser
 from distil_rank.files import write_json
 from distil_rank.lowrank import compress_data_aware, compress_svd
 from distil_rank.metrics import (
@@ -75,7 +75,7 @@ def ablate(config: Config, recipes, steps: int | None) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny data and steps (not to be cited)")
     p.add_argument("--out", default=str(ROOT / "reference" / "task_trained_ablation.json"))
     args = p.parse_args()

@@ -79,3 +79,16 @@ def test_apply_threads_sets_says_and_returns_the_choice(capsys, monkeypatch):
         assert capsys.readouterr().out == ""
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_count_flag_takes_whole_numbers_from_its_minimum():
+    import argparse
+
+    from distil_rank.errors import at_least
+
+    count = at_least(1)
+    assert count("1") == 1 and count("40") == 40 and at_least(0)("0") == 0
+    for text, said in {"0": "0: at least 1", "-3": "-3: at least 1", "2.5": "'2.5' is not a",
+                       "x": "'x' is not a whole number"}.items():
+        with pytest.raises(argparse.ArgumentTypeError, match=said):
+            count(text)
