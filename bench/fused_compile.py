@@ -27,8 +27,8 @@ import torch
 
 from distil_rank.benchmark.latency import environment
 from distil_rank.benchmark.report import _table
-from distil_rank.errors import OneLineParser, at_least
-from distil_rank.files import write_json
+from distil_rank.errors import InputError, OneLineParser, at_least
+from distil_rank.files import check_writable_file, write_json
 from distil_rank.kernels import fused
 from distil_rank.kernels.fused import candidates, plan
 
@@ -108,6 +108,10 @@ def main() -> int:
                    help="multiprocessors (H100/H200: 132)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fused_compile_sm90.json"))
     args = p.parse_args()
+    try:  # now, not after the work
+        check_writable_file(args.out, "--out", (".json",))
+    except InputError as err:
+        p.refuse(err)
     if args.rank > args.dim:
         p.error(f"--rank {args.rank}: above --dim {args.dim}")
     try:

@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from distil_rank.errors import OneLineParser
-from distil_rank.files import write_json
+from distil_rank.errors import InputError, OneLineParser
+from distil_rank.files import check_writable_folder, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,10 @@ def main() -> int:
                    help="stop a step that runs longer than this and go on to the next (a "
                    "lent GPU's time is short: one stuck step must not spend it all)")
     args = p.parse_args()
+    try:  # now, not after the work
+        check_writable_folder(args.root, "--root")
+    except InputError as err:
+        p.refuse(err)
     root = Path(args.root)
     record = {"device": args.device, "quick": args.quick, "steps": {}}
     failed = 0

@@ -22,8 +22,8 @@ import torch
 
 from distil_rank.benchmark.latency import environment, latency_matrix, modes_for, name_slug
 from distil_rank.benchmark.report import latency_table
-from distil_rank.errors import OneLineParser, at_least
-from distil_rank.files import write_json
+from distil_rank.errors import InputError, OneLineParser, at_least
+from distil_rank.files import check_writable_folder, write_json
 from distil_rank.kernels.fused import split_k_enabled
 from distil_rank.runtime import add_threads_option, apply_threads
 
@@ -47,6 +47,10 @@ def main() -> int:
                    "name ends in _splitk")
     add_threads_option(p)
     args = p.parse_args()
+    try:  # now, not after the work
+        check_writable_folder(args.out_dir, "--out-dir")
+    except InputError as err:
+        p.refuse(err)
     if args.rank > args.dim:
         p.error(f"--rank {args.rank}: above --dim {args.dim}")
     try:

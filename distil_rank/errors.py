@@ -24,6 +24,10 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    def refuse(self, err) -> None:
+        """A mistake found after parsing (a file, a folder): one `error:` line, exit 2."""
+        self.exit(2, f"error: {err}\n")
+
 
 def at_least(minimum: int):
     """argparse's type for a count (rows, steps, repeats, a width, a rank): a whole number of at

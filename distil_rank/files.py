@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -113,7 +114,8 @@ class _signals_held:
 
 def _unlink(paths: list[Path]) -> None:
     for path in paths:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # never made
+            path.unlink()
 
 
 def _remove_leftovers(paths: list[Path]) -> None:

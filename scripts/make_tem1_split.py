@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from distil_rank.embeddings import EmbeddingSet, save_embeddings
-from distil_rank.errors import OneLineParser, at_least
+from distil_rank.errors import InputError, OneLineParser, at_least, first_line
+from distil_rank.files import check_writable_folder
 
+ROOT = Path(__file__).resolve().parents[1]
 PROVENANCE = {
     "model": "esm2_t6_8M_UR50D",
     "layer": "final (6)",
@@ -33,16 +35,28 @@ PROVENANCE = {
 
 def main() -> None:
     p = OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", default="../shared/data/tem1/tem1.npz")
-    p.add_argument("--out-dir", default=".")
+    p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "tem1" / "tem1.npz"),
+                   help="the TEM-1 arrays (default: ../shared/data/tem1/tem1.npz beside the "
+                        "repository)")
+    p.add_argument("--out-dir", default=str(ROOT), help="default: the repository")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=at_least(0), default=0)
     args = p.parse_args()
+    try:  # now, not after the work
+        check_writable_folder(args.out_dir, "--out-dir")
+    except InputError as err:
+        p.refuse(err)
 
+    if not 0 < args.val_fraction < 1:
+        p.error(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
     source = Path(args.source)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    with np.load(source, allow_pickle=False) as npz:
-        emb, fitness, pos = npz["emb"], npz["fitness"], npz["pos"]
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        with np.load(source, allow_pickle=False) as npz:
+            emb, fitness, pos = npz["emb"], npz["fitness"], npz["pos"]
+    except (OSError, ValueError, KeyError) as err:  # missing, not an .npz, or other arrays
+        p.refuse(f"--source {source}: cannot be read as the TEM-1 arrays emb, fitness, pos "
+                 f"({first_line(err)})")
     n = emb.shape[0]
     order = np.random.default_rng(args.seed).permutation(n)
     n_val = round(args.val_fraction * n)

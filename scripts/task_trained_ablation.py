@@ -26,8 +26,8 @@ from distil_rank.benchmark.latency import environment
 from distil_rank.benchmark.pipeline import load_data, resolve_rank
 from distil_rank.benchmark.teachers import task_trained_teacher, teacher_seed
 from distil_rank.distill import DistillJob, distill_together
-from distil_rank.errors import OneLineParser
-from distil_rank.files import write_json
+from distil_rank.errors import InputError, OneLineParser
+from distil_rank.files import check_writable_file, write_json
 from distil_rank.lowrank import compress_data_aware, compress_svd
 from distil_rank.metrics import (
     energy_outside_data_span,
@@ -79,6 +79,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny data and steps (not to be cited)")
     p.add_argument("--out", default=str(ROOT / "reference" / "task_trained_ablation.json"))
     args = p.parse_args()
+    try:  # now, not after the work
+        check_writable_file(args.out, "--out", (".json",))
+    except InputError as err:
+        p.refuse(err)
     recipes = list(itertools.product(INITS, WEIGHT_DECAYS, STEPS))
     settings = {"published-1280d": Config().updated(preset_overrides("published")),
                 "tem1-320d": Config()}

@@ -120,3 +120,26 @@ def test_a_step_past_the_step_limit_is_stopped_and_the_next_one_runs(root, tmp_p
     for step in record["steps"].values():
         assert step["exit_code"] is None and step["error"] == "stopped at the step limit of 0.1 s"
         assert "files" not in step
+
+
+@pytest.mark.parametrize("script, argv, said", [
+    ("bench/latency.py", ["--dim", "8", "--rank", "9"], "--rank 9: above --dim 8"),
+    ("bench/latency.py", ["--dim", "0"], "argument --dim: 0: at least 1"),
+    ("bench/latency.py", ["--out-dir", "README.md"], "--out-dir README.md: exists and is not"),
+    ("bench/speed.py", ["--device", "tpu"], "--device 'tpu': unknown device"),
+    ("bench/speed.py", ["--students", "7"], "--students 7: a multiple of 6"),
+    ("bench/gpu.py", ["--device", "cpu", "--root", "README.md"], "--root README.md: exists"),
+    ("scripts/mutants.py", ["--count", "-1"], "argument --count: -1: at least 1"),
+    ("scripts/make_tem1_split.py", ["--source", "README.md"], "--source README.md: cannot be "),
+    ("scripts/task_trained_ablation.py", ["--out", "x.txt"], "--out x.txt: expected a .json"),
+])
+def test_a_script_refuses_a_mistake_in_one_line_before_any_work(script, argv, said, root,
+                                                                monkeypatch, capsys):
+    module = load_script(script)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as done:
+        module.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(f"error: {said}"), err
+    assert len(err.splitlines()) == 1, err
