@@ -15,6 +15,7 @@ any case fails."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import pickle
@@ -405,6 +406,26 @@ def api_cases(work: Path) -> dict:
     def fit(**options):
         return lambda: compress_model(model(), x, **options)
 
+    raw = saved.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header, body = json.loads(raw[8:8 + size]), raw[8 + size:]
+    layers = json.loads(header["__metadata__"]["distil_rank.lowrank_layers"])
+
+    def tampered(name, change):  # the file with its layer table changed
+        table = json.loads(json.dumps(layers))
+        change(table)
+        edited = {**header, "__metadata__": {"distil_rank.lowrank_layers": json.dumps(table)}}
+        text = json.dumps(edited).encode()
+        (work / name).write_bytes(len(text).to_bytes(8, "little") + text + body)
+        return lambda: load_compressed(model(), work / name)
+
+    edits = {"rank 5": lambda t: t["0"].update(rank=5), "rank 0": lambda t: t["0"].update(rank=0),
+             "rank 'x'": lambda t: t["0"].update(rank="x"),
+             "in_features 15": lambda t: t["0"].update(in_features=15),
+             "bias false": lambda t: t["0"].update(bias=False),
+             "a GELU named": lambda t: t.update({"1": t["0"]}),
+             "a layer dropped": lambda t: t.pop("2"), "no rank": lambda t: t["0"].pop("rank")}
+
     return {
         **{f"budget {b!r}": fit(budget=b) for b in (0.0, 2, "0.5", math.nan, True)},
         **{f"rank {r!r}": fit(rank=r) for r in (0, -1, 1.5, 1000)},
@@ -440,6 +461,8 @@ def api_cases(work: Path) -> dict:
         "load a cut file": lambda: load_compressed(model(), work / "cut.safetensors"),
         "load into another model": lambda: load_compressed(nn.Sequential(nn.Linear(4, 4)), saved),
         "quantise a string": lambda: quantise_int8("x"),
+        **{f"load a file whose layer table has {name}": tampered(f"t{i}.st", edit)
+           for i, (name, edit) in enumerate(edits.items())},
     }
 
 
