@@ -313,8 +313,8 @@ class _Steps:
 
     def step(self) -> None:
         data, counter = self.data, self.counter
-        x, y = data.rows(data.x_bank, data.x_rows, counter), data.rows(data.y_bank, data.y_rows,
-                                                                       counter)
+        x = data.rows(data.x_bank, data.x_rows, counter)
+        y = data.rows(data.y_bank, data.y_rows, counter)
         loss = distill_loss(self.stack(x), y, self.stack.alpha)  # [students]
         loss.sum().backward()  # the students share no parameter: each gets its own gradient
         if self.data_parallel:  # the mean gradient over processes, as DDP takes
