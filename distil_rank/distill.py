@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from distil_rank.errors import first_line
 from distil_rank.lowrank import LowRankLinear
+from distil_rank.optim import Adam
 from distil_rank.runtime import stage_seed
 
 
@@ -304,9 +305,8 @@ class _Steps:
                  device: torch.device, use_graph: bool, data_parallel: bool):
         self.stack, self.data, self.data_parallel = stack, data, data_parallel
         self.use_graph, self.graph, self.done = use_graph, None, 0
-        self.optimiser = torch.optim.AdamW(stack.params, lr=settings.lr,
-                                           weight_decay=settings.weight_decay, fused=True,
-                                           capturable=use_graph)
+        self.optimiser = Adam(stack.params, lr=settings.lr, weight_decay=settings.weight_decay,
+                              decoupled=True, fused=True)  # AdamW's fused kernel
         self.losses = torch.zeros(stack.count, settings.steps, dtype=stack.down.dtype,
                                   device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)

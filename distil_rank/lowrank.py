@@ -100,10 +100,20 @@ class LowRankLinear(nn.Module):
                 f"rank={self.rank}, bias={self.bias is not None}")
 
 
+def empty_linear(in_features: int, out_features: int) -> nn.Linear:
+    """An nn.Linear on the CPU with uninitialised weights: nothing drawn from the global random
+    state. (Built on the meta device, then given real storage: `Module.to_empty` would import
+    sympy, half a second of a quick run.)"""
+    layer = nn.Linear(in_features, out_features, device="meta")
+    layer.weight = nn.Parameter(torch.empty(out_features, in_features))
+    layer.bias = nn.Parameter(torch.empty(out_features))
+    return layer
+
+
 def seeded_linear(in_features: int, out_features: int, generator: torch.Generator) -> nn.Linear:
     """An nn.Linear with PyTorch's default initialisation drawn from `generator`, not from the
     global random state (with the same seed, the same values as torch.manual_seed + nn.Linear)."""
-    layer = nn.Linear(in_features, out_features, device="meta").to_empty(device="cpu")
+    layer = empty_linear(in_features, out_features)
     nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
     bound = 1 / math.sqrt(in_features)
     nn.init.uniform_(layer.bias, -bound, bound, generator=generator)

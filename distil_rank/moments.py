@@ -174,7 +174,9 @@ def output_weight(readout: nn.Module, hidden: torch.Tensor, *, probes: int = 4, 
             for probe in range(1 if exact else probes):
                 v = torch.ones_like(y) if exact else \
                     torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
-                (grad,) = torch.autograd.grad(y, h, grad_outputs=v,
+                # J^T v as the gradient of <y, v>: the same bits as grad_outputs=v (whose
+                # shape check imports sympy, half a second of a quick run)
+                (grad,) = torch.autograd.grad((y * v).sum(), h,
                                               retain_graph=probe < probes - 1 and not exact)
                 grad = grad.double().cpu()
                 total += grad.T @ grad / (1 if exact else probes)

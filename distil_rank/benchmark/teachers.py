@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distil_rank.lowrank import LowRankLinear, seeded_linear
+from distil_rank.lowrank import LowRankLinear, empty_linear, seeded_linear
+from distil_rank.optim import Adam
 from distil_rank.runtime import stage_seed
 
 HEAD_NAME = "Fitness-Head"
@@ -108,8 +109,8 @@ def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
     bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in starts]) * scale)
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
-    optimiser = torch.optim.AdamW([weight, bias], lr=settings.lr,
-                                  weight_decay=settings.weight_decay)
+    optimiser = Adam([weight, bias], lr=settings.lr, weight_decay=settings.weight_decay,
+                     decoupled=True)  # AdamW
     rows = min(settings.batch_size, train_x.shape[0])
     losses = []
     for _ in range(settings.steps):
@@ -138,7 +139,7 @@ def spectral_teacher(dim: int, *, seed: int, tau: float) -> nn.Linear:
     u, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
     singular = torch.exp(-torch.arange(dim, dtype=torch.float64) / (tau * dim))
-    layer = nn.Linear(dim, dim, device="meta").to_empty(device="cpu")
+    layer = empty_linear(dim, dim)
     with torch.no_grad():
         layer.weight.copy_(u @ torch.diag(singular) @ v.T)
         bound = dim**-0.5  # the default bias init of nn.Linear
@@ -250,7 +251,7 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
     sel_y, sel_rows = _padded([job.selection_y for job in jobs])
     sel_mask = torch.arange(sel_y.shape[1]) < sel_rows.unsqueeze(1)
     batch = min(settings.batch_size, int(rows.min()))  # the same for every job of a group
-    optimiser = torch.optim.Adam(params.values(), lr=settings.lr)
+    optimiser = Adam(params.values(), lr=settings.lr)
     checkpoints = [[] for _ in jobs]
     best = [(float("inf"), None, 0) for _ in jobs]
     for step in range(settings.steps + 1):
