@@ -231,6 +231,7 @@ METHOD_COLOURS = {"svd": "tab:gray", "svd_bias": "tab:brown", "data_aware": "tab
                   "distil": "tab:orange", "distil_da": "tab:cyan", "task_aware": "tab:olive",
                   "distil_task": "tab:pink"}
 LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
+SUBPLOT_MARGINS = dict(left=0.046, right=0.99, bottom=0.04, top=0.885, wspace=0.25, hspace=0.26)
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
 
 
@@ -508,7 +509,9 @@ def render_figure(path: str | Path, summary: RunSummary, curves: dict) -> None:
     else:
         axes[2, 2].set_axis_off()
         _text_panel(axes[2, 2], summary, view)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    # fixed margins, as fig.tight_layout(rect=(0, 0, 1, 0.96)) sets them for this grid (a
+    # second of layout per figure, for the same picture)
+    fig.subplots_adjust(**SUBPLOT_MARGINS)
     try:
         fig.savefig(path, dpi=100, format="png")
     finally:
