@@ -236,7 +236,7 @@ from distil_rank.lowrank import LowRankLinear
 errors, launches = [], 0
 for dtype in TOLERANCE:
     for shape in SHAPES:
-        for with_bias in (True, False):
+        for with_bias in (True, False) if dtype == torch.float32 else (True,):
             x, down, up, bias = factors(*shape, dtype)
             bias = bias if with_bias else None
             want = two_products(x.float(), down.float(), up.float(),
@@ -288,7 +288,9 @@ print(json.dumps({"errors": errors, "launches": launches, "leading_shape_error":
 
 def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root, tmp_path):
     """Every plan, in each dtype, within twice the two products' own rounding error (the bar
-    bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU. With split-K
+    bench/latency.py sets on the GPU); bf16 rounds to nearest even, as on a GPU. A bias in each
+    dtype; no bias in fp32 only (the branch does not depend on the dtype, and the interpreter
+    takes about a second per shape and dtype). With split-K
     plans too: the interpreter runs programs one after another, so this checks their sums and
     their counters, not the memory ordering a GPU must keep (see fused.split_k_enabled). The
     opt-in is on here, so that both kinds of plan run in one interpreted process (without it
@@ -305,7 +307,7 @@ def test_fused_kernel_under_the_triton_interpreter_matches_the_two_products(root
     result = json.loads(done.stdout.strip().splitlines()[-1])
     failed = [e for e in result["errors"] if not e[-1]]
     assert not failed, failed
-    assert len(result["errors"]) == len(TOLERANCE) * len(SHAPES) * 2
+    assert len(result["errors"]) == (len(TOLERANCE) + 1) * len(SHAPES)  # no bias: fp32 only
     assert result["launches"] > 2 * len(result["errors"])  # the tuning's other plans ran too
     assert result["leading_shape_error"] < 1e-5 and result["grad_fn"]
     assert result["compiled_error"] < 1e-5
