@@ -315,7 +315,8 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
         return compressors.Student(compress_svd(teacher, max(1, rank // 2)), fit_seconds=0.0)
 
     monkeypatch.setitem(teachers.LINEAR_TEACHERS, "Rank-8", low_rank_teachers)
-    monkeypatch.setitem(compressors.COMPRESSORS, "half_svd", fit_truncated_twice)
+    monkeypatch.setitem(compressors.COMPRESSORS, "half_svd", compressors.Compressor(
+        fit_truncated_twice, "half_svd (svd at half the rank)", "tab:red"))
     out = tmp_path / "five"
     summary = _small_run(out, root)
     assert summary["teachers"] == ["Random", "Task-Trained", "Spectral", "Rank-8",
@@ -331,4 +332,6 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
     docs = load_script("scripts/docs_results.py")  # the docs' results section, generated
     section = docs.results_section(docs.RunSummary.from_json(summary), [], [], [], [],
                                    docs.Sources(committed=False, root=tmp_path))
-    assert "| Rank-8 |" in section and "half_svd" in section
+    assert "| Rank-8 |" in section and "| half_svd (svd at half the rank) |" in section
+    assert compressors.method_colour("half_svd") == "tab:red"
+    assert compressors.method_colour("svd") == "tab:gray"  # a registered colour stays its own

@@ -2,12 +2,16 @@
 
 A compressor is one function `fit(teacher, rank, context) -> Student` and one entry in
 `COMPRESSORS` (every teacher) or `HEAD_COMPRESSORS` (teachers inside a head, whose `readout`
-the compressor may use); the benchmark runs, measures and reports every entry.
+the compressor may use): a `Compressor`, which also names it and gives it its colour, or the
+bare function (then the key is its name, and it takes a colour of the default cycle). The
+benchmark runs, measures and reports every entry; the tables, the figures and the position
+splits read its name and colour from here.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -236,13 +240,52 @@ def fit_distil_task(teacher: nn.Linear, rank: int, context: FitContext) -> Stude
     return Student(None, start_seconds, warm_start=start, job=job)
 
 
-COMPRESSORS = {"svd": fit_svd, "svd_bias": fit_svd_bias, "data_aware": fit_data_aware,
-               "distil": fit_distil, "distil_da": fit_distil_da}
-HEAD_COMPRESSORS = {"task_aware": fit_task_aware, "distil_task": fit_distil_task}
+@dataclass(frozen=True)
+class Compressor:
+    """A registry entry: the fit, and how the tables and figures name and draw it."""
+
+    fit: Callable[[nn.Linear, int, FitContext], Student]
+    label: str | None = None  # the docs' tables and the figures' legends; the key where None
+    colour: str | None = None  # a matplotlib colour; where None, one of the default cycle
+
+    def __call__(self, teacher: nn.Linear, rank: int, context: FitContext) -> Student:
+        return self.fit(teacher, rank, context)
+
+
+COMPRESSORS = {
+    "svd": Compressor(fit_svd, "svd (data-free)", "tab:gray"),
+    "svd_bias": Compressor(fit_svd_bias, "svd_bias (svd, mean shift in the bias)", "tab:brown"),
+    "data_aware": Compressor(fit_data_aware, "data_aware (closed form)", "tab:purple"),
+    "distil": Compressor(fit_distil, "distil (published recipe)", "tab:orange"),
+    "distil_da": Compressor(fit_distil_da, "distil_da (student)", "tab:cyan"),
+}
+HEAD_COMPRESSORS = {
+    "task_aware": Compressor(fit_task_aware, "task_aware (closed form, head-weighted)",
+                             "tab:olive"),
+    "distil_task": Compressor(fit_distil_task, "distil_task (head's student)", "tab:pink"),
+}
 SWEEP_METHODS = ("svd", "svd_bias", "data_aware", "distil_da")
 HEAD_SWEEP_METHODS = SWEEP_METHODS + ("task_aware",)  # distil_task: at the target rank only
 STUDENT = "distil_da"  # a linear teacher's student: its numbers fill the published keys
 HEAD_STUDENT = "distil_task"  # a head's student
+
+
+def method_label(method: str) -> str:
+    """A method's name in the docs' tables and the figures' legends: its entry's label, else
+    the key (a bare function, or a method of the position splits' own)."""
+    return getattr({**COMPRESSORS, **HEAD_COMPRESSORS}.get(method), "label", None) or method
+
+
+def method_colour(method: str) -> str:
+    """A method's colour in every figure: its entry's, else one of matplotlib's default cycle
+    by its place in the registry (the same in every panel), or by its name's letters for a
+    method outside it."""
+    registry = {**COMPRESSORS, **HEAD_COMPRESSORS}
+    colour = getattr(registry.get(method), "colour", None)
+    if colour:
+        return colour
+    place = list(registry).index(method) if method in registry else sum(map(ord, method))
+    return f"C{place % 10}"
 
 
 def compressors_for(readout: nn.Module | None) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.compressors import HEAD_COMPRESSORS
+from distil_rank.benchmark.compressors import HEAD_COMPRESSORS, method_colour, method_label
 from distil_rank.benchmark.data import describe_embeddings
 from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, PLAUSIBLE_OVER_FLOPS
 from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
@@ -16,15 +16,6 @@ from distil_rank.lowrank import flop_ratio
 
 SUMMARY_NAME = "distil_rank_summary.json"
 FIGURE_NAME = "distil_rank_final_report.png"
-METHOD_LABELS = {
-    "svd": "svd (data-free)",
-    "svd_bias": "svd_bias (svd, mean shift in the bias)",
-    "data_aware": "data_aware (closed form)",
-    "distil": "distil (published recipe)",
-    "distil_da": "distil_da (student)",
-    "task_aware": "task_aware (closed form, head-weighted)",
-    "distil_task": "distil_task (head's student)",
-}
 
 
 # ----------------------------------------------------------------------------- console
@@ -178,7 +169,7 @@ def results_table(view: Results, console: bool = False) -> list[str]:
                      fmt(entry.teacher_spearman, ".3f"), ""])  # rho: where there is fitness
         for method, m in entry.methods.items():
             ev_std = view.std(teacher, "methods", method, "explained_variance")
-            rows.append([teacher, method if console else METHOD_LABELS.get(method, method),
+            rows.append([teacher, method if console else method_label(method),
                          pm(m.explained_variance, ev_std, ".4g"),
                          f"{m.cosine:.5f} / {m.cosine_min:.4f}", f"{m.rel_mse:.2e}",
                          fmt(m.spearman, ".3f"), f"{m.fit_seconds:.3f}"])
@@ -198,7 +189,7 @@ def task_table(view: Results, console: bool = False) -> list[str]:
         for method, m in entry.methods.items():
             rho_std = view.std(teacher, "methods", method, "task_spearman")
             share = None if None in (m.task_spearman, reference) else m.task_spearman / reference
-            rows.append([teacher, method if console else METHOD_LABELS.get(method, method),
+            rows.append([teacher, method if console else method_label(method),
                          pm(m.task_spearman, rho_std, ".3f"), fmt(share, ".3f"),
                          fmt(m.head_explained_variance, ".4g"), fmt(m.explained_variance, ".4g"),
                          f"{m.fit_seconds:.3f}"])
@@ -227,9 +218,6 @@ def teacher_latency_table(view: Results, console: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- figure
 
 TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:brown")
-METHOD_COLOURS = {"svd": "tab:gray", "svd_bias": "tab:brown", "data_aware": "tab:purple",
-                  "distil": "tab:orange", "distil_da": "tab:cyan", "task_aware": "tab:olive",
-                  "distil_task": "tab:pink"}
 LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
 SUBPLOT_MARGINS = dict(left=0.046, right=0.99, bottom=0.04, top=0.885, wspace=0.25, hspace=0.26)
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
@@ -271,7 +259,7 @@ def _panel_fidelity(ax, summary, view: Results):
         values = _unexplained(means)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
-                      label=METHOD_LABELS.get(method, method), color=METHOD_COLOURS.get(method))
+                      label=method_label(method), color=method_colour(method))
         for bar, ev in zip(bars, means):  # upright, so that neighbours of equal height
             ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2,  # never overlap
                                          bar.get_height() if ev == ev else 1.0),
@@ -417,7 +405,7 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
         values = sweep["methods"][method]["explained_variance"]
         errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
-                    color=METHOD_COLOURS[method], label=f"{method} (validation)",
+                    color=method_colour(method), label=f"{method} (validation)",
                     **markers[method])
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -526,12 +514,11 @@ def _panel_task(ax, summary, view: Results, teacher):
         for method, curve in sweep["methods"].items():
             ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2, marker="o", ms=4,
                         yerr=std["methods"][method]["task_spearman"],
-                        color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method))
+                        color=method_colour(method), label=method_label(method))
         ax.set_xscale("log", base=2)
     else:
         for i, (method, m) in enumerate(entry.methods.items()):
-            ax.bar(i, m.task_spearman, color=METHOD_COLOURS.get(method),
-                   label=METHOD_LABELS.get(method, method))
+            ax.bar(i, m.task_spearman, color=method_colour(method), label=method_label(method))
         ax.set_xticks([])
     reference = entry.teacher_task_spearman
     if reference == reference:  # not NaN

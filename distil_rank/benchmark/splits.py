@@ -37,6 +37,7 @@ from distil_rank.benchmark.compressors import (
     BenchmarkData,
     FitContext,
     compress_teacher,
+    method_colour,
     sweep_ranks,
     train_students,
 )
@@ -427,7 +428,7 @@ def render_figure(path: Path, summary: dict) -> None:
             dashed = method in summary["baselines"]
             ax.errorbar(ranks, [s["mean"] for s in stats], [s["std"] for s in stats],
                         ls="--" if dashed else "-", marker="o" if not dashed else "s",
-                        ms=3.5, capsize=2, lw=1.2, label=method)
+                        ms=3.5, capsize=2, lw=1.2, label=method, color=method_colour(method))
         ax.axvline(summary["rank_at_10x"], color="0.6", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
