@@ -61,26 +61,10 @@ def latency_table(matrix: dict, source: str, console: bool = False) -> list[str]
              f"FLOP ratio {matrix['flop_ratio']:.1f}x.", "",
              *_table(header + (("/ floor",) if floor else ()), "llrrrr" + ("r" if floor else ""),
                      rows, console)]
-    for key, batch in matrix["break_even_batch"].items():
-        lines.append(f"\nBreak-even batch ({key}): {break_even_words(matrix, key, batch)}.")
-    if matrix.get("graph_calls_per_replay"):
-        lines.append(f"\nGraph modes capture {matrix['graph_calls_per_replay']} passes per graph "
-                     "and report the time per pass.")
-    if floor:
-        lines.append(f"\n/ floor: the rank-r time over the time to read x and write y once at "
-                     f"the copy bandwidth measured on this device ({floor:.0f} GB/s).")
-    lines += _fused_lines(matrix)
-    if any(untrusted(row) for row in matrix["rows"]):
-        lines.append(f"\nA speedup in brackets is not a finding, and is left out of the "
-                     f"break-even batch: noisy, the interquartile range of a time exceeds "
-                     f"{NOISY_RELATIVE_IQR:.0%} of its median; quantised, its times snap to the "
-                     f"scheduler's tick; above the FLOP ratio, more than "
-                     f"{PLAUSIBLE_OVER_FLOPS}x it, which no layer can gain. The machine was "
-                     "busy.")
-    for skip in matrix.get("skipped", []):
-        lines.append(f"\nSkipped batch {skip['batch']} ({skip['dtype']}, {skip['mode']}): "
-                     f"{skip['why']}.")
-    return lines
+    notes = _template("latency").render(
+        m=matrix, **_fused_facts(matrix), untrusted=any(map(untrusted, matrix["rows"])),
+        noisy_iqr=NOISY_RELATIVE_IQR, above_flops=PLAUSIBLE_OVER_FLOPS).rstrip("\n")
+    return lines + notes.split("\n") if notes else lines
 
 
 def break_even_words(matrix: dict, key: str, batch: int | None) -> str:
@@ -102,41 +86,29 @@ def speed_words(speedup: float) -> str:
         f"{1 / speedup:.2f}x slower (speedup {speedup:.2f}x)"
 
 
-def _fused_lines(matrix: dict) -> list[str]:
-    """What the fused kernel's rows of a matrix say: its speed under graph replay against what
-    the memory floor would allow, its error, and where `auto` takes it."""
-    lines = []
+def _fused_facts(matrix: dict) -> dict:
+    """What the fused kernel's rows of a matrix say, per dtype (templates/latency.md words
+    it): under graph replay, its lowest speedup and the one at the largest batch, beside what
+    the memory floor would allow there; its largest error; the batches `auto` takes it at."""
     fused_rows: dict[str, list[dict]] = {}  # dtype -> the rows that ran the fused kernel
     for row in matrix["rows"]:
         if "fused" in row:
             fused_rows.setdefault(row["dtype"], []).append(row)
-    for dtype, kernel_rows in fused_rows.items():  # its speed, and what the floor would allow
-        graph = {row["batch"]: row for row in kernel_rows if row["mode"] == "fused_graph"}
-        if graph:
-            low = min(graph, key=lambda batch: graph[batch]["speedup"])
-            top = graph[max(graph)]
-            ceiling = (f", where reading x and writing y once would allow "
-                       f"{top['dense']['median_ms'] / top['memory_bound_ms']:.1f}x"
-                       if top.get("memory_bound_ms") else "")
-            lines.append(f"\nFused kernel under graph replay, {dtype}: "
-                         f"{graph[low]['speedup']:.2f}x dense at batch {low} (its lowest), "
-                         f"{top['speedup']:.2f}x at batch {top['batch']}{ceiling}.")
-    if matrix.get("split_k_plans"):
-        lines.append("\nThe fused kernel's tuning could also try its opt-in split-K plans here "
-                     "(`bench/latency.py --split-k`); a row's `fused.plan.k_split` says where "
-                     "one was chosen.")
-    for dtype, kernel_rows in fused_rows.items():  # its error, and where auto takes it
-        checks = [row["fused"] for row in kernel_rows]
-        taken = sorted({row["batch"] for row in kernel_rows
-                        if row["fused"]["auto_takes_kernel"]})
-        lines.append(f"\nFused kernel, {dtype}: largest error against fp32 two products "
-                     f"{max(c['max_relative_error'] for c in checks):.2g} of the largest output "
-                     f"(the two products' own: "
-                     f"{max(c['two_products_error'] for c in checks):.2g}); "
-                     "`fused = \"auto\"` takes it at batch "
-                     f"{', '.join(map(str, taken)) or 'none'} and keeps the two "
-                     "products elsewhere.")
-    return lines
+    graph, checks = [], []
+    for dtype, kernel_rows in fused_rows.items():
+        replayed = {row["batch"]: row for row in kernel_rows if row["mode"] == "fused_graph"}
+        if replayed:
+            top = replayed[max(replayed)]
+            graph.append({"dtype": dtype, "top": top,
+                          "low": min(replayed.values(), key=lambda row: row["speedup"]),
+                          "ceiling": top.get("memory_bound_ms") and
+                          top["dense"]["median_ms"] / top["memory_bound_ms"]})
+        checks.append({"dtype": dtype,
+                       "error": max(row["fused"]["max_relative_error"] for row in kernel_rows),
+                       "own": max(row["fused"]["two_products_error"] for row in kernel_rows),
+                       "taken": sorted({row["batch"] for row in kernel_rows
+                                        if row["fused"]["auto_takes_kernel"]})})
+    return {"graph": graph, "checks": checks}
 
 
 def fmt(value, spec: str, undefined: str = "n/a") -> str:
@@ -328,7 +300,8 @@ def template_environment(folder: Path):
 def _template(name: str):
     """A template of distil_rank/benchmark/templates."""
     env = template_environment(Path(__file__).parent / "templates")
-    env.globals.update(span=_span, speed_words=speed_words, best_head_method=best_head_method)
+    env.globals.update(span=_span, speed_words=speed_words, best_head_method=best_head_method,
+                       break_even_words=break_even_words)
     return env.get_template(f"{name}.md")
 
 
