@@ -333,5 +333,6 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
     section = docs.results_section(docs.RunSummary.from_json(summary), [], [], [], [],
                                    docs.Sources(committed=False, root=tmp_path))
     assert "| Rank-8 |" in section and "| half_svd (svd at half the rank) |" in section
-    assert compressors.method_colour("half_svd") == "tab:red"
-    assert compressors.method_colour("svd") == "tab:gray"  # a registered colour stays its own
+    colours = compressors.method_colours(summary["methods"] + ["bare_function"])
+    assert colours["half_svd"] == "tab:red" and colours["svd"] == "tab:gray"  # their own
+    assert colours["bare_function"] not in {c for m, c in colours.items() if m != "bare_function"}

@@ -296,3 +296,12 @@ def test_every_fold_tests_on_its_own_rows_and_fits_and_selects_on_disjoint_other
             assert not (sites[0] & sites[1] or sites[0] & sites[2] or sites[1] & sites[2])
         seen_test += test.tolist()
     assert sorted(seen_test) == list(range(len(position)))  # each row tested once
+
+
+def test_every_method_of_the_figure_has_its_own_colour_and_a_registered_one_keeps_its():
+    from distil_rank.benchmark.compressors import COMPRESSORS, method_colours
+
+    methods = [*splits.compressed_methods(), *splits.BASELINES]
+    colours = method_colours(methods)
+    assert len(set(colours.values())) == len(methods), colours
+    assert colours["svd"] == COMPRESSORS["svd"].colour

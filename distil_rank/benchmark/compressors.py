@@ -3,7 +3,7 @@
 A compressor is one function `fit(teacher, rank, context) -> Student` and one entry in
 `COMPRESSORS` (every teacher) or `HEAD_COMPRESSORS` (teachers inside a head, whose `readout`
 the compressor may use): a `Compressor`, which also names it and gives it its colour, or the
-bare function (then the key is its name, and it takes a colour of the default cycle). The
+bare function (then the key is its name, and a figure gives it a spare colour). The
 benchmark runs, measures and reports every entry; the tables, the figures and the position
 splits read its name and colour from here.
 """
@@ -246,7 +246,7 @@ class Compressor:
 
     fit: Callable[[nn.Linear, int, FitContext], Student]
     label: str | None = None  # the docs' tables and the figures' legends; the key where None
-    colour: str | None = None  # a matplotlib colour; where None, one of the default cycle
+    colour: str | None = None  # a matplotlib colour; where None, a spare one (method_colours)
 
     def __call__(self, teacher: nn.Linear, rank: int, context: FitContext) -> Student:
         return self.fit(teacher, rank, context)
@@ -276,16 +276,20 @@ def method_label(method: str) -> str:
     return getattr({**COMPRESSORS, **HEAD_COMPRESSORS}.get(method), "label", None) or method
 
 
-def method_colour(method: str) -> str:
-    """A method's colour in every figure: its entry's, else one of matplotlib's default cycle
-    by its place in the registry (the same in every panel), or by its name's letters for a
-    method outside it."""
+# colours for methods without one of their own: none of them a registered method's
+SPARE_COLOURS = ("tab:blue", "tab:green", "tab:red", "gold", "darkslateblue", "lime", "teal",
+                 "salmon")
+
+
+def method_colours(methods) -> dict[str, str]:
+    """The colour of each of `methods` in one figure: its registry entry's, and for the others
+    (a bare function, a method of the position splits' own) the spare colours in turn, skipping
+    any a registered method of the figure has."""
     registry = {**COMPRESSORS, **HEAD_COMPRESSORS}
-    colour = getattr(registry.get(method), "colour", None)
-    if colour:
-        return colour
-    place = list(registry).index(method) if method in registry else sum(map(ord, method))
-    return f"C{place % 10}"
+    colours = {m: getattr(registry.get(m), "colour", None) for m in methods}
+    spare = [c for c in SPARE_COLOURS if c not in colours.values()] or list(SPARE_COLOURS)
+    unset = [m for m, colour in colours.items() if not colour]
+    return colours | {m: spare[i % len(spare)] for i, m in enumerate(unset)}
 
 
 def compressors_for(readout: nn.Module | None) -> dict:

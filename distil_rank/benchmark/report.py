@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.compressors import HEAD_COMPRESSORS, method_colour, method_label
+from distil_rank.benchmark.compressors import HEAD_COMPRESSORS, method_colours, method_label
 from distil_rank.benchmark.data import describe_embeddings
 from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, PLAUSIBLE_OVER_FLOPS
 from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
@@ -223,6 +223,7 @@ def _panel_losses(ax, summary, curves, colours):
 
 def _panel_fidelity(ax, summary, view: Results):
     teachers, methods = summary.teachers, summary.methods
+    colours = method_colours(methods)
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         present = [j for j, t in enumerate(teachers) if method in view.entries[t].methods]
@@ -231,7 +232,7 @@ def _panel_fidelity(ax, summary, view: Results):
         values = _unexplained(means)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
-                      label=method_label(method), color=method_colour(method))
+                      label=method_label(method), color=colours[method])
         for bar, ev in zip(bars, means):  # upright, so that neighbours of equal height
             ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2,  # never overlap
                                          bar.get_height() if ev == ev else 1.0),
@@ -372,13 +373,14 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
     ax.plot([flop_ratio(dim, dim, r) for r in ranks], _unexplained([curve[r] for r in ranks]),
             color="black", lw=1, label="closed form, exact (train rows)")
     std = view.std(teacher, "sweep")
+    colours = method_colours(summary.methods)
     markers = {"svd": dict(fmt="o-", ms=4), "svd_bias": dict(fmt="^-", ms=4),
                "data_aware": dict(fmt="s", ms=9, mfc="none"), "distil_da": dict(fmt="o-", ms=4)}
     for method in ("svd", "svd_bias", "data_aware", "distil_da"):
         values = sweep["methods"][method]["explained_variance"]
         errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
-                    color=method_colour(method), label=f"{method} (validation)",
+                    color=colours[method], label=f"{method} (validation)",
                     **markers[method])
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -483,15 +485,16 @@ def _panel_task(ax, summary, view: Results, teacher):
     """The task metric against rank for every method, the teacher head's as a line."""
     entry = view.entries[teacher]
     sweep, std = entry.sweep, view.std(teacher, "sweep")
+    colours = method_colours(summary.methods)
     if sweep:
         for method, curve in sweep["methods"].items():
             ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2, marker="o", ms=4,
                         yerr=std["methods"][method]["task_spearman"],
-                        color=method_colour(method), label=method_label(method))
+                        color=colours[method], label=method_label(method))
         ax.set_xscale("log", base=2)
     else:
         for i, (method, m) in enumerate(entry.methods.items()):
-            ax.bar(i, m.task_spearman, color=method_colour(method), label=method_label(method))
+            ax.bar(i, m.task_spearman, color=colours[method], label=method_label(method))
         ax.set_xticks([])
     reference = entry.teacher_task_spearman
     if reference == reference:  # not NaN

@@ -37,7 +37,7 @@ from distil_rank.benchmark.compressors import (
     BenchmarkData,
     FitContext,
     compress_teacher,
-    method_colour,
+    method_colours,
     sweep_ranks,
     train_students,
 )
@@ -415,6 +415,7 @@ def render_figure(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     ranks = summary["ranks"]
+    colours = method_colours([*summary["compressed_methods"], *summary["baselines"]])
     fig, axes = plt.subplots(1, len(SCHEMES), figsize=(5.2 * len(SCHEMES), 4.6), sharey=True)
     for ax, scheme in zip(axes, SCHEMES):
         split = summary["splits"][scheme]
@@ -428,7 +429,7 @@ def render_figure(path: Path, summary: dict) -> None:
             dashed = method in summary["baselines"]
             ax.errorbar(ranks, [s["mean"] for s in stats], [s["std"] for s in stats],
                         ls="--" if dashed else "-", marker="o" if not dashed else "s",
-                        ms=3.5, capsize=2, lw=1.2, label=method, color=method_colour(method))
+                        ms=3.5, capsize=2, lw=1.2, label=method, color=colours[method])
         ax.axvline(summary["rank_at_10x"], color="0.6", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
