@@ -31,7 +31,8 @@ class Adam:
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format)
                            for p in self.params]
         # the fused kernel reads its step counts from the device (no host sync under a graph)
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device)
+                      for p in self.params] if fused else []
         self.counts = [0] * len(self.params)  # the single-tensor loop's, on the host
 
     def zero_grad(self, set_to_none: bool = True) -> None:
