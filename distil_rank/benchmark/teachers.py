@@ -110,7 +110,7 @@ def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
     optimiser = Adam([weight, bias], lr=settings.lr, weight_decay=settings.weight_decay,
-                     decoupled=True)  # AdamW
+                     decoupled=True, fused=True)  # AdamW, one pass over each tensor a step
     rows = min(settings.batch_size, train_x.shape[0])
     losses = []
     for _ in range(settings.steps):
@@ -251,7 +251,7 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
     sel_y, sel_rows = _padded([job.selection_y for job in jobs])
     sel_mask = torch.arange(sel_y.shape[1]) < sel_rows.unsqueeze(1)
     batch = min(settings.batch_size, int(rows.min()))  # the same for every job of a group
-    optimiser = Adam(params.values(), lr=settings.lr)
+    optimiser = Adam(params.values(), lr=settings.lr, fused=True)  # one pass per tensor a step
     checkpoints = [[] for _ in jobs]
     best = [(float("inf"), None, 0) for _ in jobs]
     for step in range(settings.steps + 1):
