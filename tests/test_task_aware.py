@@ -181,7 +181,8 @@ def test_distil_task_never_ends_worse_than_its_warm_start_on_the_selection_rows(
         target = readout(first(data.selection))
         warm = F.mse_loss(readout(student.warm_start(data.selection)), target).item()
         final = F.mse_loss(readout(student.module(data.selection)), target).item()
-    assert student.details["selection_mse_warm_start"] == pytest.approx(warm)
+    # the stacked trainer's product and the module's differ in float32 rounding
+    assert student.details["selection_mse_warm_start"] == pytest.approx(warm, rel=1e-5)
     assert final <= warm + 1e-9
     assert final == pytest.approx(student.details["selection_mse_chosen"], rel=1e-5)
 

@@ -105,7 +105,8 @@ def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
     dim, scale = train_x.shape[1], TEACHER_INIT_SCALES[settings.init]
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     starts = [seeded_linear(dim, dim, g) for g in generators]
-    weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in starts]) * scale)
+    # stored as [seeds, in, out], the layout the product reads: the gradient comes out in it
+    weight = nn.Parameter(torch.stack([layer.weight.detach().mT for layer in starts]) * scale)
     bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in starts]) * scale)
     spread = (train_x - train_x.mean(0)).pow(2).mean().sqrt()
     sigma = float(settings.denoise_noise * spread)
@@ -119,7 +120,7 @@ def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
             clean.append(train_x[torch.randint(train_x.shape[0], (rows,), generator=g)])
             noise.append(torch.randn(clean[-1].shape, generator=g))
         clean, noise = torch.stack(clean), torch.stack(noise)
-        out = torch.baddbmm(bias.unsqueeze(1), clean + sigma * noise, weight.transpose(1, 2))
+        out = torch.baddbmm(bias.unsqueeze(1), clean + sigma * noise, weight)
         per_seed = (out - clean).pow(2).mean(dim=(1, 2))
         optimiser.zero_grad(set_to_none=True)
         per_seed.sum().backward()  # each seed's gradient is its own loss's
@@ -128,7 +129,7 @@ def task_trained_teachers(train_x: torch.Tensor, settings: TeacherSettings,
     teachers = []
     for k, layer in enumerate(starts):
         with torch.no_grad():
-            layer.weight.copy_(weight[k])
+            layer.weight.copy_(weight[k].mT)
             layer.bias.copy_(bias[k])
         teachers.append((_freeze(layer), [step[k] for step in losses]))
     return teachers
@@ -207,15 +208,25 @@ def _shared(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _stacked_forward(head: nn.Module):
-    """f(params, x) for a stack of heads shaped like `head`, params stacked along a first
-    dimension and x [heads, rows, in]: written as batched products for a Sequential of Linear,
-    LowRankLinear and GELU (the heads the benchmark trains), else vmap over functional_call."""
+    """(f(params, x), the names of the params f reads transposed) for a stack of heads shaped
+    like `head`, params stacked along a first dimension and x [heads, rows, in]: written as
+    batched products for a Sequential of Linear, LowRankLinear and GELU (the heads the benchmark
+    trains), which read every matrix but a readout's as [heads, in, out], the layout in which
+    its gradient comes out of the backward (a transposed view made autograd copy it every step);
+    else vmap over functional_call, which reads the modules' own layout."""
     layers = list(head) if isinstance(head, nn.Sequential) else [head]
     if not all(type(layer) in (nn.Linear, LowRankLinear, nn.GELU) for layer in layers) or \
             any(isinstance(layer, nn.GELU) and layer.approximate != "none" for layer in layers):
         base = copy.deepcopy(head).to("meta")
-        return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,)))
+        return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,))), set()
     prefix = "" if layers == [head] else "{}."
+    transposed = set()
+    for i, layer in enumerate(layers):
+        name = prefix.format(i)
+        if isinstance(layer, LowRankLinear):
+            transposed.add(name + "down")
+        if isinstance(layer, (nn.Linear, LowRankLinear)) and layer.out_features > 1:
+            transposed.add(name + ("up" if isinstance(layer, LowRankLinear) else "weight"))
 
     def forward(params, x):
         for i, layer in enumerate(layers):
@@ -224,18 +235,18 @@ def _stacked_forward(head: nn.Module):
                 x = F.gelu(x)
                 continue
             if isinstance(layer, LowRankLinear):
-                x = torch.bmm(x, params[name + "down"].transpose(1, 2))
+                x = torch.bmm(x, params[name + "down"])
             weight = params[name + ("up" if isinstance(layer, LowRankLinear) else "weight")]
             bias = params.get(name + "bias")
-            if weight.shape[1] == 1:  # a readout: a product over `in`, and no outer product
+            if layer.out_features == 1:  # a readout: a product over `in`, and no outer product
                 x = (x * weight).sum(-1, keepdim=True)  # in the backward (slow as a bmm)
             else:
-                x = torch.bmm(x, weight.transpose(1, 2))
+                x = torch.bmm(x, weight)
             if bias is not None:
                 x = x + bias.unsqueeze(1)
         return x
 
-    return forward
+    return forward, transposed
 
 
 def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
@@ -243,7 +254,9 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
     params, buffers = torch.func.stack_module_state([job.head for job in jobs])
     if buffers:
         raise ValueError("train_heads trains heads without buffers (no batch norm)")
-    forward = _stacked_forward(jobs[0].head)
+    forward, transposed = _stacked_forward(jobs[0].head)
+    params = {n: p.detach().mT.contiguous().requires_grad_() if n in transposed else p
+              for n, p in params.items()}
     x, x_slot = _shared([job.x for job in jobs])
     y, rows = _padded([job.y for job in jobs])
     flat_x, x_start = x.flatten(0, 1), x_slot.unsqueeze(1) * x.shape[1]
@@ -279,7 +292,7 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
     with torch.no_grad():
         for job, (_, kept, _) in zip(jobs, best):
             for name, parameter in job.head.named_parameters():
-                parameter.copy_(kept[name])
+                parameter.copy_(kept[name].mT if name in transposed else kept[name])
     return [(checkpoints[k], best[k][2]) for k in range(len(jobs))]
 
 
