@@ -131,3 +131,28 @@ def test_fits_share_each_decomposition_once_and_are_charged_its_time(monkeypatch
     for shared, own in zip((svd_first.module, warm.job.student, aware[1].module), alone):
         for a, b in zip(shared.parameters(), own.parameters()):
             assert torch.equal(a, b)
+
+
+def test_only_the_groups_of_reported_students_are_timed_alone(monkeypatch):
+    """train_students(time_alone=...) trains every student together, then once more on its own
+    the first reported student of each group that holds one: a group of none (a sweep rank,
+    whose record keeps no timing) is not trained twice."""
+    from distil_rank.benchmark import compressors as benchmark
+    from distil_rank.benchmark.compressors import fit_distil_da, train_students
+
+    calls = []
+    together = benchmark.distill_together
+    monkeypatch.setattr(benchmark, "distill_together",
+                        lambda jobs, *a, **k: calls.append(len(jobs)) or together(jobs, *a, **k))
+    dim = 12
+    teachers = [nn.Linear(dim, dim).requires_grad_(False) for _ in range(2)]
+    x = correlated_inputs(300, dim, seed=3).float()
+    data = BenchmarkData(train=x[:200], fit=x[:170], selection=x[170:200], val=x[200:])
+    context = FitContext(data, SETTINGS, CPU, seed=0)
+    target = [fit_distil_da(t, 4, context) for t in teachers]  # one group of two
+    swept = [fit_distil_da(t, 2, context) for t in teachers]  # another rank: another group
+    train_students(target + swept, CPU, time_alone=target)
+    assert calls == [4, 1]  # all four together, then one of the target rank's group alone
+    assert all(s.details["distill_alone_seconds"] > 0 for s in target)
+    assert not any("distill_alone_seconds" in s.details for s in swept)
+    assert all(s.job is None and s.run is not None for s in target + swept)

@@ -132,23 +132,25 @@ class Student:
 
 
 def train_students(students, device: torch.device, desc: str = "distil",
-                   time_alone: bool = False) -> None:
+                   time_alone=()) -> None:
     """Every pending distillation among `students`, trained together (distill_together).
 
     A student's fit_seconds then holds its share of its group's wall time, which is not what
-    its distillation costs on its own. With `time_alone`, the first student of every group
-    (students that share a stacked step: distill.group_key) is trained once more on its own,
-    timed, and its seconds are given to every student of the group as
-    `distill_alone_seconds`: what one such distillation costs when nothing shares its steps."""
+    its distillation costs on its own. `time_alone`: the students among them whose record
+    reports that cost. For every group (students that share a stacked step: distill.group_key)
+    holding one, its first such student is trained once more on its own, timed, and its
+    seconds are given to them as `distill_alone_seconds`: what one such distillation costs
+    when nothing shares its steps. Groups that hold none (the rank sweep's other ranks, whose
+    records keep no timing) are not timed."""
     pending = [s for s in students if s.job is not None]
     jobs = [s.job for s in pending]
     for student, run in zip(pending, distill_together(jobs, device, desc=desc)):
         student.finish(run)
-    if not time_alone:
-        return
+    timed = {id(s) for s in time_alone}
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault(group_key(job), []).append(i)
+        if id(pending[i]) in timed:
+            groups.setdefault(group_key(job), []).append(i)
     for members in groups.values():
         start = time.perf_counter()
         distill_together([jobs[members[0]]], device, desc=desc)

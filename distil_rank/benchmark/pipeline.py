@@ -324,7 +324,8 @@ def run(config: Config) -> RunSummary:
     students = [s for r in runs for s in r.students()]
     progress.stage("training", f": {sum(s.job is not None for s in students)} students "
                                "distilled together")
-    train_students(students, device, time_alone=True)  # every distillation, together
+    reported = [s for r in runs for fits in r.fits.values() for s in fits[rank].values()]
+    train_students(students, device, time_alone=reported)  # every distillation, together
     for seed_run in runs:
         progress.stage("metrics", f", seed {seed_run.seed}")
         measure_seed(seed_run, rank, config, device)
