@@ -78,10 +78,11 @@ class SeedRun:
     memo: FitMemo = field(default_factory=FitMemo)  # decompositions its fits share
     entries: dict[str, TeacherEntry] = field(default_factory=dict)
 
-    def students(self) -> list:
-        """Every fitted student of this seed, over teachers, ranks and methods."""
-        return [s for fits in self.fits.values() for at_rank in fits.values()
-                for s in at_rank.values()]
+    def students(self, rank: int | None = None) -> list:
+        """Every fitted student of this seed, over teachers, ranks and methods; with `rank`,
+        those at that rank only (the ones its records report)."""
+        return [s for fits in self.fits.values() for at, at_rank in fits.items()
+                if rank in (None, at) for s in at_rank.values()]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -324,8 +325,7 @@ def run(config: Config) -> RunSummary:
     students = [s for r in runs for s in r.students()]
     progress.stage("training", f": {sum(s.job is not None for s in students)} students "
                                "distilled together")
-    reported = [s for r in runs for fits in r.fits.values() for s in fits[rank].values()]
-    train_students(students, device, time_alone=reported)  # every distillation, together
+    train_students(students, device, time_alone=[s for r in runs for s in r.students(rank)])
     for seed_run in runs:
         progress.stage("metrics", f", seed {seed_run.seed}")
         measure_seed(seed_run, rank, config, device)
