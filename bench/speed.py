@@ -33,6 +33,7 @@ from torch import nn
 from distil_rank.benchmark.compressors import (
     BenchmarkData,
     FitContext,
+    FitMemo,
     fit_data_aware,
     fit_task_aware,
 )
@@ -86,8 +87,11 @@ def time_fits(device: torch.device, repeats: int = 7, steps: int | None = None) 
     closed_form, given_moments, task_aware = [], [], []
     moments = input_moments(x)
     for _ in range(repeats):  # interleaved, so that a busy moment hits every method alike
-        closed_form.append(_seconds(lambda: fit_data_aware(teacher, rank, context), device))
-        task_aware.append(_seconds(lambda: fit_task_aware(teacher, rank, context), device))
+        # each fit with an empty memo: one sharing the first's would time a cache lookup
+        closed_form.append(_seconds(partial(fit_data_aware, teacher, rank,
+                                            replace(context, memo=FitMemo())), device))
+        task_aware.append(_seconds(partial(fit_task_aware, teacher, rank,
+                                           replace(context, memo=FitMemo())), device))
         given_moments.append(_seconds(lambda: compress_data_aware(teacher, moments, rank), device))
     distill(teacher, compress_svd(teacher, rank), x, replace(settings, steps=10), seed=0,
             device=device)  # one-time costs out
