@@ -445,8 +445,8 @@ def sweep_teacher(teacher: nn.Linear, ranks: list[int], context: FitContext,
                 scores.update(_task_scores(readout, head_val, y_hat, data.val_fitness))
             for key in methods[method]:
                 methods[method][key].append(scores[key])
-        train_measured.append(fidelity(y_train, built[rank]["data_aware"].module(data.train))
-                              ["explained_variance"])
+        train_measured.append(explained_variance(  # fidelity's figure, and only it
+            y_train, built[rank]["data_aware"].module(data.train)))
     dim_in, dim_out = teacher.in_features, teacher.out_features
     return {
         "ranks": list(ranks),
