@@ -268,33 +268,13 @@ def _small_run(out, root) -> dict:
     return json.loads((out / SUMMARY_NAME).read_text())
 
 
-def test_a_registered_compressor_is_fitted_measured_and_reported(tmp_path, root, monkeypatch):
-    from distil_rank.benchmark import compressors as benchmark
-    from distil_rank.lowrank import LowRankLinear
-
-    def fit_random_factors(teacher, rank, context):
-        g = torch.Generator().manual_seed(context.seed)
-        module = LowRankLinear(teacher.in_features, teacher.out_features, rank, generator=g)
-        return benchmark.Student(module, fit_seconds=0.0, details={"note_value": 1.5})
-
-    monkeypatch.setitem(benchmark.COMPRESSORS, "random_factors", fit_random_factors)
-    out = tmp_path / "registry"
-    summary = _small_run(out, root)
-    assert "random_factors" in summary["methods"]
-    for teacher in summary["teachers"]:
-        entry = summary[teacher]["methods"]["random_factors"]
-        assert entry["explained_variance"] < summary[teacher]["methods"]["data_aware"][
-            "explained_variance"]
-        assert entry["note_value"] == 1.5 and entry["params"] == 16 * 640 + 320
-    assert (out / FIGURE_NAME).exists()
-
-
 def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path, root,
                                                                         monkeypatch):
-    """A fifth teacher and a new compressor, each registered from this file alone: a --quick
-    run fits every compressor on every teacher, writes a summary that the committed schema
-    accepts, draws its figure with five teachers, and the docs generator's results section
-    holds both."""
+    """A fifth teacher and two new compressors, each registered from this file alone (one as
+    a Compressor entry with its label and colour, one as a bare function with facts of its
+    own): a --quick run fits every compressor on every teacher, measures and reports them,
+    writes a summary that the committed schema accepts, draws its figure with five teachers,
+    and the docs generator's results section holds them (one run: each is a small run)."""
     jsonschema = pytest.importorskip("jsonschema")
     from distil_rank.benchmark import compressors, teachers
     from distil_rank.lowrank import LowRankLinear, seeded_linear
@@ -314,9 +294,15 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
         from distil_rank.lowrank import compress_svd
         return compressors.Student(compress_svd(teacher, max(1, rank // 2)), fit_seconds=0.0)
 
+    def fit_random_factors(teacher, rank, context):  # a bare function: its key is its name
+        g = torch.Generator().manual_seed(context.seed)
+        module = LowRankLinear(teacher.in_features, teacher.out_features, rank, generator=g)
+        return compressors.Student(module, fit_seconds=0.0, details={"note_value": 1.5})
+
     monkeypatch.setitem(teachers.LINEAR_TEACHERS, "Rank-8", low_rank_teachers)
     monkeypatch.setitem(compressors.COMPRESSORS, "half_svd", compressors.Compressor(
         fit_truncated_twice, "half_svd (svd at half the rank)", "tab:red"))
+    monkeypatch.setitem(compressors.COMPRESSORS, "random_factors", fit_random_factors)
     out = tmp_path / "five"
     summary = _small_run(out, root)
     assert summary["teachers"] == ["Random", "Task-Trained", "Spectral", "Rank-8",
@@ -325,9 +311,13 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
     jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
     rank8 = summary["Rank-8"]["methods"]
     assert rank8["svd"]["explained_variance"] == pytest.approx(1.0, abs=1e-4)  # r=16 >= 8
+    assert "half_svd" in summary["methods"] and "random_factors" in summary["methods"]
     for teacher in summary["teachers"]:
         methods = summary[teacher]["methods"]
         assert methods["half_svd"]["rank"] == methods["svd"]["rank"] // 2
+        random = methods["random_factors"]
+        assert random["explained_variance"] < methods["data_aware"]["explained_variance"]
+        assert random["note_value"] == 1.5 and random["params"] == 16 * 640 + 320
     assert (out / FIGURE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     docs = load_script("scripts/docs_results.py")  # the docs' results section, generated
     section = docs.results_section(docs.RunSummary.from_json(summary), [], [], [], [],
