@@ -44,7 +44,7 @@ def steps(device: str, root: Path, quick: bool) -> dict[str, tuple[list[str], li
     quick_latency = ["--dim", "64", "--rank", "4", "--batches", "1,32", "--repeats", "5",
                      "--budget", "0.05"] if quick else []
     quick_speed = ["--repeats", "2", "--steps", "20", "--batched-steps", "5",
-                   "--students", "6"] if quick else []
+                   "--students", "6", "--rows", "256"] if quick else []
     bench = root / "bench" / "results"
     latency_files = f"bench/results/latency_*_d{64 if quick else 1280}_r*[0-9].json"
     return {

@@ -132,19 +132,21 @@ def _one_by_one(jobs: list[DistillJob], device: torch.device) -> None:
         distill(j.teacher, j.student, j.train_x, j.settings, seed=j.seed, device=device)
 
 
-def time_batched(device: torch.device, steps: int, students: int = 12) -> dict:
+def time_batched(device: torch.device, steps: int, students: int = 12,
+                 rows: int | None = None) -> dict:
     """Seconds to distil `students` students one by one and together, each with its own teacher
-    and seed, on the published recipe's settings (no held-out rows: every step runs)."""
+    and seed, on the published recipe's settings (no held-out rows: every step runs), on the
+    first `rows` rows of each case's data (all when None)."""
     cfg = Config()
     settings = replace(cfg.distill, steps=steps)
     shipped = load_embeddings(ROOT / cfg.train_path).embeddings
     synthetic = synthetic_embeddings(n_train=4000, n_val=10, dim=1280, latent_dim=48, seed=0)[0]
-    report = {"students": students, "steps": steps}
+    report = {"students": students, "steps": steps, "rows": rows}
     cases = {"320d_r16": (shipped, [16] * students), "1280d_r64": (synthetic.embeddings,
                                                                    [64] * students),
              "320d_sweep_ranks": (shipped, [4, 8, 16, 32, 64, 80] * (students // 6))}
     for name, (x, ranks) in cases.items():
-        x = x.to(device)
+        x = x[:rows].to(device)
         teachers = [random_teacher(x.shape[1], seed=i).to(device) for i in range(students)]
         # seeded factors as the warm start: with no held-out rows every step runs, and a step
         # takes the same time from any start (a 1280-d SVD each took longer than the steps)
@@ -176,6 +178,8 @@ def main() -> None:
                    help="steps per student in the batched comparison")
     p.add_argument("--students", type=at_least(6), default=12,
                    help="students trained together in the batched comparison (a multiple of 6)")
+    p.add_argument("--rows", type=at_least(64), default=None,
+                   help="training rows of each batched case (default: all; a step draws 64)")
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()
@@ -192,7 +196,7 @@ def main() -> None:
     apply_threads(args.threads)
     report = {"environment": environment(device),
               "fits": time_fits(device, args.repeats, args.steps),
-              "batched": time_batched(device, args.batched_steps, args.students)}
+              "batched": time_batched(device, args.batched_steps, args.students, args.rows)}
     if not args.skip_default_run:
         report["default_run_seconds"] = time_default_run()
     slug = name_slug(device_name(device), 40)
