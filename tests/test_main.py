@@ -24,13 +24,27 @@ TIMING_KEYS = {"fit_seconds", "latency_teacher_ms", "latency_student_ms", "speed
                "headline"}  # the headline quotes the speedup
 
 
+def quick_args(root, out) -> list[str]:
+    return ["--quick", "--out", str(out), "--train", str(root / "embeddings_train.pt"),
+            "--val", str(root / "embeddings_val.pt")]
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, root):
     out = tmp_path_factory.mktemp("quick")
-    code = main.main(["--quick", "--out", str(out), "--train", str(root / "embeddings_train.pt"),
-                      "--val", str(root / "embeddings_val.pt")])
-    assert code == 0
+    assert main.main(quick_args(root, out)) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def piped_run(tmp_path_factory, root):
+    """The same run again, in a process of its own whose stdout is a pipe: (its folder, what it
+    printed)."""
+    out = tmp_path_factory.mktemp("piped")
+    done = subprocess.run([sys.executable, "main.py", *quick_args(root, out)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done.stdout
 
 
 def test_quick_run_writes_json_and_png(quick_run, root):
@@ -108,18 +122,17 @@ def _without_timings(value):
     return value
 
 
-def test_same_seed_same_metrics(quick_run, tmp_path, root):
-    out = tmp_path / "again"
-    assert main.main(["--quick", "--out", str(out), "--train", str(root / "embeddings_train.pt"),
-                      "--val", str(root / "embeddings_val.pt")]) == 0
+def test_same_seed_same_metrics(quick_run, piped_run):
+    """The same arguments in another process give the same figures, to the bit."""
     first = json.loads((quick_run / SUMMARY_NAME).read_text())
-    second = json.loads((out / SUMMARY_NAME).read_text())
+    second = json.loads((piped_run[0] / SUMMARY_NAME).read_text())
     assert _without_timings(first) == _without_timings(second)
 
 
 def test_synthetic_mode_says_so_and_plants_a_task(tmp_path, capsys):
     out = tmp_path / "synthetic"
-    assert main.main(["--quick", "--data", "synthetic", "--no-sweep", "--out", str(out)]) == 0
+    assert main.main(["--quick", "--data", "synthetic", "--no-sweep", "--seeds", "1", "--out",
+                      str(out)]) == 0
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["real_data"] is False
     assert summary["input_dim"] == 256 and summary["target_rank"] == 256 // 20
@@ -225,12 +238,8 @@ def test_bad_input_is_one_line_exit_2_and_out_untouched(tmp_path, root, capsys):
 
 
 def test_a_piped_run_shows_its_stages_before_its_first_table_and_quiet_shows_only_the_end(
-        tmp_path, root, capsys):
-    args = ["--quick", "--no-sweep", "--seeds", "1", "--out", str(tmp_path / "piped")]
-    done = subprocess.run([sys.executable, "main.py", *args], cwd=root, capture_output=True,
-                          text=True, timeout=600)  # a real pipe: what is flushed, and when
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+        piped_run, tmp_path, root, capsys):
+    lines = piped_run[1].splitlines()  # a real pipe: what is flushed, and when
     first_table = next(i for i, line in enumerate(lines) if line.startswith("teacher "))
     stages = [line for line in lines[:first_table] if re.match(r"\[ *\d+\.\d s\] ", line)]
     assert len(stages) >= 3 and "then" in stages[0]
@@ -238,7 +247,8 @@ def test_a_piped_run_shows_its_stages_before_its_first_table_and_quiet_shows_onl
     assert not any(line.startswith("|") for line in lines)  # no Markdown on the console
     capsys.readouterr()
     # --quiet's one line, from a run in this process
-    assert main.main([*args, "--quiet", "--train", str(root / "embeddings_train.pt"),
+    assert main.main(["--quick", "--no-sweep", "--seeds", "1", "--out", str(tmp_path / "quiet"),
+                      "--quiet", "--train", str(root / "embeddings_train.pt"),
                       "--val", str(root / "embeddings_val.pt")]) == 0
     quiet = capsys.readouterr().out
     assert quiet.strip().startswith("wrote ") and len(quiet.strip().splitlines()) == 1
