@@ -22,8 +22,8 @@ import torch
 
 from distil_rank.api import compress_model
 from distil_rank.benchmark.latency import device_name, environment, name_slug
-from distil_rank.errors import InputError, OneLineParser, at_least
-from distil_rank.files import check_writable_folder, write_json
+from distil_rank.errors import OneLineParser, at_least
+from distil_rank.files import writable_folder, write_json
 from distil_rank.runtime import add_threads_option, apply_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +45,9 @@ def main() -> None:
 
     p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=at_least(1), default=24)
-    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
     apply_threads(args.threads)
     config = transformers.BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                                      intermediate_size=1024, vocab_size=1000)

@@ -22,8 +22,8 @@ import torch
 
 from distil_rank.benchmark.latency import environment, latency_matrix, modes_for, name_slug
 from distil_rank.benchmark.report import latency_table
-from distil_rank.errors import InputError, OneLineParser, at_least
-from distil_rank.files import check_writable_folder, write_json
+from distil_rank.errors import OneLineParser, at_least
+from distil_rank.files import writable_folder, write_json
 from distil_rank.kernels.fused import split_k_enabled
 from distil_rank.runtime import add_threads_option, apply_threads
 
@@ -40,17 +40,13 @@ def main() -> int:
     p.add_argument("--repeats", type=at_least(1), default=100, help="timed calls per cell, at most")
     p.add_argument("--budget", type=float, default=2.0,
                    help="seconds per cell: fewer calls when one call is slow (at least 5)")
-    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT / "bench" / "results"))
     p.add_argument("--split-k", action="store_true",
                    help="let the fused kernel's tuning try split-K plans too (opt-in until they "
                    "have run on a GPU: distil_rank/kernels/fused.py, split_k_enabled); the file "
                    "name ends in _splitk")
     add_threads_option(p)
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
     if args.rank > args.dim:
         p.error(f"--rank {args.rank}: above --dim {args.dim}")
     try:

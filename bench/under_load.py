@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from distil_rank.benchmark.latency import PLAUSIBLE_OVER_FLOPS, device_name, environment, name_slug
-from distil_rank.errors import InputError, OneLineParser, at_least
-from distil_rank.files import check_writable_folder, write_json
+from distil_rank.errors import OneLineParser, at_least
+from distil_rank.files import writable_folder, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 2.5  # at most this many times the quiet time under load
@@ -142,12 +142,8 @@ def main() -> int:
                         "each run's exit code and time")
     p.add_argument("--loops", type=at_least(1), default=os.cpu_count() or 2,
                    help="busy-loop processes")
-    p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # each its own choice
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

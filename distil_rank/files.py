@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -130,18 +131,34 @@ def _remove_leftovers(paths: list[Path]) -> None:
 def check_writable_folder(path: str | Path, what: str) -> None:
     """Refuse, before any work, a folder that cannot be written: `path` itself when it exists,
     else the nearest folder above it that does (where it would be created)."""
-    path = Path(path)
+    problem = _folder_problem(Path(path))
+    if problem:
+        raise InputError(f"{what} {path}: {problem}")
+
+
+def writable_folder(text: str) -> str:
+    """argparse's type for an output folder (every bench script's --out-dir): one that cannot
+    be written is a usage error at parsing, before any work (check_writable_folder's rule)."""
+    problem = _folder_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be written as a folder, or None."""
     if path.exists() and not path.is_dir():
-        raise InputError(f"{what} {path}: exists and is not a folder")
+        return "exists and is not a folder"
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise InputError(f"{what} {path}: {existing} is not a folder")
+        return f"{existing} is not a folder"
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise InputError(f"{what} {path}: cannot write in {existing} ({err.strerror})") from None
+        return f"cannot write in {existing} ({err.strerror})"
+    return None
 
 
 def check_writable_file(path: str | Path, what: str, suffixes: tuple[str, ...] = ()) -> None:

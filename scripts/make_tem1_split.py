@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from distil_rank.embeddings import EmbeddingSet, save_embeddings
-from distil_rank.errors import InputError, OneLineParser, at_least, first_line
-from distil_rank.files import check_writable_folder
+from distil_rank.errors import OneLineParser, at_least, first_line
+from distil_rank.files import writable_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVENANCE = {
@@ -38,14 +38,11 @@ def main() -> None:
     p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "tem1" / "tem1.npz"),
                    help="the TEM-1 arrays (default: ../shared/data/tem1/tem1.npz beside the "
                         "repository)")
-    p.add_argument("--out-dir", default=str(ROOT), help="default: the repository")
+    p.add_argument("--out-dir", type=writable_folder, default=str(ROOT),
+                   help="default: the repository")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=at_least(0), default=0)
     args = p.parse_args()
-    try:  # now, not after the work
-        check_writable_folder(args.out_dir, "--out-dir")
-    except InputError as err:
-        p.refuse(err)
 
     if not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction {args.val_fraction}: must be between 0 and 1")

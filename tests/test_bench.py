@@ -125,7 +125,8 @@ def test_a_step_past_the_step_limit_is_stopped_and_the_next_one_runs(root, tmp_p
 @pytest.mark.parametrize("script, argv, said", [
     ("bench/latency.py", ["--dim", "8", "--rank", "9"], "--rank 9: above --dim 8"),
     ("bench/latency.py", ["--dim", "0"], "argument --dim: 0: at least 1"),
-    ("bench/latency.py", ["--out-dir", "README.md"], "--out-dir README.md: exists and is not"),
+    ("bench/latency.py", ["--out-dir", "README.md"],
+     "argument --out-dir: README.md: exists and is not"),
     ("bench/speed.py", ["--device", "tpu"], "--device 'tpu': unknown device"),
     ("bench/speed.py", ["--students", "7"], "--students 7: a multiple of 6"),
     ("bench/gpu.py", ["--device", "cpu", "--root", "README.md"], "--root README.md: exists"),
