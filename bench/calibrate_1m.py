@@ -29,7 +29,7 @@ from distil_rank.benchmark.latency import environment
 from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import write_json
 from distil_rank.moments import load_moments
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,4 +139,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()
     main()

@@ -24,7 +24,7 @@ from distil_rank.api import compress_model
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import writable_folder, write_json
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,4 +104,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()
     main()

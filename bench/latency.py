@@ -25,7 +25,7 @@ from distil_rank.benchmark.report import latency_table
 from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import writable_folder, write_json
 from distil_rank.kernels.fused import split_k_enabled
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,4 +92,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()
     sys.exit(main())

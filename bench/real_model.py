@@ -55,7 +55,7 @@ from distil_rank.errors import OneLineParser, at_least
 from distil_rank.files import writable_folder, write_json
 from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (0.8, 0.6, 0.4)
@@ -312,4 +312,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()
     sys.exit(main())

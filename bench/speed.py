@@ -53,7 +53,7 @@ from distil_rank.lowrank import (
     seeded_linear,
 )
 from distil_rank.moments import input_moments
-from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,4 +220,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()
     main()

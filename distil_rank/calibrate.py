@@ -32,7 +32,7 @@ from distil_rank.embeddings import load_embeddings, numeric_array
 from distil_rank.errors import InputError, OneLineParser, cli_exit_code, first_line
 from distil_rank.files import check_writable_file
 from distil_rank.moments import InputMoments, MomentAccumulator, all_reduce_moments, save_moments
-from distil_rank.runtime import add_threads_option, apply_threads
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
 
 
 def _npy_batches(path: Path, batch_rows: int):
@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> InputMoments:
 
 
 def main(argv: list[str] | None = None) -> int:
+    freeze_imports(argv)
     return cli_exit_code(run, create_parser().parse_args(argv))
 
 

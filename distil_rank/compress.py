@@ -46,7 +46,7 @@ from distil_rank.families import ESM2, ModelFamily
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.kernels.clock import in_turns
 from distil_rank.metrics import explained_variance
-from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports, resolve_device
 
 MODEL_FILE, REPORT_FILE = "model.lowrank.safetensors", "report.json"
 
@@ -228,6 +228,7 @@ def _holdout_figures(dense: torch.Tensor, small: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    freeze_imports(argv)
     return cli_exit_code(run, create_parser().parse_args(argv))
 
 

@@ -43,7 +43,7 @@ from distil_rank.errors import (
 )
 from distil_rank.families import ESM2, FAMILIES, ModelFamily, family_of, releases
 from distil_rank.files import check_writable_file, check_writable_folder, write_together
-from distil_rank.runtime import add_threads_option, apply_threads, resolve_device
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports, resolve_device
 
 # 20 standard amino acids, X (unknown), and the ambiguity / rare codes ESM-2's vocabulary has.
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in run(args):
             print(f"wrote {path}")
 
+    freeze_imports(argv)
     return cli_exit_code(body)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 import zlib
@@ -114,6 +115,17 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=threads_argument, default=None,
                         help="CPU threads for PyTorch (default: OMP_NUM_THREADS if set, else "
                              "the cores that other running tasks leave free)")
+
+
+def freeze_imports(argv: list[str] | None = None) -> None:
+    """gc.freeze() for a program whose imports are done: the objects alive now, most of them
+    torch's, move to a generation the cyclic collector never walks again. Each full collection
+    walked them all, and so did the interpreter's exit: `import torch` alone took 0.5 s to
+    exit, 0.1 s with them frozen. Refcounting still frees them; only cycles among them stay.
+    A command's main passes its argv: None means the process is the command (its console
+    script, `python -m` or main.py); Python code that calls main(argv) keeps its collector."""
+    if argv is None:
+        gc.freeze()
 
 
 def apply_threads(requested: int | None, quiet: bool = False) -> ThreadChoice:

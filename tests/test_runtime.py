@@ -1,6 +1,7 @@
 """The default thread count: what --threads or OMP_NUM_THREADS say, else PyTorch's default
 capped at the cores that other runnable processes leave free."""
 
+import gc
 import subprocess
 import sys
 import time
@@ -79,6 +80,21 @@ def test_apply_threads_sets_says_and_returns_the_choice(capsys, monkeypatch):
         assert capsys.readouterr().out == ""
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_program_freezes_its_imports_and_a_call_from_python_does_not():
+    """freeze_imports: a command's main given argv (Python code calling it) leaves the caller's
+    collector alone; run as the program (argv None) its imports leave the collector's walk."""
+    before = gc.get_freeze_count()
+    runtime.freeze_imports(["--quick"])
+    assert gc.get_freeze_count() == before
+    code = ("import gc, torch; from distil_rank.runtime import freeze_imports; "
+            "n = len(gc.get_objects()); freeze_imports(); "
+            "print(n, gc.get_freeze_count(), len(gc.get_objects()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    tracked, frozen, left = map(int, done.stdout.split())
+    assert frozen >= tracked > 10_000 and left < 100  # torch's objects, every one frozen
 
 
 def test_a_count_flag_takes_whole_numbers_from_its_minimum():

@@ -9,7 +9,7 @@ import sys
 from distil_rank import __version__
 from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
 from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
-from distil_rank.runtime import threads_argument
+from distil_rank.runtime import freeze_imports, threads_argument
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = create_parser().parse_args(argv)
     from distil_rank.benchmark.pipeline import run  # after parsing: --help needs no torch start-up
 
+    freeze_imports(argv)
     return cli_exit_code(lambda: run(config_from_args(args)))
 
 

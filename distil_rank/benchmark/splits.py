@@ -56,7 +56,7 @@ from distil_rank.errors import InputError, OneLineParser, cli_exit_code, seed_ar
 from distil_rank.files import check_writable_folder, json_text, write_together
 from distil_rank.lowrank import LowRankLinear, flop_ratio, seeded_linear
 from distil_rank.metrics import fit_ridges, spearman
-from distil_rank.runtime import add_threads_option, apply_threads, stage_seed
+from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports, stage_seed
 
 SCHEMES = ("random", "modulo", "contiguous")
 # The registry's compressors that distil the layer alone, on its own outputs: distil_task distils
@@ -532,6 +532,7 @@ def _run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = create_parser().parse_args(argv)
+    freeze_imports(argv)
     return cli_exit_code(lambda: _run(args))
 
 
