@@ -52,7 +52,7 @@ def blocked_reference(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 
 
 # rows, width in, width out, rank: none a multiple of the block sizes, a batch of one included
-SHAPES = [(1, 40, 50, 5), (17, 70, 33, 16), (70, 130, 200, 33), (300, 64, 129, 1)]
+SHAPES = [(1, 40, 50, 5), (17, 70, 33, 16), (70, 130, 200, 33), (100, 64, 129, 1)]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # relative to max
 
 
