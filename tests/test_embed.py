@@ -1,16 +1,18 @@
 """The embedding tool, offline, on a tiny randomly initialised ESM-2 built here from a config."""
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from conftest import build_tiny_esm
+from distil_rank.embed import length_batches, main, read_fasta, read_labels
+from distil_rank.embeddings import load_embeddings
+from distil_rank.errors import InputError
 
-from conftest import build_tiny_esm  # noqa: E402
-from distil_rank.embed import length_batches, main, read_fasta, read_labels  # noqa: E402
-from distil_rank.embeddings import load_embeddings  # noqa: E402
-from distil_rank.errors import InputError  # noqa: E402
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                reason="transformers is not installed")  # imported where used
 
 SEQUENCES = {"p1": "MKTAYIAKQR", "p2": "GAVLI", "p3": "MSTNPKPQRKTKRNTNRRPQDVKFPGG",
              "p4": "AC", "p5": "WWYHHE", "p6": "MKVLAAGIV"}
@@ -31,6 +33,7 @@ def fasta(tmp_path):
 
 def hand_pooled(folder, sequence, layer=None):
     """One sequence alone (no padding, no sorting): mean over its residue positions 1..L."""
+    import transformers
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.EsmModel.from_pretrained(folder, add_pooling_layer=False).eval()
     tokens = tokenizer([sequence], return_tensors="pt")
@@ -58,6 +61,8 @@ def test_pooling_and_order_match_a_hand_computation(tiny_esm, fasta, tmp_path):
 
 
 def test_compress_pools_a_padded_batch_as_the_embedding_tool_pools_one_sequence(tiny_esm):
+    import transformers
+
     from distil_rank.compress import pooled, token_batches
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_esm)
@@ -198,6 +203,8 @@ def held_out(report: dict, fasta) -> list[str]:
 
 
 def test_compress_writes_a_model_that_load_compressed_loads_and_a_report(tiny_esm, tmp_path):
+    import transformers
+
     from distil_rank import load_compressed
     from distil_rank.compress import main as compress
 
@@ -244,6 +251,8 @@ def recompute_the_report(report: dict, fresh, folder, fasta) -> None:
     """The report's figures from the saved model, by hand: the weights kept (factors r (in +
     out) or the dense in out, biases aside) over the encoder's Linear weights, and the held-out
     pooled embeddings' cosine and explained variance against the dense model's."""
+    import transformers
+
     from distil_rank.embed import embed_sequences
 
     dense = transformers.EsmModel.from_pretrained(folder, add_pooling_layer=False)

@@ -2,15 +2,17 @@
 alone (a BERT-style protein model that reads residues separated by spaces, as ProtBert does)
 is embedded and compressed by the tools, on a tiny randomly initialised model built here."""
 
+import importlib.util
 import json
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from distil_rank import compress, embed, families
+from distil_rank.embeddings import load_embeddings, split_indices
 
-from distil_rank import compress, embed, families  # noqa: E402
-from distil_rank.embeddings import load_embeddings, split_indices  # noqa: E402
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                reason="transformers is not installed")  # imported where used
 
 SPACED_BERT = families.ModelFamily(model_type="bert", model_class="BertModel",
                                    releases={"prot_bert": "Rostlab/prot_bert"},
@@ -21,6 +23,7 @@ SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GAVLI", "MSTNPKPQRKTKRNTNRRPQDVKFPGG", "
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
+    import transformers
     folder = tmp_path_factory.mktemp("tiny_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"LAGVSERTIDPKQNFYMHWCXBUZO"]
     (folder / "vocab.txt").write_text("\n".join(vocab))
@@ -48,6 +51,7 @@ def registered(monkeypatch):
 
 def by_hand(folder, sequence):
     """One sequence alone, written with spaces: [CLS] residues [SEP], the residues' mean."""
+    import transformers
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
     tokens = tokenizer([" ".join(sequence)], return_tensors="pt")
@@ -71,6 +75,7 @@ def test_a_registered_family_is_embedded_as_its_tokenizer_frames_a_sequence(
 
 def test_a_registered_family_is_compressed_on_its_encoder_layers(registered, tiny_bert, fasta,
                                                                  tmp_path, capsys):
+    import transformers
     out = tmp_path / "half"
     assert compress.main(["--model", str(tiny_bert), "--fasta", str(fasta), "--budget", "0.5",
                           "--holdout", "0.25", "--out", str(out)]) == 0
