@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -131,6 +133,39 @@ def test_fits_share_each_decomposition_once_and_are_charged_its_time(monkeypatch
     for shared, own in zip((svd_first.module, warm.job.student, aware[1].module), alone):
         for a, b in zip(shared.parameters(), own.parameters()):
             assert torch.equal(a, b)
+
+
+def test_task_aware_shares_its_weighting_across_ranks_only_where_it_is_exact(monkeypatch):
+    """G of a readout with one output per row is exact, the same at every rank: task_aware
+    computes it (with its roots and weighted spectrum) once per split. A readout with several
+    outputs estimates G with probes seeded per rank, so each rank keeps its own. Either way
+    every student equals the one fitted from its own G by the library."""
+    from distil_rank import moments as moments_module
+    from distil_rank.benchmark import compressors as benchmark
+    from distil_rank.benchmark.compressors import FitMemo, fit_task_aware
+    from distil_rank.lowrank import compress_data_aware
+    from distil_rank.runtime import stage_seed
+
+    calls = []
+    monkeypatch.setattr(benchmark, "output_weight", lambda *args, **kwargs: calls.append(
+        kwargs["seed"]) or moments_module.output_weight(*args, **kwargs))
+    dim = 16
+    teacher = nn.Linear(dim, dim).double().requires_grad_(False)
+    x = correlated_inputs(200, dim, seed=3)
+    data = BenchmarkData(train=x[:150], fit=x[:120], selection=x[120:150], val=x[150:])
+    for outputs, computed in ((1, 1), (3, 2)):
+        readout = nn.Sequential(nn.GELU(), nn.Linear(dim, outputs)).double()
+        base = FitContext(data, SETTINGS, CPU, seed=0, memo=FitMemo(), readout=readout)
+        calls.clear()
+        for rank in (3, 6):
+            context = replace(base, seed=stage_seed(base.seed, f"rank/{rank}"))
+            student = fit_task_aware(teacher, rank, context).module
+            weight = moments_module.output_weight(readout, teacher(data.train), probes=4,
+                                                  seed=stage_seed(context.seed, "probes"))
+            own = compress_data_aware(teacher, data.train, rank, weight, base.damping)
+            for a, b in zip(student.parameters(), own.parameters()):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        assert len(calls) == computed, outputs
 
 
 def test_only_the_groups_of_reported_students_are_timed_alone(monkeypatch):

@@ -38,6 +38,7 @@ from distil_rank.lowrank import (
     full_svd,
     num_parameters,
     output_spectrum,
+    output_weight_roots,
     seeded_linear,
     smallest_rank_reaching,
 )
@@ -215,12 +216,21 @@ def fit_distil_da(teacher: nn.Linear, rank: int, context: FitContext) -> Student
 
 def _task_aware(teacher: nn.Linear, rows: torch.Tensor, rank: int, context: FitContext):
     """The closed form weighted by G = E[J^T J] of the readout at the layer's outputs."""
-    with torch.no_grad():
-        hidden = teacher(rows)
-    weight = output_weight(context.readout, hidden, probes=context.probes,
-                           seed=stage_seed(context.seed, "probes"))
-    return compress_data_aware(teacher, context.memo.moments(rows), rank, weight,
-                               context.damping)
+    moments, seed = context.memo.moments(rows), stage_seed(context.seed, "probes")
+
+    def weighting():  # G, its damped roots and the G-weighted output spectrum: no rank in them
+        with torch.no_grad():
+            hidden = teacher(rows)
+        weight = output_weight(context.readout, hidden, probes=context.probes, seed=seed)
+        roots = output_weight_roots(weight, context.damping)
+        return weight, roots, output_spectrum(teacher.weight, moments, roots[0])
+
+    with torch.no_grad():  # a readout with one output per row has an exact G, seed-free: the
+        exact = context.readout(teacher(rows[:1])).numel() == 1  # same at every swept rank
+    what = f"task weighting, damping {context.damping}" + ("" if exact else f", seed {seed}")
+    weight, roots, spectrum = context.memo.get(what, (teacher, context.readout, rows), weighting)
+    return compress_data_aware(teacher, moments, rank, weight, context.damping,
+                               spectrum=spectrum, roots=roots)
 
 
 def fit_task_aware(teacher: nn.Linear, rank: int, context: FitContext) -> Student:
