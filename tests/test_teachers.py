@@ -213,10 +213,11 @@ def test_fitness_heads_stacked_equal_a_plain_loop_per_seed():
 
 
 def test_train_heads_groups_mixed_heads_and_each_is_the_one_it_would_be_alone():
-    """Low-rank and dense heads, two learning rates, shared and own inputs, small batches
-    clipped by the row count, and heads of another activation: train_heads against the plain
-    loop, job by job, in float64 (in float32 Adam turns the rounding of a near-zero gradient
-    into a whole step of either sign, which no tolerance on the weights would mean much for)."""
+    """Low-rank and dense heads (a low-rank readout, a bare Linear), two learning rates, shared
+    and own inputs, small batches clipped by the row count, and heads of another activation:
+    train_heads against the plain loop, job by job, in float64 (in float32 Adam turns the
+    rounding of a near-zero gradient into a whole step of either sign, which no tolerance on
+    the weights would mean much for)."""
     from distil_rank.benchmark.teachers import HeadJob, train_heads
     from distil_rank.lowrank import LowRankLinear, seeded_linear
 
@@ -227,14 +228,20 @@ def test_train_heads_groups_mixed_heads_and_each_is_the_one_it_would_be_alone():
     slow = replace(fast, lr=1e-3)
 
     def make(kind, g):  # "tanh": a head the batched products do not cover (vmap trains it)
-        first = LowRankLinear(8, 8, 3, generator=g) if kind == "low" else seeded_linear(8, 8, g)
+        if kind == "bare":  # one Linear readout, no Sequential
+            return seeded_linear(8, 1, g).double()
+        first = LowRankLinear(8, 8, 3, generator=g) if kind.startswith("low") else \
+            seeded_linear(8, 8, g)
         middle = torch.nn.Tanh() if kind == "tanh" else torch.nn.GELU()
-        return torch.nn.Sequential(first, middle, seeded_linear(8, 1, g)).double()
+        last = LowRankLinear(8, 1, 1, generator=g) if kind == "low readout" else \
+            seeded_linear(8, 1, g)
+        return torch.nn.Sequential(first, middle, last).double()
 
     specs = [("low", fit_x, y[:500], fast), ("low", fit_x, -y[:500], fast),
              ("low", fit_x, y[:500], slow), ("dense", fit_x, y[:500], fast),
              ("dense", small, y[:40], fast), ("low", fit_x[:300], y[:300], fast),
-             ("tanh", fit_x, y[:500], fast), ("tanh", fit_x[:200], y[:200], fast)]
+             ("tanh", fit_x, y[:500], fast), ("tanh", fit_x[:200], y[:200], fast),
+             ("low readout", fit_x, y[:500], fast), ("bare", fit_x, y[:500], fast)]
     heads = [make(kind, torch.Generator().manual_seed(k)) for k, (kind, *_) in enumerate(specs)]
     plain = [copy.deepcopy(h) for h in heads]
     jobs = [HeadJob(h, fx, fy, sel_x, y[500:], s, torch.Generator().manual_seed(100 + k))

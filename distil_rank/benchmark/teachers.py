@@ -211,45 +211,73 @@ def _shared(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _stacked_forward(head: nn.Module):
-    """(f(params, x), the names of the params f reads transposed) for a stack of heads shaped
-    like `head`, params stacked along a first dimension and x [heads, rows, in]: written as
-    batched products for a Sequential of Linear, LowRankLinear and GELU (the heads the benchmark
-    trains), which read every matrix but a readout's as [heads, in, out], the layout in which
-    its gradient comes out of the backward (a transposed view made autograd copy it every step);
-    else vmap over functional_call, which reads the modules' own layout."""
+    """(f(params, x, saved=None), its backward or None, the names of the params f reads
+    transposed) for a stack of heads shaped like `head`, params stacked along a first dimension
+    and x [heads, rows, in]. For a Sequential of Linear, LowRankLinear and GELU (the heads the
+    benchmark trains) f is written as batched products that read every matrix but a readout's
+    as [heads, in, out], the layout its gradient comes out in (a transposed view made autograd
+    copy it every step), and the backward is written out too: backward(params, saved, grad)
+    takes the inputs f kept in `saved` and d loss / d f, and gives every parameter's gradient,
+    the products autograd would take without its bookkeeping. Any other head: vmap over
+    functional_call, which reads the modules' own layout, and autograd."""
     layers = list(head) if isinstance(head, nn.Sequential) else [head]
     if not all(type(layer) in (nn.Linear, LowRankLinear, nn.GELU) for layer in layers) or \
             any(isinstance(layer, nn.GELU) and layer.approximate != "none" for layer in layers):
         base = copy.deepcopy(head).to("meta")
-        return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,))), set()
+        return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,))), None, set()
     prefix = "" if layers == [head] else "{}."
+    names = [prefix.format(i) for i in range(len(layers))]
     transposed = set()
-    for i, layer in enumerate(layers):
-        name = prefix.format(i)
+    for name, layer in zip(names, layers):
         if isinstance(layer, LowRankLinear):
             transposed.add(name + "down")
         if isinstance(layer, (nn.Linear, LowRankLinear)) and layer.out_features > 1:
             transposed.add(name + ("up" if isinstance(layer, LowRankLinear) else "weight"))
 
-    def forward(params, x):
-        for i, layer in enumerate(layers):
-            name = prefix.format(i)
+    def forward(params, x, saved=None):
+        for name, layer in zip(names, layers):
+            hidden = None
             if isinstance(layer, nn.GELU):
-                x = F.gelu(x)
-                continue
-            if isinstance(layer, LowRankLinear):
-                x = torch.bmm(x, params[name + "down"])
-            weight = params[name + ("up" if isinstance(layer, LowRankLinear) else "weight")]
-            bias = params.get(name + "bias")
-            if layer.out_features == 1:  # a readout: a product over `in`, and no outer product
-                x = (x * weight).sum(-1, keepdim=True)  # in the backward (slow as a bmm)
+                x, kept = F.gelu(x), x
             else:
-                x = torch.bmm(x, weight)
-            if bias is not None:
-                x = x + bias.unsqueeze(1)
+                kept = x
+                if isinstance(layer, LowRankLinear):
+                    x = hidden = torch.bmm(x, params[name + "down"])
+                weight = params[name + ("up" if isinstance(layer, LowRankLinear) else "weight")]
+                if layer.out_features == 1:  # a readout: a product over `in`, and no outer
+                    x = (x * weight).sum(-1, keepdim=True)  # product in the backward
+                else:
+                    x = torch.bmm(x, weight)
+                if name + "bias" in params:
+                    x = x + params[name + "bias"].unsqueeze(1)
+            if saved is not None:
+                saved.append((kept, hidden))
         return x
 
-    return forward, transposed
+    def backward(params, saved, grad):
+        grads = {}
+        for i in reversed(range(len(layers))):
+            name, layer, (x, hidden) = names[i], layers[i], saved[i]
+            if isinstance(layer, nn.GELU):
+                grad = torch.ops.aten.gelu_backward(grad, x)
+                continue
+            if name + "bias" in params:
+                grads[name + "bias"] = grad.sum(1)
+            low_rank = isinstance(layer, LowRankLinear)
+            key = name + ("up" if low_rank else "weight")
+            weight, inputs, wanted = params[key], hidden if low_rank else x, i > 0 or low_rank
+            if layer.out_features == 1:
+                grads[key] = (grad * inputs).sum(1, keepdim=True)
+                grad = grad * weight if wanted else None
+            else:
+                grads[key] = torch.bmm(inputs.mT, grad)
+                grad = torch.bmm(grad, weight.mT) if wanted else None  # no input needs one
+            if low_rank:
+                grads[name + "down"] = torch.bmm(x.mT, grad)
+                grad = torch.bmm(grad, params[name + "down"].mT) if i else None
+        return grads
+
+    return forward, backward, transposed
 
 
 def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
@@ -257,7 +285,7 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
     params, buffers = torch.func.stack_module_state([job.head for job in jobs])
     if buffers:
         raise ValueError("train_heads trains heads without buffers (no batch norm)")
-    forward, transposed = _stacked_forward(jobs[0].head)
+    forward, backward, transposed = _stacked_forward(jobs[0].head)
     params = {n: p.detach().mT.contiguous().requires_grad_() if n in transposed else p
               for n, p in params.items()}
     x, x_slot = _shared([job.x for job in jobs])
@@ -284,10 +312,18 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
         idx = torch.stack([torch.randint(int(n), (batch,), generator=job.generator)
                            for n, job in zip(rows, jobs)])
         picked = flat_x.index_select(0, (x_start + idx).flatten())
-        out = forward(params, picked.view(*idx.shape, -1)).squeeze(-1)
-        loss = (out - torch.gather(y, 1, idx)).pow(2).mean(1).sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        picked, target = picked.view(*idx.shape, -1), torch.gather(y, 1, idx)
+        if backward is None:
+            loss = (forward(params, picked).squeeze(-1) - target).pow(2).mean(1).sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+        else:  # d/d(out) of each head's mean square error: 2 (out - target) / batch
+            saved = []
+            with torch.no_grad():
+                error = forward(params, picked, saved).squeeze(-1).sub_(target)
+            grads = backward(params, saved, error.mul_(2.0 / batch).unsqueeze(-1))
+            for name, parameter in params.items():
+                parameter.grad = grads[name]
         optimiser.step()
     if any(kept is None for _, kept, _ in best):  # every selection MSE NaN: nothing to keep
         raise ValueError("train_heads: a head's selection MSE was never finite (too few fit "
