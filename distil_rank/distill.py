@@ -83,30 +83,41 @@ def distill_loss(pred: torch.Tensor, target: torch.Tensor, alpha) -> torch.Tenso
 
 
 class _DistillLoss(torch.autograd.Function):
-    """d/dpred of MSE + alpha (1 - mean_i cos_i), with cos_i = pred_i . u_i / |pred_i| and u_i
-    the unit target row: 2 (pred - target) / (rows features) - alpha / rows (u_i - cos_i
-    pred_i / |pred_i|) / |pred_i|. The target and alpha get no gradient (the teacher's outputs
-    and a setting)."""
+    """distill_loss for autograd: _loss_terms forward, _loss_gradient backward. The target and
+    alpha get no gradient (the teacher's outputs and a setting)."""
 
     @staticmethod
     def forward(ctx, pred, target, alpha):
-        diff = pred - target
-        norm = torch.linalg.vector_norm(pred, dim=-1).clamp_min(COSINE_EPS)
-        unit = target / torch.linalg.vector_norm(target, dim=-1, keepdim=True).clamp_min(
-            COSINE_EPS)
-        cosine = (pred * unit).sum(-1) / norm  # [..., rows]
-        ctx.save_for_backward(diff, pred, unit, norm, cosine, alpha)
-        return diff.pow(2).mean((-2, -1)) + alpha * (1 - cosine.mean(-1))
+        loss, saved = _loss_terms(pred, target, alpha)
+        ctx.save_for_backward(*saved)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        diff, pred, unit, norm, cosine, alpha = ctx.saved_tensors
-        rows, width = pred.shape[-2:]
-        scale = (grad * alpha / rows).unsqueeze(-1)  # [..., 1]: d loss / d cos_i
-        out = diff * (grad * (2 / (rows * width)))[..., None, None]
-        out.addcmul_(unit, (-scale / norm).unsqueeze(-1))
-        out.addcmul_(pred, (scale * cosine / norm.square()).unsqueeze(-1))
-        return out, None, None
+        return _loss_gradient(ctx.saved_tensors, grad), None, None
+
+
+def _loss_terms(pred, target, alpha):
+    """(MSE + alpha (1 - mean cosine) per student, what _loss_gradient needs)."""
+    diff = pred - target
+    norm = torch.linalg.vector_norm(pred, dim=-1).clamp_min(COSINE_EPS)
+    unit = target / torch.linalg.vector_norm(target, dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+    cosine = (pred * unit).sum(-1) / norm  # [..., rows]
+    loss = diff.pow(2).mean((-2, -1)) + alpha * (1 - cosine.mean(-1))
+    return loss, (diff, pred, unit, norm, cosine, alpha)
+
+
+def _loss_gradient(saved, grad):
+    """d/dpred of MSE + alpha (1 - mean_i cos_i) times `grad`, with cos_i = pred_i . u_i /
+    |pred_i| and u_i the unit target row: 2 (pred - target) / (rows features) - alpha / rows
+    (u_i - cos_i pred_i / |pred_i|) / |pred_i|."""
+    diff, pred, unit, norm, cosine, alpha = saved
+    rows, width = pred.shape[-2:]
+    scale = (grad * alpha / rows).unsqueeze(-1)  # [..., 1]: d loss / d cos_i
+    out = diff * (grad * (2 / (rows * width)))[..., None, None]
+    out.addcmul_(unit, (-scale / norm).unsqueeze(-1))
+    out.addcmul_(pred, (scale * cosine / norm.square()).unsqueeze(-1))
+    return out
 
 
 COSINE_EPS = 1e-8  # F.cosine_similarity's default eps
@@ -337,6 +348,20 @@ class _Stack:
             return hidden
         return self.readout(*self.state, hidden).reshape(self.count, len(x[0]), -1)
 
+    @torch.no_grad()
+    def loss_and_grads(self, x: torch.Tensor, y: torch.Tensor):
+        """Each student's distill_loss on its batch, and the gradient of their sum for every
+        parameter (as `params`), the backward written out for students without a readout: the
+        products autograd takes, without its bookkeeping (half of a small student's step on a
+        CPU)."""
+        low = torch.bmm(x, self.down_t)
+        out = torch.bmm(low, self.up_t) if self.bias is None else torch.baddbmm(
+            self.bias.unsqueeze(1), low, self.up_t)
+        loss, saved = _loss_terms(out, y, self.alpha)
+        grad = _loss_gradient(saved, torch.ones_like(loss))
+        grads = [torch.bmm(x.mT, torch.bmm(grad, self.up_t.mT)), torch.bmm(low.mT, grad)]
+        return loss, grads + ([grad.sum(1)] if self.bias is not None else [])
+
     @staticmethod
     def factors(values: list[torch.Tensor], i: int) -> list[torch.Tensor]:
         """Student i's down, up (and bias) from stacked values laid out as `params`."""
@@ -352,6 +377,9 @@ class _Steps:
                  device: torch.device, use_graph: bool, data_parallel: bool):
         self.stack, self.data, self.data_parallel = stack, data, data_parallel
         self.use_graph, self.graph, self.done = use_graph, None, 0
+        # eager steps of students without a readout take their backward written out; a CUDA
+        # graph replays autograd's (it has no per-step bookkeeping to save)
+        self.written_out = stack.readout is None and not use_graph
         self.optimiser = Adam(stack.params, lr=settings.lr, weight_decay=settings.weight_decay,
                               decoupled=True, fused=True)  # AdamW's fused kernel
         self.losses = torch.zeros(stack.count, settings.steps, dtype=stack.dtype,
@@ -362,8 +390,13 @@ class _Steps:
         data, counter = self.data, self.counter
         x = data.rows(data.x_bank, data.x_rows, counter)
         y = data.rows(data.y_bank, data.y_rows, counter)
-        loss = distill_loss(self.stack(x), y, self.stack.alpha)  # [students]
-        loss.sum().backward()  # the students share no parameter: each gets its own gradient
+        if self.written_out:
+            loss, grads = self.stack.loss_and_grads(x, y)
+            for p, grad in zip(self.stack.params, grads):
+                p.grad = grad
+        else:
+            loss = distill_loss(self.stack(x), y, self.stack.alpha)  # [students]
+            loss.sum().backward()  # the students share no parameter: each its own gradient
         if self.data_parallel:  # the mean gradient over processes, as DDP takes
             for p in self.stack.params:
                 dist.all_reduce(p.grad)
