@@ -213,34 +213,42 @@ def _shared(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def _stacked_forward(head: nn.Module):
     """(f(params, x, saved=None), its backward or None, the names of the params f reads
     transposed) for a stack of heads shaped like `head`, params stacked along a first dimension
-    and x [heads, rows, in]. For a Sequential of Linear, LowRankLinear and GELU (the heads the
-    benchmark trains) f is written as batched products that read every matrix but a readout's
-    as [heads, in, out], the layout its gradient comes out in (a transposed view made autograd
-    copy it every step), and the backward is written out too: backward(params, saved, grad)
-    takes the inputs f kept in `saved` and d loss / d f, and gives every parameter's gradient,
-    the products autograd would take without its bookkeeping. Any other head: vmap over
-    functional_call, which reads the modules' own layout, and autograd."""
+    and x [heads, rows, in]: a Sequential of Linear, LowRankLinear and GELU (the heads the
+    benchmark trains) as _BatchedLayers; any other head as vmap over functional_call, which
+    reads the modules' own layout, with autograd."""
     layers = list(head) if isinstance(head, nn.Sequential) else [head]
     if not all(type(layer) in (nn.Linear, LowRankLinear, nn.GELU) for layer in layers) or \
             any(isinstance(layer, nn.GELU) and layer.approximate != "none" for layer in layers):
         base = copy.deepcopy(head).to("meta")
         return torch.vmap(lambda p, x: torch.func.functional_call(base, p, (x,))), None, set()
-    prefix = "" if layers == [head] else "{}."
-    names = [prefix.format(i) for i in range(len(layers))]
-    transposed = set()
-    for name, layer in zip(names, layers):
-        if isinstance(layer, LowRankLinear):
-            transposed.add(name + "down")
-        if isinstance(layer, (nn.Linear, LowRankLinear)) and layer.out_features > 1:
-            transposed.add(name + ("up" if isinstance(layer, LowRankLinear) else "weight"))
+    batched = _BatchedLayers(layers, "" if layers == [head] else "{}.")
+    return batched.forward, batched.backward, batched.transposed
 
-    def forward(params, x, saved=None):
-        for name, layer in zip(names, layers):
-            hidden = None
+
+class _BatchedLayers:
+    """Stacked Linear, LowRankLinear and GELU layers as batched products that read every
+    matrix but a readout's as [heads, in, out], the layout its gradient comes out in (a
+    transposed view made autograd copy it every step), with the backward written out:
+    backward(params, saved, grad) takes the inputs forward kept in `saved` and d loss / d
+    output, and gives every parameter's gradient, the products autograd would take without its
+    bookkeeping."""
+
+    def __init__(self, layers: list[nn.Module], prefix: str):
+        self.layers, self.names = layers, [prefix.format(i) for i in range(len(layers))]
+        self.transposed = set()
+        for name, layer in zip(self.names, layers):
+            if isinstance(layer, LowRankLinear):
+                self.transposed.add(name + "down")
+            if isinstance(layer, (nn.Linear, LowRankLinear)) and layer.out_features > 1:
+                self.transposed.add(name + ("up" if isinstance(layer, LowRankLinear) else
+                                            "weight"))
+
+    def forward(self, params, x, saved=None):
+        for name, layer in zip(self.names, self.layers):
+            kept, hidden = x, None
             if isinstance(layer, nn.GELU):
-                x, kept = F.gelu(x), x
+                x = F.gelu(x)
             else:
-                kept = x
                 if isinstance(layer, LowRankLinear):
                     x = hidden = torch.bmm(x, params[name + "down"])
                 weight = params[name + ("up" if isinstance(layer, LowRankLinear) else "weight")]
@@ -254,10 +262,10 @@ def _stacked_forward(head: nn.Module):
                 saved.append((kept, hidden))
         return x
 
-    def backward(params, saved, grad):
+    def backward(self, params, saved, grad):
         grads = {}
-        for i in reversed(range(len(layers))):
-            name, layer, (x, hidden) = names[i], layers[i], saved[i]
+        for i in reversed(range(len(self.layers))):
+            name, layer, (x, hidden) = self.names[i], self.layers[i], saved[i]
             if isinstance(layer, nn.GELU):
                 grad = torch.ops.aten.gelu_backward(grad, x)
                 continue
@@ -276,8 +284,6 @@ def _stacked_forward(head: nn.Module):
                 grads[name + "down"] = torch.bmm(x.mT, grad)
                 grad = torch.bmm(grad, params[name + "down"].mT) if i else None
         return grads
-
-    return forward, backward, transposed
 
 
 def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
@@ -312,18 +318,8 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
         idx = torch.stack([torch.randint(int(n), (batch,), generator=job.generator)
                            for n, job in zip(rows, jobs)])
         picked = flat_x.index_select(0, (x_start + idx).flatten())
-        picked, target = picked.view(*idx.shape, -1), torch.gather(y, 1, idx)
-        if backward is None:
-            loss = (forward(params, picked).squeeze(-1) - target).pow(2).mean(1).sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-        else:  # d/d(out) of each head's mean square error: 2 (out - target) / batch
-            saved = []
-            with torch.no_grad():
-                error = forward(params, picked, saved).squeeze(-1).sub_(target)
-            grads = backward(params, saved, error.mul_(2.0 / batch).unsqueeze(-1))
-            for name, parameter in params.items():
-                parameter.grad = grads[name]
+        _set_gradients(forward, backward, params, picked.view(*idx.shape, -1),
+                       torch.gather(y, 1, idx))
         optimiser.step()
     if any(kept is None for _, kept, _ in best):  # every selection MSE NaN: nothing to keep
         raise ValueError("train_heads: a head's selection MSE was never finite (too few fit "
@@ -333,6 +329,23 @@ def _train_stack(jobs: list[HeadJob]) -> list[tuple[list[float], int]]:
             for name, parameter in job.head.named_parameters():
                 parameter.copy_(kept[name].mT if name in transposed else kept[name])
     return [(checkpoints[k], best[k][2]) for k in range(len(jobs))]
+
+
+def _set_gradients(forward, backward, params: dict, x: torch.Tensor, target: torch.Tensor):
+    """Every parameter's .grad: that of the heads' summed mean squared errors on (x, target),
+    by the written-out backward where there is one (d/d(out): 2 (out - target) / rows), else
+    by autograd."""
+    if backward is None:
+        for parameter in params.values():
+            parameter.grad = None
+        (forward(params, x).squeeze(-1) - target).pow(2).mean(1).sum().backward()
+        return
+    saved = []
+    with torch.no_grad():
+        error = forward(params, x, saved).squeeze(-1).sub_(target)
+    grads = backward(params, saved, error.mul_(2.0 / target.shape[1]).unsqueeze(-1))
+    for name, parameter in params.items():
+        parameter.grad = grads[name]
 
 
 @dataclass(frozen=True)
