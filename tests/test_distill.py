@@ -11,6 +11,7 @@ from distil_rank.distill import (
     DistillJob,
     DistillResult,
     DistillSettings,
+    batch_schedule,
     distill,
     distill_loss,
     distill_together,
@@ -107,6 +108,13 @@ def test_epoch_batches_cover_every_row_once_per_epoch():
     assert all(len(b) == 3 for b in epoch)
     second = torch.cat([next(batches) for _ in range(3)])
     assert len(set(second.tolist())) == 9  # a new permutation, still without repeats
+
+
+def test_the_batch_schedule_is_the_first_steps_of_epoch_batches():
+    for rows, batch, steps in ((10, 3, 7), (10, 3, 3), (10, 3, 1), (5, 8, 4), (64, 64, 3)):
+        plain = epoch_batches(rows, batch, torch.Generator().manual_seed(rows + steps))
+        schedule = batch_schedule(rows, batch, steps, torch.Generator().manual_seed(rows + steps))
+        assert torch.equal(schedule, torch.stack([next(plain) for _ in range(steps)]))
 
 
 def test_the_teacher_and_student_stay_where_they_were():
