@@ -76,16 +76,17 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def choose_threads(requested: int | None) -> ThreadChoice:
+def choose_threads(requested: int | None, load: dict | None = None) -> ThreadChoice:
     """--threads when given; OMP_NUM_THREADS when set; else PyTorch's default capped at the
     cores that other runnable tasks leave free (at least 1). On a shared machine two threads
-    fighting two busy processes for two cores ran 6-30x slower than one thread."""
+    fighting two busy processes for two cores ran 6-30x slower than one thread. `load`: a
+    machine_load() just taken, whose count is used rather than sampled again (80 ms)."""
     cores = usable_cores()
     if requested is not None:
         return ThreadChoice(requested, cores, None, "--threads")
     if os.environ.get("OMP_NUM_THREADS"):
         return ThreadChoice(torch.get_num_threads(), cores, None, "OMP_NUM_THREADS")
-    others = other_runnable()
+    others = other_runnable() if load is None else load["other_runnable"]
     if others is None:
         return ThreadChoice(torch.get_num_threads(), cores, None,
                             "PyTorch's default; this system does not say how busy it is")

@@ -21,6 +21,8 @@ def test_threads_are_capped_at_the_free_cores(monkeypatch):
         choice = runtime.choose_threads(None)
         assert (choice.threads, choice.other_runnable) == (expected, others)
     assert runtime.choose_threads(3).threads == 3  # --threads wins, whatever the load
+    taken = {"other_runnable": 2}  # a machine_load() just taken: its count, not a new sample
+    assert runtime.choose_threads(None, taken).threads == 2
     monkeypatch.setattr(runtime, "other_runnable", lambda: None)  # no /proc/stat
     assert runtime.choose_threads(None).threads == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

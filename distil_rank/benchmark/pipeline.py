@@ -303,7 +303,7 @@ def run(config: Config) -> RunSummary:
     check_settings(config)
     device = resolve_device(config.device)
     load_at_start = machine_load()
-    threads = choose_threads(config.threads)
+    threads = choose_threads(config.threads, load_at_start)
     torch.set_num_threads(threads.threads)
     progress = Progress(STAGES, config.quiet)
     dataset = load_data(config)
