@@ -193,6 +193,7 @@ TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:brown")
 LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
 SUBPLOT_MARGINS = dict(left=0.046, right=0.99, bottom=0.04, top=0.885, wspace=0.25, hspace=0.26)
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
+TALLEST_BAR = 0.6  # of the fidelity panel's height: its EV label and the legend fit above
 
 
 def _unexplained(explained):
@@ -233,17 +234,20 @@ def _panel_fidelity(ax, summary, view: Results):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in present]
         bars = ax.bar(xs, values, width, yerr=stds, capsize=2,
                       label=method_label(method), color=colours[method])
-        for bar, ev in zip(bars, means):  # upright, so that neighbours of equal height
-            ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2,  # never overlap
-                                         bar.get_height() if ev == ev else 1.0),
+        # each label upright above its whisker, so that neighbours of equal height never overlap
+        for bar, ev, std in zip(bars, means, stds):
+            whisker = std if std and math.isfinite(std) else 0
+            top = bar.get_height() + whisker if ev == ev else 1.0
+            ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2, top),
                         ha="center", va="bottom", fontsize=6.5, xytext=(0, 2), rotation=90,
                         textcoords="offset points")
     ax.set_xticks(range(len(teachers)), teachers)
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="EV 0: predicting the mean")
-    top = max(_finite(_unexplained([m.explained_variance for e in view.entries.values()
-                                    for m in e.methods.values()]), 1.0))
-    ax.set_ylim(top=max(top, 1.0) * 60)
+    tallest = max(_finite(_unexplained([m.explained_variance for e in view.entries.values()
+                                        for m in e.methods.values()]), 1.0) + [1.0])
+    bottom = ax.get_ylim()[0]  # the tallest bar's top at TALLEST_BAR of the log axis
+    ax.set_ylim(top=bottom * (tallest / bottom) ** (1 / TALLEST_BAR))
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary.seeds)
     cosines = [m.cosine for e in view.entries.values() for m in e.methods.values()]

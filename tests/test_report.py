@@ -1,0 +1,62 @@
+"""The report figure as a reader sees it: every printed figure whole and readable."""
+
+import json
+
+import pytest
+
+from distil_rank.benchmark import report
+from distil_rank.benchmark.results import RunSummary
+
+
+def _fidelity_panel(root):
+    """The reference run's fidelity panel, drawn at its size in the report's grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = RunSummary.from_json(
+        json.loads((root / "reference" / "distil_rank_summary.json").read_text()))
+    fig, axes = plt.subplots(3, 3, figsize=(19, 16))
+    fig.subplots_adjust(**report.SUBPLOT_MARGINS)
+    ax = axes[0, 1]
+    report._panel_fidelity(ax, summary, summary.results())
+    fig.canvas.draw()
+    return fig, ax, fig.canvas.get_renderer()
+
+
+def test_no_bar_label_of_the_fidelity_panel_is_hidden_by_its_legend(root):
+    """Each bar's "EV x" label lies inside the axes, clear of the legend and of its own
+    whisker: under the legend, the reference run's Spectral SVD read "EV -85" for -852."""
+    import matplotlib.pyplot as plt
+
+    fig, ax, renderer = _fidelity_panel(root)
+    try:
+        legend = ax.get_legend().get_window_extent(renderer)
+        frame = ax.get_window_extent(renderer)
+        labels = [text for text in ax.texts if text.get_text().startswith("EV ")]
+        assert len(labels) == sum(len(c) for c in ax.containers if hasattr(c, "patches"))
+        for label in labels:
+            box = label.get_window_extent(renderer)
+            assert not box.overlaps(legend), label.get_text()
+            assert frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
+        whisker_tops = {}  # display y of each whisker's top, by its bar's centre
+        for container in ax.containers:
+            if hasattr(container, "patches") and container.errorbar is not None:
+                for bar, segment in zip(container.patches,
+                                        container.errorbar.lines[2][0].get_segments()):
+                    whisker_tops[round(bar.get_x() + bar.get_width() / 2, 6)] = \
+                        ax.transData.transform((0, max(segment[:, 1])))[1]
+        for label in labels:
+            x = round(label.xy[0], 6)
+            assert label.get_window_extent(renderer).y0 >= whisker_tops[x] - 0.5, \
+                label.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_the_check_sees_a_hidden_label(root, monkeypatch):
+    """The check above fails where the bars reach under the legend."""
+    monkeypatch.setattr(report, "TALLEST_BAR", 0.95)
+    with pytest.raises(AssertionError):
+        test_no_bar_label_of_the_fidelity_panel_is_hidden_by_its_legend(root)
