@@ -5,7 +5,8 @@
 For every teacher, compressor and fidelity metric in both files: the old mean ± std over seeds,
 the new mean, and whether the two are identical, equal to rounding (a relative difference of at
 most 1e-6, as the same code gives on another CPU), within one standard deviation (the larger of
-the two runs' stds), or outside it. Exit code 1 when any figure is outside.
+the two runs' stds), or outside it. Exit code 1 when any figure is outside. A last line names
+what sets the rounding where the two runs differ in it (the device, torch, the CPU threads).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from distil_rank.errors import InputError, OneLineParser, first_line
 
 METRICS = ("explained_variance", "cosine", "rel_mse", "spearman")
 ROUNDING = 1e-6  # relative: what another CPU's float32 kernels move a figure by
+# what sets a run's rounding: its products and sums split their work by device and by thread
+ARITHMETIC = {"device_name": "device", "torch": "torch", "torch_threads": "threads"}
 
 
 def verdict(a: float, b: float, std: float) -> str:
@@ -47,10 +50,19 @@ def compare(old: Results, new: Results) -> list[tuple]:
     return rows
 
 
-def load(path: str) -> Results:
-    """A summary JSON's results, or one line saying why the file is not one."""
+def arithmetic_differences(old: RunSummary, new: RunSummary) -> list[str]:
+    """What sets the rounding and differs between the two runs, as "threads 1 -> 2"."""
+    settings = [(word, old.environment.get(key), new.environment.get(key))
+                for key, word in ARITHMETIC.items()]
+    return [f"{word} {a} -> {b}" for word, a, b in settings if a != b]
+
+
+def load(path: str) -> RunSummary:
+    """A summary JSON, or one line saying why the file is not one."""
     try:
-        return RunSummary.from_json(json.loads(Path(path).read_text())).results()
+        summary = RunSummary.from_json(json.loads(Path(path).read_text()))
+        summary.results()
+        return summary
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as err:
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = compare(old, new)
+    rows = compare(old.results(), new.results())
     print(f"{'teacher':<14}{'method':<12}{'metric':<20}{'old mean':>14}{'std':>11}"
           f"{'new mean':>14}  verdict")
     for teacher, method, metric, a, std, b, said in rows:
@@ -82,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} figures: {counts['identical']} identical, {counts['equal to rounding']} "
           f"equal to rounding ({ROUNDING:g} relative), {len(rows) - outside} within one std, "
           f"{outside} outside")
+    differences = arithmetic_differences(old, new)
+    if differences:
+        print(f"note: the runs round differently ({'; '.join(differences)}): a figure can move "
+              "by rounding alone, and further where training amplifies it; `--threads N` "
+              "repeats a run's threads")
     return 1 if outside else 0
 
 

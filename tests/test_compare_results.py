@@ -41,3 +41,21 @@ def test_a_file_that_is_not_a_summary_is_one_line_and_exit_2(tmp_path, root, cap
         assert compare.main([summary, other]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {other}: {said}") and len(err.splitlines()) == 1, err
+
+
+def test_a_last_line_names_the_thread_count_where_the_runs_differ_in_it(tmp_path, root, capsys):
+    """Another thread count rounds differently (the published preset's `distil` moved beyond
+    one std on 1 thread against 2): the comparison says so, and says nothing for like runs."""
+    compare = load_script("scripts/compare_results.py")
+    old = json.loads((root / "reference" / "distil_rank_summary.json").read_text())
+    new = copy.deepcopy(old)
+    new["environment"]["torch_threads"] = old["environment"]["torch_threads"] + 1
+    for name, summary in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    compare.main([str(tmp_path / "old.json"), str(tmp_path / "old.json")])
+    assert not capsys.readouterr().out.splitlines()[-1].startswith("note:")
+    compare.main([str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    threads = old["environment"]["torch_threads"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"note: the runs round differently (threads {threads} -> {threads + 1})")
