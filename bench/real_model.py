@@ -52,7 +52,7 @@ from distil_rank import LowRankLinear, compress_model, quantise_int8, save_compr
 from distil_rank.benchmark.latency import device_name, environment, name_slug
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import OneLineParser, at_least
-from distil_rank.files import writable_folder, write_json
+from distil_rank.files import json_text, writable_folder, write_together
 from distil_rank.kernels.clock import in_turns
 from distil_rank.lowrank import compress_svd, lowrank_parameters
 from distil_rank.runtime import add_threads_option, apply_threads, freeze_imports
@@ -215,34 +215,55 @@ def int8_variants(rows: dict, label: str, model: nn.Module, reference, held, nam
                                                  quantised=True)
 
 
+def variant_lines(variants: dict) -> dict[str, list[tuple[str, dict]]]:
+    """The variants as lines: one per method, its budgets in the order measured ("default
+    allocated 80% + int8 dynamic" is the 80% point of "default allocated + int8 dynamic"); a
+    variant without a budget (the dense model and its int8) is a line of one point."""
+    lines: dict[str, list[tuple[str, dict]]] = {}
+    for name, row in variants.items():
+        budget = re.search(r" (\d+%)", name)
+        method = name if budget is None else name.replace(budget.group(0), "", 1)
+        lines.setdefault(method, []).append((budget.group(1) if budget else "", row))
+    return lines
+
+
 def figure(record: dict, path: Path) -> None:
-    """Held-out cosine against bytes on disk, and against the speed-up over dense."""
+    """Held-out cosine against bytes on disk, and against the speed-up over dense: a line per
+    method through its budgets, named in one legend, so that no two labels overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    families = {"int8": ("D", "tab:red"), "svd": ("X", "tab:gray"), "distil": ("*", "tab:cyan"),
-                "uniform": ("s", "tab:purple"), "allocated": ("o", "tab:green")}
-    for name, row in record["variants"].items():
-        marker, colour = next((v for k, v in families.items() if k in name), ("P", "black"))
-        for ax, x in zip(axes, (row["file_bytes"] / 1e6, row["speedup_vs_dense"])):
-            hollow = bool(row["untrusted"]) and ax is axes[1]
-            ax.scatter(x, row["cosine_to_dense"], marker=marker, s=40, edgecolors=colour,
-                       facecolors="none" if hollow else colour)
-            ax.annotate(name, (x, row["cosine_to_dense"]), fontsize=6, xytext=(3, 2),
-                        textcoords="offset points")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7.2))
+    families = {"int8": "D", "svd": "X", "distil": "*", "uniform": "s", "allocated": "o"}
+    colours = plt.colormaps["tab20"].colors
+    for i, (method, points) in enumerate(variant_lines(record["variants"]).items()):
+        marker = next((m for word, m in families.items() if word in method), "P")
+        colour = colours[2 * i % 20 + 2 * i // 20 % 2]
+        budgets = ", ".join(b for b, _ in points if b)
+        for ax, x in zip(axes, ("file_bytes", "speedup_vs_dense")):
+            xs = [row[x] / (1e6 if x == "file_bytes" else 1) for _, row in points]
+            ys = [row["cosine_to_dense"] for _, row in points]
+            ax.plot(xs, ys, "-", color=colour, lw=1, marker=marker, ms=7, label=method + (
+                f" ({budgets})" if budgets else ""))
+            untrusted = [(u, v) for u, v, (_, row) in zip(xs, ys, points) if row["untrusted"]]
+            if ax is axes[1] and untrusted:  # hollow: the clock's flags, not a finding
+                ax.plot(*zip(*untrusted), marker, ms=7, mfc="white", mec=colour)
     axes[0].set_xlabel("file on disk (MB)")
     axes[1].set_xlabel("speed-up over dense, in turns (hollow: untrusted)")
     axes[1].axvline(1.0, color="black", lw=0.8)
     for ax in axes:
         ax.set_ylabel("held-out sentence-embedding cosine to dense")
         ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8,
+               title="each line: a method through its budgets (share of the encoder's "
+                     "Linear weights kept), in the order named", title_fontsize=8)
     fig.suptitle(f"{record['model']} on {record['environment']['device_name']}: what each "
                  "compression keeps, against its size and its speed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -305,9 +326,10 @@ def main() -> int:
     suffix = "_quick" if args.quick else ""
     path = Path(args.out_dir) / f"real_model_{name_slug(device_name(torch.device('cpu')))}" \
                                 f"{suffix}.json"
-    write_json(path, record)
-    figure(record, path.with_suffix(".png"))
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    png = path.with_suffix(".png")  # the record and its figure as a pair: never a new one
+    write_together({path: lambda tmp: Path(tmp).write_text(json_text(record)),  # beside an old
+                    png: lambda tmp: figure(record, tmp)})
+    print(f"wrote {path} and {png}")
     return 0
 
 

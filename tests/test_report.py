@@ -60,3 +60,26 @@ def test_the_check_sees_a_hidden_label(root, monkeypatch):
     monkeypatch.setattr(report, "TALLEST_BAR", 0.95)
     with pytest.raises(AssertionError):
         test_no_bar_label_of_the_fidelity_panel_is_hidden_by_its_legend(root)
+
+
+def test_the_real_model_figure_draws_each_variant_on_one_named_line(root, tmp_path):
+    """bench/real_model.py's figure from its committed record: every variant is a point of
+    exactly one line (its method through its budgets: the name less its budget), and the
+    figure is written. Its per-point labels overlapped into an unreadable block before."""
+    from conftest import load_script
+
+    module = load_script("bench/real_model.py")
+    path = next(p for p in sorted((root / "bench" / "results").glob("real_model_*.json"))
+                if not p.stem.endswith("_quick"))
+    record = json.loads(path.read_text())
+    names = {id(row): name for name, row in record["variants"].items()}
+    lines = module.variant_lines(record["variants"])
+    drawn = [(method, budget, names[id(row)]) for method, points in lines.items()
+             for budget, row in points]
+    assert sorted(name for *_, name in drawn) == sorted(record["variants"])
+    for method, budget, name in drawn:
+        assert name.replace(f" {budget}", "", 1) == method if budget else name == method
+    budgets = {len(points) for method, points in lines.items() if "dense" not in method}
+    assert budgets == {len(module.BUDGETS)}
+    module.figure(record, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
