@@ -35,13 +35,6 @@ from distil_rank.errors import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
-PUBLISHED_START, PUBLISHED_END = "<!-- published:start -->", "<!-- published:end -->"
-HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
-FRONTIER_START, FRONTIER_END = "<!-- frontier:start -->", "<!-- frontier:end -->"
-REAL_START, REAL_END = "<!-- real-model:start -->", "<!-- real-model:end -->"
-SPLITS_START, SPLITS_END = "<!-- fitness-splits:start -->", "<!-- fitness-splits:end -->"
 RECIPE = "distil"  # the published recipe's student in our runs: SVD start, their settings
 
 
@@ -165,7 +158,9 @@ def ablation_section(ablation: dict) -> str:
     return fill("ablation", ablation=ablation)
 
 
-def replace_between(text: str, start: str, end: str, body: str) -> str:
+def replace_between(text: str, section: str, body: str) -> str:
+    """`body` in place of what stands between <!-- section:start --> and <!-- section:end -->."""
+    start, end = (f"<!-- {section}:{edge} -->" for edge in ("start", "end"))
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
@@ -273,29 +268,29 @@ def render(source: Sources) -> dict[Path, str]:
     calibrations = [source.read(f) for f in source.glob("bench/results/calibrate_*.json")]
     compress_models = [source.read(f) for f in source.glob("bench/results/compress_model_*.json")]
     docs = (ROOT / "docs" / "results.md").read_text()
-    docs = replace_between(docs, START, END, results_section(
+    docs = replace_between(docs, "results", results_section(
         summary, speeds, latencies, calibrations, compress_models, source))
     published_run = source.summary("reference/published/distil_rank_summary.json")
     if published_run is not None:
         published = source.read("bench/reference/published_distil_rank.json")
-        docs = replace_between(docs, PUBLISHED_START, PUBLISHED_END,
+        docs = replace_between(docs, "published",
                                published_section(published, published_run, summary))
     ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
-        docs = replace_between(docs, ABLATION_START, ABLATION_END, ablation_section(ablation))
+        docs = replace_between(docs, "ablation", ablation_section(ablation))
     frontier = ""
     for path in source.glob("bench/results/real_model_*.json"):
         if not path.endswith("_quick.json"):
-            docs = replace_between(docs, REAL_START, REAL_END,
+            docs = replace_between(docs, "real-model",
                                    real_model_section(source.read(path)))
             frontier = (frontier_lines(source.read(path)) or [""])[-1]
     splits = source.read("reference/fitness_splits.json")
     if splits is not None:
-        docs = replace_between(docs, SPLITS_START, SPLITS_END, fitness_splits_section(splits))
-    readme = replace_between((ROOT / "README.md").read_text(), HEADLINE_START, HEADLINE_END,
+        docs = replace_between(docs, "fitness-splits", fitness_splits_section(splits))
+    readme = replace_between((ROOT / "README.md").read_text(), "headline",
                              headline_table(summary))
     if frontier:
-        readme = replace_between(readme, FRONTIER_START, FRONTIER_END, frontier)
+        readme = replace_between(readme, "frontier", frontier)
     return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}
 
 

@@ -57,7 +57,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=threads_argument, default=None,
                    help="CPU threads for PyTorch (default: OMP_NUM_THREADS if set, else "
                         "PyTorch's own, capped at the cores other runnable processes leave "
-                        "free); the JSON records the choice and the machine's load")
+                        "free); another count rounds differently, so the JSON records it")
     p.add_argument("--quiet", action="store_true",
                    help="print only errors and the last line (where the results went)")
     p.add_argument("--seeds", type=int, default=None,
