@@ -237,10 +237,11 @@ def figure(record: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 7.2))
     families = {"int8": "D", "svd": "X", "distil": "*", "uniform": "s", "allocated": "o"}
-    colours = plt.colormaps["tab20"].colors
+    tab20 = plt.colormaps["tab20"].colors
+    colours = [tab20[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]  # dark shades first
     for i, (method, points) in enumerate(variant_lines(record["variants"]).items()):
         marker = next((m for word, m in families.items() if word in method), "P")
-        colour = colours[2 * i % 20 + 2 * i // 20 % 2]
+        colour = colours[i % len(colours)]
         budgets = ", ".join(b for b, _ in points if b)
         for ax, x in zip(axes, ("file_bytes", "speedup_vs_dense")):
             xs = [row[x] / (1e6 if x == "file_bytes" else 1) for _, row in points]
@@ -326,8 +327,8 @@ def main() -> int:
     suffix = "_quick" if args.quick else ""
     path = Path(args.out_dir) / f"real_model_{name_slug(device_name(torch.device('cpu')))}" \
                                 f"{suffix}.json"
-    png = path.with_suffix(".png")  # the record and its figure as a pair: never a new one
-    write_together({path: lambda tmp: Path(tmp).write_text(json_text(record)),  # beside an old
+    png = path.with_suffix(".png")  # written as a pair: never a new record beside an old figure
+    write_together({path: lambda tmp: Path(tmp).write_text(json_text(record)),
                     png: lambda tmp: figure(record, tmp)})
     print(f"wrote {path} and {png}")
     return 0

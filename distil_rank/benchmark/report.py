@@ -193,7 +193,7 @@ TEACHER_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:brown")
 LOSS_STYLES = {"distil": ":", "distil_da": "-", "distil_task": "--"}
 SUBPLOT_MARGINS = dict(left=0.046, right=0.99, bottom=0.04, top=0.885, wspace=0.25, hspace=0.26)
 FLOOR = 1e-12  # unexplained variance is drawn on a log scale; exact zeros sit at this floor
-TALLEST_BAR = 0.6  # of the fidelity panel's height: its EV label and the legend fit above
+TALLEST_BAR = 0.6  # of the fidelity panel, whisker included: its label and the legend fit above
 
 
 def _unexplained(explained):
@@ -225,7 +225,7 @@ def _panel_losses(ax, summary, curves, colours):
 def _panel_fidelity(ax, summary, view: Results):
     teachers, methods = summary.teachers, summary.methods
     colours = method_colours(methods)
-    width = 0.8 / len(methods)
+    width, tops = 0.8 / len(methods), []  # tops: each bar's whisker, where its label starts
     for i, method in enumerate(methods):
         present = [j for j, t in enumerate(teachers) if method in view.entries[t].methods]
         means = [view.entries[teachers[j]].methods[method].explained_variance for j in present]
@@ -238,16 +238,15 @@ def _panel_fidelity(ax, summary, view: Results):
         for bar, ev, std in zip(bars, means, stds):
             whisker = std if std and math.isfinite(std) else 0
             top = bar.get_height() + whisker if ev == ev else 1.0
+            tops.append(top)
             ax.annotate(f"EV {fmt(ev, '.3g')}", (bar.get_x() + bar.get_width() / 2, top),
                         ha="center", va="bottom", fontsize=6.5, xytext=(0, 2), rotation=90,
                         textcoords="offset points")
     ax.set_xticks(range(len(teachers)), teachers)
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="EV 0: predicting the mean")
-    tallest = max(_finite(_unexplained([m.explained_variance for e in view.entries.values()
-                                        for m in e.methods.values()]), 1.0) + [1.0])
-    bottom = ax.get_ylim()[0]  # the tallest bar's top at TALLEST_BAR of the log axis
-    ax.set_ylim(top=bottom * (tallest / bottom) ** (1 / TALLEST_BAR))
+    tallest, bottom = max(_finite(tops, 1.0) + [1.0]), ax.get_ylim()[0]
+    ax.set_ylim(top=bottom * (tallest / bottom) ** (1 / TALLEST_BAR))  # on a log axis
     ax.set_ylabel("unexplained variance 1 - EV, validation (log; lower is better)")
     n = len(summary.seeds)
     cosines = [m.cosine for e in view.entries.values() for m in e.methods.values()]
