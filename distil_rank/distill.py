@@ -123,20 +123,11 @@ def _loss_gradient(saved, grad):
 COSINE_EPS = 1e-8  # F.cosine_similarity's default eps
 
 
-def epoch_batches(rows: int, batch_size: int, generator: torch.Generator):
-    """Endless row indices, `batch_size` at a time, without replacement within an epoch; a batch
-    that would straddle two epochs starts the next one instead."""
-    batch_size = min(batch_size, rows)
-    while True:
-        order = torch.randperm(rows, generator=generator)
-        for start in range(0, rows - batch_size + 1, batch_size):
-            yield order[start:start + batch_size]
-
-
 def batch_schedule(rows: int, batch_size: int, steps: int,
                    generator: torch.Generator) -> torch.Tensor:
-    """The first `steps` batches of epoch_batches, [steps, batch]: the same draws, an epoch's
-    whole batches at a time (a Python step per batch took a tenth of a small run's training)."""
+    """Row indices for `steps` batches, [steps, batch]: without replacement within an epoch (a
+    permutation per epoch, whole batches only: the rows a batch would take across two epochs
+    wait for the next permutation), drawn an epoch at a time."""
     batch_size = min(batch_size, rows)
     per_epoch = rows // batch_size
     orders = [torch.randperm(rows, generator=generator)[:per_epoch * batch_size]
@@ -206,7 +197,7 @@ def group_key(job: DistillJob) -> tuple:
     s, st = job.student, job.settings
     readout = None if job.readout is None else (
         repr(job.readout), tuple((k, tuple(v.shape)) for k, v in job.readout.state_dict().items()))
-    batch = min(st.batch_size, len(job.train_x))  # epoch_batches' batch: fewer rows, smaller
+    batch = min(st.batch_size, len(job.train_x))  # batch_schedule's: fewer rows, smaller
     return (s.in_features, s.out_features, s.rank, s.bias is not None, s.down.dtype, st.steps,
             st.lr, batch, st.weight_decay, st.eval_every, st.patience, readout,
             None if job.holdout_x is None else len(job.holdout_x))

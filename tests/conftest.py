@@ -58,3 +58,13 @@ def build_tiny_esm(folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def epoch_batches(rows: int, batch_size: int, generator: torch.Generator):
+    """The plain loop the schedule must equal: endless batches, a permutation per epoch, a
+    batch that would straddle two epochs starting the next one instead."""
+    batch_size = min(batch_size, rows)
+    while True:
+        order = torch.randperm(rows, generator=generator)
+        for start in range(0, rows - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import correlated_inputs
+from conftest import correlated_inputs, epoch_batches
 from distil_rank.distill import (
     DistillJob,
     DistillResult,
@@ -15,7 +15,6 @@ from distil_rank.distill import (
     distill,
     distill_loss,
     distill_together,
-    epoch_batches,
 )
 from distil_rank.lowrank import LowRankLinear, compress_data_aware, compress_svd
 
@@ -99,9 +98,9 @@ def test_same_seed_same_student():
     torch.testing.assert_close(a.dense_weight(), b.dense_weight(), rtol=0, atol=0)
 
 
-def test_epoch_batches_cover_every_row_once_per_epoch():
+def test_the_batch_schedule_covers_every_row_once_per_epoch():
     g = torch.Generator().manual_seed(0)
-    batches = epoch_batches(10, 3, g)
+    batches = iter(batch_schedule(10, 3, 6, g))
     epoch = [next(batches) for _ in range(3)]  # 3 batches of 3; the 10th row waits
     rows = torch.cat(epoch)
     assert len(set(rows.tolist())) == 9
@@ -110,7 +109,7 @@ def test_epoch_batches_cover_every_row_once_per_epoch():
     assert len(set(second.tolist())) == 9  # a new permutation, still without repeats
 
 
-def test_the_batch_schedule_is_the_first_steps_of_epoch_batches():
+def test_the_batch_schedule_is_the_first_steps_of_the_plain_loop():
     for rows, batch, steps in ((10, 3, 7), (10, 3, 3), (10, 3, 1), (5, 8, 4), (64, 64, 3)):
         plain = epoch_batches(rows, batch, torch.Generator().manual_seed(rows + steps))
         schedule = batch_schedule(rows, batch, steps, torch.Generator().manual_seed(rows + steps))

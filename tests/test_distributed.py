@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from conftest import correlated_inputs
+from conftest import correlated_inputs, epoch_batches
 from distil_rank.calibrate import accumulate_shards
-from distil_rank.distill import DistillSettings, distill_loss, epoch_batches, process_seed
+from distil_rank.distill import DistillSettings, distill_loss, process_seed
 from distil_rank.lowrank import LowRankLinear, compress_svd
 from distil_rank.moments import input_moments, load_moments
 
