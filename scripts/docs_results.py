@@ -1,8 +1,8 @@
-"""Regenerate docs/results.md and the README's headline table from the committed records (no
-number typed by hand).
+"""Regenerate docs/results.md, the README's figures and docs/api.md's from the committed records
+(no number typed by hand).
 
-    python scripts/docs_results.py            # rewrites both between their markers
-    python scripts/docs_results.py --check    # exit 1 if either is out of date
+    python scripts/docs_results.py            # rewrites each page between its markers
+    python scripts/docs_results.py --check    # exit 1 if any is out of date
 
 Reads reference/**/distil_rank_summary.json, reference/task_trained_ablation.json and
 bench/results/{speed,latency,calibrate,compress_model}_*.json, through RunSummary.
@@ -43,7 +43,8 @@ def templates():
     """The prose: Markdown templates in scripts/templates, filled with the records' figures
     (report.template_environment, as the run's headline is)."""
     env = template_environment(ROOT / "scripts" / "templates")
-    env.filters.update(run_time=_run_time, provenance=_provenance, flags=_flags)
+    env.filters.update(run_time=_run_time, provenance=_provenance, flags=_flags,
+                       bare=lambda value: format(value, ".3f").replace("0.", ".", 1))
     env.globals.update(pm=pm, fmt=fmt)
     return env
 
@@ -197,8 +198,18 @@ class Sources:
 
 
 def real_model_section(record: dict) -> str:
-    """A bench/real_model.py record as a table, then per budget which option to pick."""
-    return fill("real_model", record=record, frontier="\n".join(frontier_lines(record)))
+    """A bench/real_model.py record as a table, what it says of distillation on top and of
+    more probes, then per budget which option to pick."""
+    return fill("real_model", record=record, budgets=budgets_of(record["variants"]),
+                frontier="\n".join(frontier_lines(record)))
+
+
+def budgets_of(variants: dict) -> list[str]:
+    """The budgets a real_model record's variants were compressed to ("80%", ...), largest
+    first."""
+    return sorted({name.rsplit(" ", 1)[1] for name in variants
+                   if name.startswith("default allocated ") and "+" not in name},
+                  key=lambda b: -float(b.rstrip("%")))
 
 
 def frontier_lines(record: dict) -> list[str]:
@@ -206,9 +217,7 @@ def frontier_lines(record: dict) -> list[str]:
     int8 of the dense model; and whether low rank ever beats it."""
     variants = record["variants"]
     weight_only = variants.get("dense + int8 weight-only")
-    budgets = sorted({name.rsplit(" ", 1)[1] for name in variants
-                      if name.startswith("default allocated ") and "+" not in name},
-                     key=lambda b: -float(b.rstrip("%")))
+    budgets = budgets_of(variants)
     if weight_only is None or not budgets:
         return []
     picks = []
@@ -245,8 +254,64 @@ def frontier_verdict(record: dict, beaten: list[bool]) -> str:
 
 def fitness_splits_section(record: dict) -> str:
     """reference/fitness_splits.json as tables: every head's Spearman at D/20 per split, the
-    gap to the dense head and the smallest rank within .01; then task_labels' ablation."""
-    return fill("fitness_splits", record=record)
+    gap to the dense head and the smallest rank within .01; then task_labels' ablation; then
+    what they say, every figure and every verdict read from the record."""
+    return fill("fitness_splits", **splits_figures(record))
+
+
+def splits_figures(record: dict) -> dict:
+    """What the splits' templates read: the record, every head's scores at D/20
+    (splits_at_target) and the comparisons of splits_findings."""
+    scores = splits_at_target(record)
+    return {"record": record, "scores": scores, **splits_findings(record, scores)}
+
+
+def splits_at_target(record: dict) -> dict[str, dict[str, dict]]:
+    """{split: {head: {mean, std, gap}}} at the target rank (D/20), for the dense head, every
+    compressed head and baseline, and task_labels' ablation; gap: the dense head's mean minus
+    the head's."""
+    at = record["ranks"].index(record["rank_at_10x"])
+    table = {}
+    for name, split in record["splits"].items():
+        dense = split["dense"]
+        heads = {"dense": {**dense, "gap": 0.0}}
+        heads.update({m: {**s["spearman"][at], "gap": s["gap"][at]}
+                      for m, s in split["methods"].items()})
+        heads.update({m: {**s, "gap": dense["mean"] - s["mean"]}
+                      for m, s in split["ablation_at_10x"].items()})
+        table[name] = heads
+    return table
+
+
+def splits_findings(record: dict, at: dict) -> dict:
+    """The comparisons scripts/templates/fitness_splits.md words: the first split is the random
+    one, the others split by position."""
+    first, *positions = at
+    names = {s: record["splits"][s]["best_compressed_at_10x"] for s in at}
+    best = {s: at[s][names[s]] for s in at}
+    compressed = record["compressed_methods"]
+    refined = [at[first][m]["gap"] for m in ("distil_head", "task_labels")]
+    scratch = {s: best[s]["mean"] - at[s]["scratch_lowrank"]["mean"] for s in at}
+    return {
+        "first": first, "positions": positions,
+        "best": names,
+        "dense_drop": min(at[first]["dense"]["mean"] - at[p]["dense"]["mean"]
+                          for p in positions),
+        "dense_std": [f(at[p]["dense"]["std"] for p in positions) for f in (min, max)],
+        "unmet": [s for s in at if best[s]["gap"] > record["within"]],
+        "bought": 1 - min(refined) / at[first]["task_aware"]["gap"],
+        "level": all(abs(at[p]["labels_only"]["mean"] - at[p]["task_labels"]["mean"])
+                     <= min(at[p][m]["std"] for m in ("labels_only", "task_labels"))
+                     for p in positions),
+        "warm": max(abs(at[s]["distil_task"]["mean"] - at[s]["task_aware"]["mean"]) for s in at),
+        "scratch_margin": scratch,
+        "scratch_grows": min(scratch[p] for p in positions) > scratch[first],
+        "baseline_margin": min(best[s]["mean"] - at[s][m]["mean"] for s in at
+                               for m in ("pca", "ridge")),
+        "spread": [f(at[p][m]["std"] for p in positions for m in compressed)
+                   for f in (min, max)],
+        "best_gaps": max(abs(best[p]["gap"]) for p in positions),
+    }
 
 
 def headline_table(summary: RunSummary) -> str:
@@ -278,20 +343,26 @@ def render(source: Sources) -> dict[Path, str]:
     ablation = source.read("reference/task_trained_ablation.json")
     if ablation is not None:
         docs = replace_between(docs, "ablation", ablation_section(ablation))
-    frontier = ""
+    frontier, api = "", (ROOT / "docs" / "api.md").read_text()
     for path in source.glob("bench/results/real_model_*.json"):
         if not path.endswith("_quick.json"):
-            docs = replace_between(docs, "real-model",
-                                   real_model_section(source.read(path)))
-            frontier = (frontier_lines(source.read(path)) or [""])[-1]
+            record = source.read(path)
+            docs = replace_between(docs, "real-model", real_model_section(record))
+            frontier = (frontier_lines(record) or [""])[-1]
+            for section in ("objectives", "probes"):
+                api = replace_between(api, section, fill(f"api_{section}", record=record,
+                                                         budgets=budgets_of(record["variants"])))
     splits = source.read("reference/fitness_splits.json")
-    if splits is not None:
-        docs = replace_between(docs, "fitness-splits", fitness_splits_section(splits))
     readme = replace_between((ROOT / "README.md").read_text(), "headline",
                              headline_table(summary))
+    if splits is not None:
+        docs = replace_between(docs, "fitness-splits", fitness_splits_section(splits))
+        readme = replace_between(readme, "splits", fill("splits_readme",
+                                                        **splits_figures(splits)))
     if frontier:
         readme = replace_between(readme, "frontier", frontier)
-    return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme}
+    return {ROOT / "docs" / "results.md": docs, ROOT / "README.md": readme,
+            ROOT / "docs" / "api.md": api}
 
 
 def main() -> int:
