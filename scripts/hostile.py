@@ -2,7 +2,7 @@
 user would type it, in its own process, against files built here (a tiny randomly initialised
 ESM-2 stands in for real weights, which cannot be had offline).
 
-    python scripts/hostile.py                 # 223 cases, 13-14 minutes on 2 cores
+    python scripts/hostile.py                 # 223 cases, about 10 minutes on 2 cores
     python scripts/hostile.py --only splits   # the cases whose name holds "splits"
     python scripts/hostile.py --interrupts    # SIGINT / SIGTERM at each file event of a write
     python scripts/hostile.py --api           # the library's calls with wrong arguments

@@ -1,7 +1,7 @@
 """Random one-token mutants of distil_rank/, each run against the README's test command: how many
 small, realistic bugs the suite catches.
 
-    python scripts/mutants.py --count 20 --seed 7 > mutants.jsonl    # about 30 min on 2 cores
+    python scripts/mutants.py --count 20 --seed 7 > mutants.jsonl    # about 15 min on 2 cores
 
 A mutant changes one token of the package's code (not its docstrings or comments): a comparison
 (< and <=, > and >=, == and !=), an operator (+ and -, * and /, // and /), `and` and `or`,
