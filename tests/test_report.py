@@ -83,3 +83,32 @@ def test_the_real_model_figure_draws_each_variant_on_one_named_line(root, tmp_pa
     assert budgets == {len(module.BUDGETS)}
     module.figure(record, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_closed_form_stays_in_sight_under_its_students_curve(root):
+    """distil_da keeps its closed-form start, so its curve lies on data_aware's: in the
+    reference run's sweep panels the closed form is drawn as hollow squares larger than the
+    student's dots, and so shows around them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = RunSummary.from_json(
+        json.loads((root / "reference" / "distil_rank_summary.json").read_text()))
+    view = summary.results()
+    head = list(view.heads())[0]
+    fig, (pareto, task) = plt.subplots(1, 2)
+    try:
+        report._panel_pareto(pareto, summary, view, summary.teachers[0], "black")
+        report._panel_task(task, summary, view, head)
+        for ax, student in ((pareto, "distil_da"), (task, "distil_da")):
+            lines = {c.get_label(): c.lines[0] for c in ax.containers if c.lines[0]}
+            closed = next(v for k, v in lines.items() if k.startswith("data_aware"))
+            covering = next(v for k, v in lines.items() if k.startswith(student))
+            assert max(abs(a - b) for a, b in zip(closed.get_ydata(), covering.get_ydata())) \
+                < 0.05 * max(abs(v) for v in closed.get_ydata())  # the curves do coincide
+            assert closed.get_markerfacecolor() == "none"
+            assert closed.get_markersize() > covering.get_markersize()
+    finally:
+        plt.close(fig)

@@ -259,6 +259,8 @@ class Compressor:
     fit: Callable[[nn.Linear, int, FitContext], Student]
     label: str | None = None  # the docs' tables and the figures' legends; the key where None
     colour: str | None = None  # a matplotlib colour; where None, a spare one (method_colours)
+    hollow: bool = False  # drawn as hollow squares: a closed form, which the curve of a student
+    # started from it may cover (method_marker)
 
     def __call__(self, teacher: nn.Linear, rank: int, context: FitContext) -> Student:
         return self.fit(teacher, rank, context)
@@ -267,13 +269,13 @@ class Compressor:
 COMPRESSORS = {
     "svd": Compressor(fit_svd, "svd (data-free)", "tab:gray"),
     "svd_bias": Compressor(fit_svd_bias, "svd_bias (svd, mean shift in the bias)", "tab:brown"),
-    "data_aware": Compressor(fit_data_aware, "data_aware (closed form)", "tab:purple"),
+    "data_aware": Compressor(fit_data_aware, "data_aware (closed form)", "tab:purple", True),
     "distil": Compressor(fit_distil, "distil (published recipe)", "tab:orange"),
     "distil_da": Compressor(fit_distil_da, "distil_da (student)", "tab:cyan"),
 }
 HEAD_COMPRESSORS = {
     "task_aware": Compressor(fit_task_aware, "task_aware (closed form, head-weighted)",
-                             "tab:olive"),
+                             "tab:olive", True),
     "distil_task": Compressor(fit_distil_task, "distil_task (head's student)", "tab:pink"),
 }
 SWEEP_METHODS = ("svd", "svd_bias", "data_aware", "distil_da")
@@ -302,6 +304,13 @@ def method_colours(methods) -> dict[str, str]:
     spare = [c for c in SPARE_COLOURS if c not in colours.values()] or list(SPARE_COLOURS)
     unset = [m for m, colour in colours.items() if not colour]
     return colours | {m: spare[i % len(spare)] for i, m in enumerate(unset)}
+
+
+def method_marker(method: str, size: float = 4) -> dict:
+    """A method's markers in a figure's curves (matplotlib keywords): for an entry drawn
+    hollow, hollow squares twice the `size` of the others' dots."""
+    hollow = getattr({**COMPRESSORS, **HEAD_COMPRESSORS}.get(method), "hollow", False)
+    return dict(marker="s", ms=2 * size, mfc="none") if hollow else dict(marker="o", ms=size)
 
 
 def compressors_for(readout: nn.Module | None) -> dict:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import torch
 
-from distil_rank.benchmark.compressors import HEAD_COMPRESSORS, method_colours, method_label
+from distil_rank.benchmark.compressors import (
+    HEAD_COMPRESSORS,
+    method_colours,
+    method_label,
+    method_marker,
+)
 from distil_rank.benchmark.data import describe_embeddings
 from distil_rank.benchmark.latency import NOISY_RELATIVE_IQR, PLAUSIBLE_OVER_FLOPS
 from distil_rank.benchmark.results import Results, RunSummary, TeacherEntry
@@ -377,14 +382,12 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
             color="black", lw=1, label="closed form, exact (train rows)")
     std = view.std(teacher, "sweep")
     colours = method_colours(summary.methods)
-    markers = {"svd": dict(fmt="o-", ms=4), "svd_bias": dict(fmt="^-", ms=4),
-               "data_aware": dict(fmt="s", ms=9, mfc="none"), "distil_da": dict(fmt="o-", ms=4)}
     for method in ("svd", "svd_bias", "data_aware", "distil_da"):
         values = sweep["methods"][method]["explained_variance"]
         errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
                     color=colours[method], label=f"{method} (validation)",
-                    **markers[method])
+                    ls="none" if method == "data_aware" else "-", **method_marker(method))
     ax.set_xscale("log")
     ax.set_yscale("log")
     measured = [v for m in ("data_aware", "distil_da") for v in
@@ -499,9 +502,9 @@ def _panel_task(ax, summary, view: Results, teacher):
     colours = method_colours(summary.methods)
     if sweep:
         for method, curve in sweep["methods"].items():
-            ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2, marker="o", ms=4,
-                        yerr=std["methods"][method]["task_spearman"],
-                        color=colours[method], label=method_label(method))
+            ax.errorbar(sweep["ranks"], curve["task_spearman"], capsize=2,
+                        yerr=std["methods"][method]["task_spearman"], color=colours[method],
+                        label=method_label(method), **method_marker(method))
         ax.set_xscale("log", base=2)
     else:
         for i, (method, m) in enumerate(entry.methods.items()):

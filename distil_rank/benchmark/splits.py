@@ -38,6 +38,7 @@ from distil_rank.benchmark.compressors import (
     FitContext,
     compress_teacher,
     method_colours,
+    method_marker,
     sweep_ranks,
     train_students,
 )
@@ -428,8 +429,9 @@ def render_figure(path: Path, summary: dict) -> None:
             stats = split["methods"][method]["spearman"]
             dashed = method in summary["baselines"]
             ax.errorbar(ranks, [s["mean"] for s in stats], [s["std"] for s in stats],
-                        ls="--" if dashed else "-", marker="o" if not dashed else "s",
-                        ms=3.5, capsize=2, lw=1.2, label=method, color=colours[method])
+                        ls="--" if dashed else "-", capsize=2, lw=1.2, label=method,
+                        color=colours[method], **(dict(marker="s", ms=3.5) if dashed
+                                                  else method_marker(method, 3.5)))
         ax.axvline(summary["rank_at_10x"], color="0.6", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
