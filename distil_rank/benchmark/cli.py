@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from distil_rank import __version__
+from distil_rank.benchmark.compressors import HEAD_SWEEP_METHODS, SWEEP_METHODS
 from distil_rank.benchmark.config import PRESETS, QUICK, Config, preset_overrides
 from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
 from distil_rank.runtime import freeze_imports, threads_argument
@@ -66,8 +67,11 @@ def create_parser() -> argparse.ArgumentParser:
                         "split "
                         "and distillation are reseeded, the JSON gives mean and std")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
-                   help="sweep the rank from D/80 to D/4 for svd, data_aware and distil_da "
-                        "(default: on)")
+                   help=f"sweep the rank from D/{max(defaults.sweep_divisors)} to "
+                        f"D/{min(defaults.sweep_divisors)} for {', '.join(SWEEP_METHODS)} and, "
+                        f"in a head, {', '.join(HEAD_SWEEP_METHODS[len(SWEEP_METHODS):])} "
+                        f"(D/{max(QUICK['sweep_divisors'])} to D/{min(QUICK['sweep_divisors'])} "
+                        "with --quick; default: on)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
                         "not meant to be cited")
