@@ -13,6 +13,13 @@ from distil_rank.errors import OneLineParser, cli_exit_code, seed_argument
 from distil_rank.runtime import freeze_imports, threads_argument
 
 
+def _sweep_help(divisors: tuple[int, ...], quick: tuple[int, ...]) -> str:
+    head_only = HEAD_SWEEP_METHODS[len(SWEEP_METHODS):]
+    return (f"sweep the rank from D/{max(divisors)} to D/{min(divisors)} for "
+            f"{', '.join(SWEEP_METHODS)} and, in a head, {', '.join(head_only)} (D/{max(quick)} "
+            f"to D/{min(quick)} with --quick; default: on)")
+
+
 def create_parser() -> argparse.ArgumentParser:
     defaults = Config()
     p = OneLineParser(
@@ -67,11 +74,7 @@ def create_parser() -> argparse.ArgumentParser:
                         "split "
                         "and distillation are reseeded, the JSON gives mean and std")
     p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"sweep the rank from D/{max(defaults.sweep_divisors)} to "
-                        f"D/{min(defaults.sweep_divisors)} for {', '.join(SWEEP_METHODS)} and, "
-                        f"in a head, {', '.join(HEAD_SWEEP_METHODS[len(SWEEP_METHODS):])} "
-                        f"(D/{max(QUICK['sweep_divisors'])} to D/{min(QUICK['sweep_divisors'])} "
-                        "with --quick; default: on)")
+                   help=_sweep_help(defaults.sweep_divisors, QUICK["sweep_divisors"]))
     p.add_argument("--quick", action="store_true",
                    help="smoke run of a few seconds: fewer steps and timing repeats, numbers "
                         "not meant to be cited")
