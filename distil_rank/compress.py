@@ -53,7 +53,9 @@ MODEL_FILE, REPORT_FILE = "model.lowrank.safetensors", "report.json"
 
 def create_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description="Compress an ESM-2 encoder's Linear layers to a budget.")
-    p.add_argument("--model", required=True, help="an ESM-2 name or a local transformers folder")
+    p.add_argument("--model", required=True,
+                   help="an ESM-2 name or a local transformers folder (of a family in "
+                        "distil_rank/families.py)")
     p.add_argument("--fasta", required=True, help="proteins to calibrate on and to measure with")
     p.add_argument("--budget", type=float, required=True,
                    help="fraction in (0, 1] of the encoder's Linear weights to keep")
@@ -64,9 +66,12 @@ def create_parser() -> argparse.ArgumentParser:
                         "(default: output)")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="fraction of the proteins held out for the report (default: 0.2)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=seed_argument, default=0, help="seeds the split and the probes")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="tokens per batch, padding included (default: 4096)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=seed_argument, default=0,
+                   help="seeds the split and the probes (default: 0)")
     add_threads_option(p)
     return p
 
