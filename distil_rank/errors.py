@@ -13,13 +13,26 @@ class InputError(ValueError):
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage mistake reported like every other: one `error:` line, exit 2.
-    Run as `python -m package.module`, a command names itself so, not by its file's name."""
+    Run as `python -m package.module`, a command names itself so, not by its file's name. Every
+    option's help gives its default (add_argument)."""
 
     def __init__(self, *args, prog: str | None = None, **kwargs):
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         if prog is None and spec is not None and sys.argv[0].endswith(".py"):
             prog = f"python -m {spec.name.removesuffix('.__main__')}"
         super().__init__(*args, prog=prog, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        """An option's help gives its default where its own words do not."""
+        action = super().add_argument(*args, **kwargs)
+        default, words = action.default, action.help or ""
+        if action.option_strings and not action.required and default is not None \
+                and default is not False and default is not argparse.SUPPRESS \
+                and default != "" and words is not argparse.SUPPRESS and "default" not in words:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else default
+            shown = str(shown).replace("%", "%%")  # the words are argparse's %-format already
+            action.help = f"{words} (default: {shown})".lstrip()
+        return action
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

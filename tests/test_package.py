@@ -110,3 +110,25 @@ def test_python_dash_m_runs_every_command_and_names_it_in_its_errors(root):
         assert code == 2
         assert err.startswith("error: ") and len(err.splitlines()) == 1, err
         assert f"(see python -m {module} --help)" in err, err
+
+
+def test_an_options_help_gives_its_default_where_its_words_do_not():
+    from distil_rank.errors import OneLineParser
+
+    p = OneLineParser(prog="x")
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--share", type=float, default=0.5, help="a share, 50%% of it")
+    p.add_argument("--budget", default="80%", help="a budget")
+    p.add_argument("--batches", default=(1, 32))
+    p.add_argument("--steps", type=int, default=7, help="steps (default: 7 a seed)")
+    p.add_argument("--flag", action="store_true", help="a switch")
+    p.add_argument("--name", default=None, help="resolved later")
+    p.add_argument("--only", default="", help="a filter")
+    text = " ".join(p.format_help().split())
+    assert "--rows ROWS (default: 1000)" in text
+    assert "a share, 50% of it (default: 0.5)" in text  # argparse's %% in the words
+    assert "a budget (default: 80%)" in text  # a % in the default
+    assert "(default: 1,32)" in text
+    assert "steps (default: 7 a seed)" in text and "(default: 7)" not in text
+    for words in ("a switch", "resolved later", "a filter"):
+        assert f"{words} (default" not in text
