@@ -243,11 +243,12 @@ def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
         chosen = linears
     elif callable(layers):
         chosen = {n: m for n, m in linears.items() if layers(n, m)}
-    elif missing := [n for n in layers if n not in linears]:
-        raise ValueError(f"not nn.Linear layers of the model: {missing}; "
-                         f"the model's are: {sorted(linears)}")
     else:
-        chosen = {n: linears[n] for n in layers}
+        names = list(layers)  # a generator of names can be read only once
+        if missing := [n for n in names if n not in linears]:
+            raise ValueError(f"not nn.Linear layers of the model: {missing}; "
+                             f"the model's are: {sorted(linears)}")
+        chosen = {n: linears[n] for n in names}
     if not chosen:
         raise ValueError("no nn.Linear layer selected")
     return chosen

@@ -122,6 +122,18 @@ def test_compress_model_with_a_target_and_a_predicate_skips_layers_that_save_not
         compress_model(Head(), calib, layers=["nope"], rank=2)
 
 
+def test_layer_names_may_come_as_a_generator_as_a_tuple_or_a_list():
+    """A generator of names is read once: the check of the names must not use it up."""
+    calib = [embeddings(256, 48, seed=s) for s in range(2)]
+    chosen = []
+    for layers in (["proj"], ("proj",), (name for name in ["proj"])):
+        torch.manual_seed(6)
+        model = Head()
+        reports = compress_model(model, calib, layers=layers, rank=4)
+        chosen.append(([r.name for r in reports], type(model.proj), model.proj.up.sum().item()))
+    assert chosen[0][:2] == (["proj"], LowRankLinear) and chosen[1] == chosen[0] == chosen[2]
+
+
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(5)
     model = Head()
