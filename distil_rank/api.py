@@ -231,8 +231,25 @@ class LayerReport:
         return self.params_before - self.params_after
 
 
+# nn.Linear layers that their PyTorch parent reads through `.weight` instead of calling them:
+# MultiheadAttention's output projection, and TransformerEncoderLayer's feed-forward on its fast
+# path (taken in eval mode, gradients on or off). A LowRankLinear has no dense weight to read.
+READ_BY_PARENT = {nn.MultiheadAttention: ("out_proj",),
+                  nn.TransformerEncoderLayer: ("linear1", "linear2")}
+
+
+def read_by_parent(model: nn.Module) -> list[str]:
+    """The names of the model's nn.Linear layers that READ_BY_PARENT keeps dense."""
+    return [f"{name}.{child}" if name else child for name, module in model.named_modules()
+            for kind, children in READ_BY_PARENT.items() if isinstance(module, kind)
+            for child in children if isinstance(getattr(module, child, None), nn.Linear)]
+
+
 def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
-    """The chosen nn.Linear layers by name: at least one, each one of the model's."""
+    """The chosen nn.Linear layers by name: at least one, each one of the model's. The layers
+    their parent reads by weight (read_by_parent) are refused by name and, when every layer or
+    a predicate's is asked for, left dense with a warning."""
+    kept = read_by_parent(model)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if isinstance(layers, str) or not (layers is None or callable(layers)
                                        or isinstance(layers, Iterable)):
@@ -248,10 +265,22 @@ def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
         if missing := [n for n in names if n not in linears]:
             raise ValueError(f"not nn.Linear layers of the model: {missing}; "
                              f"the model's are: {sorted(linears)}")
+        if refused := [n for n in names if n in kept]:
+            raise ValueError(f"layers {refused}: {_KEPT_WHY}")
         chosen = {n: linears[n] for n in names}
+    if left := [n for n in chosen if n in kept]:
+        warnings.warn(f"compress_model leaves {len(left)} layer(s) dense ({', '.join(left)}): "
+                      f"{_KEPT_WHY}", stacklevel=4)
+        chosen = {n: m for n, m in chosen.items() if n not in kept}
     if not chosen:
-        raise ValueError("no nn.Linear layer selected")
+        raise ValueError("no nn.Linear layer selected" + (f" (left dense: {_KEPT_WHY})"
+                                                          if left else ""))
     return chosen
+
+
+_KEPT_WHY = ("PyTorch's nn.MultiheadAttention and nn.TransformerEncoderLayer read these "
+             "through their .weight, without calling them, and a low-rank layer has no dense "
+             "weight")
 
 
 def _forward(model: nn.Module, batch, call: Callable | None):
@@ -371,7 +400,8 @@ class CompressionConfig:
     compress_model(model, batches, CompressionConfig(budget=0.5)).
 
     layers: None (every nn.Linear, or the keys of a rank dict), a list of module names, or a
-    predicate (name, module) -> bool. Give one of: rank, one rank for every layer or {layer
+    predicate (name, module) -> bool; the layers PyTorch's own attention and encoder layers read
+    by weight stay dense (read_by_parent). Give one of: rank, one rank for every layer or {layer
     name: rank} (so that objectives can be compared at equal size); target_explained_variance,
     the smallest rank per layer that reaches it; or budget, the fraction in (0, 1] of the
     selected layers' weights (biases aside) to keep, with ranks allocated exactly across the

@@ -391,3 +391,28 @@ def test_a_config_of_another_type_is_refused_before_the_model_is_touched():
         compress_model(model, torch.randn(50, 16), config={"rank": 4})
     assert isinstance(model[0], nn.Linear) and all(
         torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pytorchs_own_transformer_layers_stay_dense_and_the_model_still_runs():
+    """nn.TransformerEncoderLayer reads linear1/linear2's .weight on its fast path (eval mode),
+    and nn.MultiheadAttention its out_proj's: a low-rank layer there broke the model's forward.
+    Every layer asked for: those are left dense, said in a warning, and the rest compressed;
+    one of them by name: refused before anything changes."""
+    torch.manual_seed(7)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+    model = nn.Sequential(encoder, nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 4)).eval()
+    batches = [torch.randn(8, 10, 32) for _ in range(4)]
+    kept = [f"0.layers.{i}.{name}" for i in range(2)
+            for name in ("self_attn.out_proj", "linear1", "linear2")]
+    with pytest.warns(UserWarning, match="leaves 6 layer"):
+        reports = compress_model(model, batches, layers=lambda name, m: m.out_features > 4,
+                                 rank=8)
+    assert [r.name for r in reports] == ["1"] and isinstance(model[1], LowRankLinear)
+    assert all(isinstance(model.get_submodule(n), nn.Linear) for n in kept)
+    with torch.no_grad():  # the fast path, which reads the dense layers' weights
+        out = model(batches[0])
+    assert out.shape == (8, 10, 4) and torch.isfinite(out).all()
+    assert model(batches[0]).shape == (8, 10, 4)
+    with pytest.raises(ValueError, match="read these through their .weight"):
+        compress_model(model, batches, layers=[kept[1]], rank=2)
+    assert isinstance(model.get_submodule(kept[1]), nn.Linear)
