@@ -336,3 +336,29 @@ def test_a_registered_teacher_and_compressor_run_validate_and_are_drawn(tmp_path
     colours = compressors.method_colours(summary["methods"] + ["bare_function"])
     assert colours["half_svd"] == "tab:red" and colours["svd"] == "tab:gray"  # their own
     assert colours["bare_function"] not in {c for m, c in colours.items() if m != "bare_function"}
+
+
+def test_a_rank_that_saves_nothing_is_said_so_and_not_called_fewer_parameters(tmp_path, root,
+                                                                             capsys):
+    """Above half the width the two factors hold more weights than the dense layer: the run
+    says so at the start, and its headline counts the parameters the other way round
+    (320 x 320 with bias: 102,720; rank 200: 200 x 640 + 320 = 128,320, 1.25x more)."""
+    assert main.main(["--quick", "--seeds", "1", "--no-sweep", "--rank", "200", "--out",
+                      str(tmp_path), "--train", str(root / "embeddings_train.pt"),
+                      "--val", str(root / "embeddings_val.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "note: at rank 200 of 320 the factors hold no fewer weights than the dense layer " \
+           "(fewer at rank 159 and below)" in out
+    summary = json.loads((tmp_path / SUMMARY_NAME).read_text())
+    assert "At rank 200 of 320 (1.25x more parameters)" in summary["headline"]
+    assert "fewer parameters" not in summary["headline"]
+
+
+def test_size_words_count_parameters_both_ways():
+    from distil_rank.benchmark.report import size_words
+    from distil_rank.lowrank import lowrank_parameters
+
+    dense = 320 * 320 + 320
+    assert size_words(dense / lowrank_parameters(320, 320, 16)) == "9.7x fewer parameters"
+    assert size_words(dense / lowrank_parameters(320, 320, 160)) == "as many parameters"
+    assert size_words(dense / lowrank_parameters(320, 320, 200)) == "1.25x more parameters"

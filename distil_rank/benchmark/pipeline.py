@@ -55,7 +55,7 @@ from distil_rank.benchmark.teachers import (
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError
 from distil_rank.files import check_writable_folder
-from distil_rank.lowrank import check_rank
+from distil_rank.lowrank import check_rank, flop_ratio
 from distil_rank.moments import input_moments
 from distil_rank.runtime import choose_threads, machine_load, resolve_device, stage_seed
 
@@ -358,6 +358,11 @@ def announce_data(progress: Progress, dataset: Dataset, config: Config, rank: in
     if not dataset.real_data:
         progress.say("note: synthetic data stands in for real embeddings; the JSON says "
                      "real_data: false")
+    if flop_ratio(train.dim, train.dim, rank) <= 1:
+        saving = (train.dim ** 2 - 1) // (2 * train.dim)  # the largest rank with fewer weights
+        progress.say(f"note: at rank {rank} of {train.dim} the factors hold no fewer weights "
+                     f"than the dense layer (fewer at rank {saving} and below): this run "
+                     "measures fidelity, not a saving")
     has_fitness, skipped_head = fitness_usable(dataset, config.selection_fraction)
     if not has_fitness:
         progress.say(f"note: {HEAD_NAME} teacher and the fitness probe skipped: {skipped_head}")

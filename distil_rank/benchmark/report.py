@@ -91,6 +91,15 @@ def speed_words(speedup: float) -> str:
         f"{1 / speedup:.2f}x slower (speedup {speedup:.2f}x)"
 
 
+def size_words(compression: float) -> str:
+    """'9.7x fewer parameters', or, where the factors hold as many as the dense layer or more
+    (a rank of half its width or above), 'as many parameters' or '1.25x more parameters'."""
+    if compression == 1:
+        return "as many parameters"
+    return f"{compression:.1f}x fewer parameters" if compression > 1 else \
+        f"{1 / compression:.2f}x more parameters"
+
+
 def _fused_facts(matrix: dict) -> dict:
     """What the fused kernel's rows of a matrix say, per dtype (templates/latency.md words
     it): under graph replay, its lowest speedup and the one at the largest batch, beside what
@@ -310,7 +319,7 @@ def _template(name: str):
     """A template of distil_rank/benchmark/templates."""
     env = template_environment(Path(__file__).parent / "templates")
     env.globals.update(span=_span, speed_words=speed_words, best_head_method=best_head_method,
-                       break_even_words=break_even_words)
+                       break_even_words=break_even_words, size_words=size_words)
     return env.get_template(f"{name}.md")
 
 
@@ -472,7 +481,7 @@ def _draw_panels(fig, axes, summary: RunSummary, curves: dict) -> None:
     fig.suptitle(
         f"Distil-Rank: {summary.input_dim}x{summary.input_dim} layers at rank "
         f"{summary.target_rank} "
-        f"({view.entries[teachers[0]].derived()['compression']:.1f}x fewer parameters),\n"
+        f"({size_words(view.entries[teachers[0]].derived()['compression'])}),\n"
         f"{data_word} ({summary.data['train']['rows']} train / "
         f"{summary.data['val']['rows']} validation rows), {len(summary.seeds)} seed(s)",
         fontsize=13,
