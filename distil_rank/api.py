@@ -152,20 +152,37 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
         _check_baseline(method, target_explained_variance, output_weight, refine_steps > 0)
         full = min(linear.in_features, linear.out_features)
         chosen = check_rank(rank, full, f"{what}: rank")
-        return compress_svd(linear, chosen) if method == "svd" else compress_svd_bias(
-            linear, chosen, _checked_moments(linear, calibration, what).mean)
+        return _warn_if_larger(linear, compress_svd(linear, chosen) if method == "svd" else
+                               compress_svd_bias(linear, chosen, _checked_moments(
+                                   linear, calibration, what).mean), what)
     if refine_steps <= 0:
         moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
                               damping, what)
-        return compress_data_aware(linear, moments, chosen, output_weight, damping)
+        return _warn_if_larger(linear, compress_data_aware(linear, moments, chosen,
+                                                           output_weight, damping), what)
     fit, holdout = _refinement_rows(linear, calibration, output_weight, refine_settings,
                                     holdout_fraction, seed, what)
     moments = moments_of(fit)
     chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
     job = refinement_job(linear, compress_data_aware(linear, moments, chosen), fit, holdout,
                          seed=seed, settings=replace(refine_settings, steps=refine_steps))
-    return distill_together([job], linear.weight.device, desc="refine")[0].student
+    return _warn_if_larger(linear, distill_together([job], linear.weight.device,
+                                                    desc="refine")[0].student, what)
+
+
+def _warn_if_larger(linear: nn.Linear, student: LowRankLinear, what: str) -> LowRankLinear:
+    """The student, with a warning where its factors hold as many parameters as the layer or
+    more (a rank above about half its smaller side): compress_model keeps such a layer dense."""
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (linear, student))
+    if after >= before:
+        bias = linear.out_features if student.bias is not None else 0
+        saving = (before - bias - 1) // (linear.in_features + linear.out_features)  # largest r
+        # with r (in + out) + bias < before
+        warnings.warn(f"{what}: rank {student.rank} holds {after:,} parameters against the "
+                      f"layer's {before:,}; the factors save weights only up to rank {saving} "
+                      "(keep the dense layer, or ask for a lower rank or target)", stacklevel=3)
+    return student
 
 
 METHODS = ("data_aware", "svd_bias", "svd")

@@ -20,6 +20,7 @@ from distil_rank.lowrank import (
     data_aware_error_curve,
     explained_variance_curve,
     input_moments,
+    lowrank_parameters,
 )
 from distil_rank.moments import MomentAccumulator
 
@@ -416,3 +417,21 @@ def test_pytorchs_own_transformer_layers_stay_dense_and_the_model_still_runs():
     with pytest.raises(ValueError, match="read these through their .weight"):
         compress_model(model, batches, layers=[kept[1]], rank=2)
     assert isinstance(model.get_submodule(kept[1]), nn.Linear)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_compress_linear_warns_when_its_factors_hold_no_fewer_parameters(bias):
+    """A rank above about half the smaller side gives a layer larger than the dense one:
+    compress_linear says so at exactly those ranks, with the largest rank that saves, counted
+    here by brute force (the closed form adds a bias where the layer had none)."""
+    torch.manual_seed(8)
+    layer, x = nn.Linear(48, 20, bias=bias), embeddings(400, 48, seed=8)
+    dense = sum(p.numel() for p in layer.parameters())
+    saving = max(r for r in range(1, 21) if lowrank_parameters(48, 20, r) < dense)
+    for rank in range(1, 21):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compress_linear(layer, x, rank=rank)
+        assert bool(caught) == (rank > saving), rank
+    assert f"save weights only up to rank {saving} " in str(caught[0].message)
+    assert "rank 20 holds 1,380 parameters" in str(caught[0].message)
