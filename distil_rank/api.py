@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -504,18 +504,22 @@ def compress_model(model: nn.Module, calibration: Iterable,
     How: `config` (a CompressionConfig, whose docstring describes every option), or its fields
     as keyword `options` (beside a config, they replace its fields).
 
-    calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments or
-    a dict of keyword arguments per batch), or `call(model, batch)`, which runs one batch and
-    returns its output. Every layer's statistics are recorded from the original model in one
-    pass; the model comes back unchanged apart from the replaced layers. Returns one
-    LayerReport per replaced layer (and, with a budget, per layer kept dense); explained
-    variance is measured on the holdout batches when given.
+    calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments
+    or a dict of keyword arguments per batch; a lone tensor or dict is one batch, as for
+    compress_linear), or `call(model, batch)`, which runs one batch and returns its output.
+    Every layer's statistics are recorded from the original model in one pass; the model comes
+    back unchanged apart from the replaced layers. Returns one LayerReport per replaced layer
+    (and, with a budget, per layer kept dense); explained variance is measured on the holdout
+    batches when given.
     """
     if config is not None and not isinstance(config, CompressionConfig):
         raise TypeError(f"config: expected a CompressionConfig, got a {type(config).__name__} "
                         "(options go as keywords: compress_model(model, data, rank=8))")
     config = replace(config, **options) if config is not None else CompressionConfig(**options)
     _check_module(model, "compress_model")
+    # a lone batch: iterating it would feed the model its rows (or a dict's keys) one by one
+    calibration, holdout = ([batches] if isinstance(batches, torch.Tensor | Mapping) else batches
+                            for batches in (calibration, holdout))
     targets = _targets(model, config.layers, config.rank)
     if config.budget is not None and config.objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "

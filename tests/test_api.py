@@ -435,3 +435,36 @@ def test_compress_linear_warns_when_its_factors_hold_no_fewer_parameters(bias):
         assert bool(caught) == (rank > saving), rank
     assert f"save weights only up to rank {saving} " in str(caught[0].message)
     assert "rank 20 holds 1,380 parameters" in str(caught[0].message)
+
+
+def test_a_lone_tensor_or_dict_is_one_batch_as_for_compress_linear():
+    """Iterating a lone [batch, tokens, features] tensor would feed the model one sequence at a
+    time as if its tokens were a batch (and a dict, its keys): a lone one is one batch."""
+
+    class Pool(nn.Module):  # mixes over the tokens: a [tokens, features] input means otherwise
+        def __init__(self):
+            super().__init__()
+            self.proj, self.out = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return self.out(y - y.mean(1, keepdim=True))  # [batch, tokens, features]
+
+    class Keywords(Pool):
+        def forward(self, inputs):
+            return super().forward(inputs)
+
+    x, held = torch.randn(6, 5, 16), torch.randn(3, 5, 16)
+    results = []
+    for model_type, lone, listed, holdout in (
+            (Pool, x, [x], held), (Keywords, {"inputs": x}, [{"inputs": x}], {"inputs": held})):
+        for calibration, hold in ((lone, holdout), (listed, [holdout])):
+            torch.manual_seed(9)
+            model = model_type()
+            report, = compress_model(model, calibration, layers=["proj"], rank=3, holdout=hold,
+                                     objective="output")  # G reads the model's mixing
+            results.append((report.calibration_rows, report.explained_variance_holdout,
+                            model.proj.up.detach().clone()))
+    for lone, listed in (results[:2], results[2:]):
+        assert lone[0] == listed[0] == 30 and lone[1] == listed[1]
+        assert torch.equal(lone[2], listed[2])
