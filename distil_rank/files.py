@@ -153,9 +153,10 @@ def _folder_problem(path: Path) -> str | None:
     if not existing.is_dir():
         return f"{existing} is not a folder"
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
+        with _signals_held():  # the probe never outlives an interrupt landing beside it
+            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as err:
         return f"cannot write in {existing} ({err.strerror})"
     return None

@@ -146,3 +146,26 @@ def test_the_command_line_says_whether_its_outputs_were_written(old, capsys, mon
 
     assert cli_exit_code(interrupted) == 130
     assert "before any output was replaced" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt),
+                                          (signal.SIGTERM, Terminated)])
+def test_a_signal_during_the_write_check_leaves_no_probe(old, signum, stop, monkeypatch):
+    """check_writable_folder writes and removes a probe file: a signal landing right after the
+    probe is made is held until it is gone (scripts/hostile.py --interrupts left
+    `.write-check.*` beside distil-rank-compress's outputs)."""
+    made = files.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        probe = made(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return probe
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # as cli_exit_code installs it
+    try:
+        with pytest.raises(stop):
+            files.check_writable_folder(old, "--out")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert state(old) == {"a.json": "old", "b.png": "old"}
