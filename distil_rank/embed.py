@@ -58,8 +58,9 @@ class Record:
 
 def read_fasta(path: str | Path) -> list[Record]:
     """Parse a FASTA file strictly: every problem names the record and the line. UTF-8 (a
-    byte-order mark is accepted); one trailing stop mark `*` per record is dropped, wherever the
-    sequence wraps, and a `*` anywhere else is an error."""
+    byte-order mark is accepted); whitespace inside a sequence line (residues written in
+    blocks) is dropped; one trailing stop mark `*` per record is dropped, wherever the sequence
+    wraps, and a `*` anywhere else is an error."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -106,7 +107,7 @@ def read_fasta(path: str | Path) -> list[Record]:
                 continue
             if current is None:
                 raise InputError(f"{path}:{number}: sequence text before the first '>' header")
-            residues = line.upper()
+            residues = "".join(line.split()).upper()  # spaces between blocks of residues
             bad = sorted(set(residues) - AMINO_ACIDS - {"*"})
             if bad:
                 raise InputError(f"{path}:{number}: record '{current.id}' has characters outside "

@@ -140,6 +140,17 @@ def test_fasta_accepts_lowercase_and_a_stop_mark(tmp_path):
     assert record.id == "x" and record.sequence == "MKVLA" and record.line == 1
 
 
+def test_fasta_accepts_residues_written_in_blocks(tmp_path):
+    """Some tools write a sequence in blocks of ten, spaces between: the residues, not the
+    spaces, are the sequence (a stray character among them is still refused)."""
+    path = tmp_path / "blocks.fasta"
+    path.write_text(">x\nMKVLAGHSTE DRPQNFYWCI\tMK\n>y\nMKV LA-G\n")
+    with pytest.raises(InputError, match="'y' has characters outside the amino-acid alphabet: '-'"):
+        read_fasta(path)
+    path.write_text(">x\nMKVLAGHSTE DRPQNFYWCI\tMK\n")
+    assert read_fasta(path)[0].sequence == "MKVLAGHSTEDRPQNFYWCIMK"
+
+
 def test_length_batches_respect_the_budget_and_cover_everything():
     lengths = [5, 30, 2, 30, 12, 7, 1, 100]
     batches = length_batches(lengths, max_tokens=64)
