@@ -5,8 +5,9 @@
 For every teacher, compressor and fidelity metric in both files: the old mean ± std over seeds,
 the new mean, and whether the two are identical, equal to rounding (a relative difference of at
 most 1e-6, as the same code gives on another CPU), within one standard deviation (the larger of
-the two runs' stds), or outside it. Exit code 1 when any figure is outside. A last line names
-what sets the rounding where the two runs differ in it (the device, torch, the CPU threads).
+the two runs' stds), or outside it. Exit code 1 when any figure is outside. Last lines name the
+settings in which the two runs differ (their configs and their data's row counts), and what sets
+the rounding where they differ in it (the device, torch, the CPU threads).
 """
 
 from __future__ import annotations
@@ -57,6 +58,31 @@ def arithmetic_differences(old: RunSummary, new: RunSummary) -> list[str]:
     return [f"{word} {a} -> {b}" for word, a, b in settings if a != b]
 
 
+# config keys that say where a run read or wrote, how it printed or what it timed, none of which
+# moves a fidelity figure (the device and threads: arithmetic_differences)
+NOT_MEASURED = {"train_path", "val_path", "out", "quiet", "threads", "device", "latency"}
+
+
+def setting_differences(old: RunSummary, new: RunSummary, shown: int = 6) -> list[str]:
+    """The settings that differ between the two runs (their configs, flattened, and their data's
+    row counts), as "distill.steps 1000 -> 60"; beyond `shown`, how many more."""
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if not prefix and key in NOT_MEASURED:
+                continue
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    sides = [dict(flat(run.config)) | {f"data.{part}.rows": run.data[part]["rows"]
+                                       for part in ("train", "val")} for run in (old, new)]
+    found = [f"{key} {sides[0].get(key)} -> {sides[1].get(key)}"
+             for key in sorted(sides[0].keys() | sides[1].keys())
+             if sides[0].get(key) != sides[1].get(key)]
+    return found[:shown] + ([f"and {len(found) - shown} more"] if len(found) > shown else [])
+
+
 def load(path: str) -> RunSummary:
     """A summary JSON, or one line saying why the file is not one."""
     try:
@@ -94,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} figures: {counts['identical']} identical, {counts['equal to rounding']} "
           f"equal to rounding ({ROUNDING:g} relative), {len(rows) - outside} within one std, "
           f"{outside} outside")
+    settings = setting_differences(old, new)
+    if settings:
+        print(f"note: the runs differ in what they measured ({'; '.join(settings)}): a figure "
+              "outside one std may be the settings', not the code's")
     differences = arithmetic_differences(old, new)
     if differences:
         print(f"note: the runs round differently ({'; '.join(differences)}): a figure can move "

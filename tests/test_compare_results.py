@@ -59,3 +59,26 @@ def test_a_last_line_names_the_thread_count_where_the_runs_differ_in_it(tmp_path
     threads = old["environment"]["torch_threads"]
     assert capsys.readouterr().out.splitlines()[-1].startswith(
         f"note: the runs round differently (threads {threads} -> {threads + 1})")
+
+
+def test_a_note_names_the_settings_in_which_the_runs_differ(tmp_path, root, capsys):
+    """A --quick run against the reference is outside one std for its settings, not its code:
+    the note says which settings differ; where it wrote, what it timed and how it printed
+    are not among them."""
+    compare = load_script("scripts/compare_results.py")
+    old = json.loads((root / "reference" / "distil_rank_summary.json").read_text())
+    new = copy.deepcopy(old)
+    new["config"]["distill"]["steps"] = 60
+    new["config"]["num_seeds"] = 1
+    new["data"]["train"]["rows"] -= 1
+    new["config"].update(out="elsewhere", quiet=not old["config"]["quiet"])
+    new["config"]["latency"]["repeats"] = 3
+    for name, summary in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    compare.main([str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    rows = old["data"]["train"]["rows"]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: the runs differ in what they measured (data.train.rows {rows} -> {rows - 1}; "
+        "distill.steps 1000 -> 60; num_seeds 3 -> 1): a figure outside one std may be the "
+        "settings', not the code's")
