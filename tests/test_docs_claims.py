@@ -236,3 +236,15 @@ def test_the_readme_random_layer_sentence_holds_for_a_random_layer():
             y, y_hat = proj(val), compress_linear(proj, train, rank=16)(val)
         explained = 1 - ((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
         assert abs(float(explained) - 0.81) < 0.03
+
+
+def test_every_option_of_main_py_is_in_the_options_section():
+    """docs/benchmark.md's Options section names every flag `python main.py --help` lists."""
+    from distil_rank.benchmark.cli import create_parser
+
+    text = (ROOT / "docs" / "benchmark.md").read_text()
+    section = text[text.index("## Options"):]
+    section = section.split("\n## ", 1)[0]
+    flags = {f for action in create_parser()._actions for f in action.option_strings
+             if f.startswith("--") and f != "--help"}
+    assert flags and not {f for f in flags if f"`{f}" not in section}
