@@ -238,6 +238,24 @@ def test_the_readme_random_layer_sentence_holds_for_a_random_layer():
         assert abs(float(explained) - 0.81) < 0.03
 
 
+@pytest.mark.parametrize("module, pages", [
+    ("distil_rank.embed", ["docs/api.md"]),
+    ("distil_rank.compress", ["README.md", "docs/api.md"]),
+    ("distil_rank.calibrate", ["docs/api.md"]),
+    ("distil_rank.benchmark.splits", []),
+])
+def test_every_option_of_a_tool_is_in_its_docs(module, pages):
+    """Each tool's flags are named in its pages (--threads, shared by every command, in
+    docs/benchmark.md's Options)."""
+    import importlib
+
+    pages = [*pages, "docs/benchmark.md"]
+    text = " ".join((ROOT / page).read_text() for page in pages)
+    flags = {f for action in importlib.import_module(module).create_parser()._actions
+             for f in action.option_strings if f.startswith("--") and f != "--help"}
+    assert flags and not {f for f in flags if f"`{f}" not in text and f"{f} " not in text}
+
+
 def test_every_option_of_main_py_is_in_the_options_section():
     """docs/benchmark.md's Options section names every flag `python main.py --help` lists."""
     from distil_rank.benchmark.cli import create_parser
