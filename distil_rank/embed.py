@@ -58,9 +58,8 @@ class Record:
 
 def read_fasta(path: str | Path) -> list[Record]:
     """Parse a FASTA file strictly: every problem names the record and the line. UTF-8 (a
-    byte-order mark is accepted); whitespace inside a sequence line (residues written in
-    blocks) is dropped; one trailing stop mark `*` per record is dropped, wherever the sequence
-    wraps, and a `*` anywhere else is an error."""
+    byte-order mark is accepted); spaces between blocks of residues and one trailing stop mark
+    `*` per record are dropped (a `*` anywhere else is an error)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
