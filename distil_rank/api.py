@@ -152,23 +152,22 @@ def compress_linear(linear: nn.Linear, calibration, *, rank: int | None = None,
         _check_baseline(method, target_explained_variance, output_weight, refine_steps > 0)
         full = min(linear.in_features, linear.out_features)
         chosen = check_rank(rank, full, f"{what}: rank")
-        return _warn_if_larger(linear, compress_svd(linear, chosen) if method == "svd" else
-                               compress_svd_bias(linear, chosen, _checked_moments(
-                                   linear, calibration, what).mean), what)
-    if refine_steps <= 0:
+        student = compress_svd(linear, chosen) if method == "svd" else compress_svd_bias(
+            linear, chosen, _checked_moments(linear, calibration, what).mean)
+    elif refine_steps <= 0:
         moments = _checked_moments(linear, calibration, what)
         chosen = _choose_rank(linear, moments, rank, target_explained_variance, output_weight,
                               damping, what)
-        return _warn_if_larger(linear, compress_data_aware(linear, moments, chosen,
-                                                           output_weight, damping), what)
-    fit, holdout = _refinement_rows(linear, calibration, output_weight, refine_settings,
-                                    holdout_fraction, seed, what)
-    moments = moments_of(fit)
-    chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
-    job = refinement_job(linear, compress_data_aware(linear, moments, chosen), fit, holdout,
-                         seed=seed, settings=replace(refine_settings, steps=refine_steps))
-    return _warn_if_larger(linear, distill_together([job], linear.weight.device,
-                                                    desc="refine")[0].student, what)
+        student = compress_data_aware(linear, moments, chosen, output_weight, damping)
+    else:
+        fit, holdout = _refinement_rows(linear, calibration, output_weight, refine_settings,
+                                        holdout_fraction, seed, what)
+        moments = moments_of(fit)
+        chosen = _choose_rank(linear, moments, rank, target_explained_variance, what=what)
+        job = refinement_job(linear, compress_data_aware(linear, moments, chosen), fit, holdout,
+                             seed=seed, settings=replace(refine_settings, steps=refine_steps))
+        student = distill_together([job], linear.weight.device, desc="refine")[0].student
+    return _warn_if_larger(linear, student, what)
 
 
 def _warn_if_larger(linear: nn.Linear, student: LowRankLinear, what: str) -> LowRankLinear:
