@@ -306,11 +306,16 @@ def method_colours(methods) -> dict[str, str]:
     return colours | {m: spare[i % len(spare)] for i, m in enumerate(unset)}
 
 
+def is_hollow(method: str) -> bool:
+    """Whether a method's registry entry is drawn hollow (a closed form)."""
+    return getattr({**COMPRESSORS, **HEAD_COMPRESSORS}.get(method), "hollow", False)
+
+
 def method_marker(method: str, size: float = 4) -> dict:
     """A method's markers in a figure's curves (matplotlib keywords): for an entry drawn
     hollow, hollow squares twice the `size` of the others' dots."""
-    hollow = getattr({**COMPRESSORS, **HEAD_COMPRESSORS}.get(method), "hollow", False)
-    return dict(marker="s", ms=2 * size, mfc="none") if hollow else dict(marker="o", ms=size)
+    return dict(marker="s", ms=2 * size, mfc="none") if is_hollow(method) else \
+        dict(marker="o", ms=size)
 
 
 def compressors_for(readout: nn.Module | None) -> dict:

@@ -9,6 +9,8 @@ import torch
 
 from distil_rank.benchmark.compressors import (
     HEAD_COMPRESSORS,
+    SWEEP_METHODS,
+    is_hollow,
     method_colours,
     method_label,
     method_marker,
@@ -391,12 +393,12 @@ def _panel_pareto(ax, summary, view: Results, teacher, colour):
             color="black", lw=1, label="closed form, exact (train rows)")
     std = view.std(teacher, "sweep")
     colours = method_colours(summary.methods)
-    for method in ("svd", "svd_bias", "data_aware", "distil_da"):
+    for method in SWEEP_METHODS:  # a closed form's points alone: the exact curve is drawn
         values = sweep["methods"][method]["explained_variance"]
         errs = std["methods"][method]["explained_variance"]
         ax.errorbar(sweep["compression"], _unexplained(values), yerr=errs, capsize=2,
                     color=colours[method], label=f"{method} (validation)",
-                    ls="none" if method == "data_aware" else "-", **method_marker(method))
+                    ls="none" if is_hollow(method) else "-", **method_marker(method))
     ax.set_xscale("log")
     ax.set_yscale("log")
     measured = [v for m in ("data_aware", "distil_da") for v in
