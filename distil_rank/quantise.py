@@ -53,6 +53,14 @@ def _two_linears(module: LowRankLinear) -> nn.Sequential:
     return nn.Sequential(down, up).requires_grad_(module.up.requires_grad)
 
 
+def _is_quantised(module: nn.Module) -> bool:
+    """An nn.Linear whose weight torchao has made a quantised tensor subclass, or one of
+    torch.ao's quantised modules."""
+    return (isinstance(module, nn.Linear) and type(module.weight.data) is not torch.Tensor) or \
+        (type(module).__module__.startswith("torch.ao.nn.quantized")
+         and type(module).__name__ == "Linear")
+
+
 def quantise_int8(model: nn.Module, mode: str = "weight_only") -> nn.Module:
     """Int8 of every nn.Linear of `model`, the factors of its LowRankLinear layers included
     (as_linears first), in place for "weight_only", and returned for both modes (torch.ao's
@@ -61,6 +69,11 @@ def quantise_int8(model: nn.Module, mode: str = "weight_only") -> nn.Module:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantise_int8 takes an nn.Module, got {type(model).__name__}")
+    if quantised := [name or type(module).__name__ for name, module in model.named_modules()
+                     if _is_quantised(module)]:
+        raise ValueError(f"quantise_int8: the model is already quantised ({len(quantised)} "
+                         f"int8 Linear layer(s), the first {quantised[0]!r}); quantise the float "
+                         "model ('weight_only' works in place: keep a copy)")
     model = as_linears(model).eval()
     if mode == "dynamic":
         with warnings.catch_warnings():  # its deprecation notice, said in this module's doc

@@ -73,3 +73,17 @@ def test_bad_calls_are_refused_in_one_line():
         quantise_int8(model(), "int4")
     with pytest.raises(TypeError, match="takes an nn.Module"):
         quantise_int8("model.safetensors")
+
+
+@pytest.mark.parametrize("first, second", [("dynamic", "dynamic"), ("dynamic", "weight_only"),
+                                           ("weight_only", "weight_only"),
+                                           ("weight_only", "dynamic")])
+def test_a_model_quantised_already_is_refused_in_one_line(first, second):
+    """weight_only quantises in place, so a second call on the same model met torchao's own
+    traceback (an int8 tensor has no aminmax); either mode on a quantised model is refused."""
+    if "weight_only" in (first, second):
+        pytest.importorskip("torchao")
+    quantised = quantise_int8(model(), first)
+    with pytest.raises(ValueError, match=r"already quantised \(5 int8 Linear layer\(s\), the "
+                                         r"first '0\.0'\)"):
+        quantise_int8(quantised, second)
