@@ -403,9 +403,13 @@ def output_tensor(output):
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    """`module` in place of the one at `name`, under every name the model reaches that one by
+    (a module registered twice stays one module)."""
+    old = model.get_submodule(name)
+    for alias, found in model.named_modules(remove_duplicate=False):
+        if found is old:
+            parent_name, _, child = alias.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 @dataclass(frozen=True)
@@ -753,7 +757,9 @@ def _check_module(model, what: str) -> None:
 
 def save_compressed(model: nn.Module, path: str | Path) -> None:
     """The model's state dict as safetensors, with which layers are LowRankLinear (and their
-    shapes) in the file's metadata, so load_compressed can rebuild them in a fresh model."""
+    shapes) in the file's metadata, so load_compressed can rebuild them in a fresh model. A
+    tensor several keys share (tied weights, a module under two names) is stored once, under
+    its first key; load_compressed ties the fresh model's keys to it again."""
     from safetensors.torch import save_file
 
     _check_module(model, "save_compressed")
@@ -765,10 +771,23 @@ def save_compressed(model: nn.Module, path: str | Path) -> None:
                      "rank": m.rank, "bias": m.bias is not None}
               for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for group in _shared_keys(state):  # tied weights: stored once (load_compressed ties them)
+        for key in group[1:]:
+            del state[key]
     try:
         save_file(state, str(path), metadata={METADATA_KEY: json.dumps(layers)})
     except Exception as err:  # the storage library's own errors say nothing of the file
         raise OSError(f"{path}: could not be written ({first_line(err)})") from None
+
+
+def _shared_keys(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The groups of state-dict keys that hold one tensor (tied weights), in state order."""
+    groups: dict[tuple, list[str]] = {}
+    for key, value in state.items():
+        where = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape,
+                 value.stride(), value.dtype)
+        groups.setdefault(where, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
 
 
 def _read_layers(path: Path, text: str) -> dict[str, dict]:
@@ -786,10 +805,14 @@ def _read_layers(path: Path, text: str) -> dict[str, dict]:
     return layers
 
 
-def _expected_state(model: nn.Module, layers: dict[str, dict], path: Path) -> dict:
-    """{key: (shape, dtype)} the model's state dict will have once `layers` are low-rank, checked
-    against the model's own layers; nothing is changed."""
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+def _expected_state(model: nn.Module, layers: dict[str, dict],
+                    path: Path) -> tuple[dict, list[list[str]]]:
+    """({key: (shape, dtype)} the model's state dict will have once `layers` are low-rank, the
+    groups of those keys that will hold one tensor), checked against the model's own layers;
+    nothing is changed."""
+    state = model.state_dict()
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    ties = _shared_keys(state)
     modules = dict(model.named_modules())
     for name, layer in layers.items():
         module = modules.get(name)
@@ -802,13 +825,28 @@ def _expected_state(model: nn.Module, layers: dict[str, dict], path: Path) -> di
                              "the model")
         check_rank(layer["rank"], min(file_shape), f"{path}: layer {name!r} rank")
         dtype = (module.weight if isinstance(module, nn.Linear) else module.up).dtype
-        for key in [k for k in expected if k.startswith(f"{name}.")]:
-            del expected[key]
-        expected[f"{name}.down"] = ((layer["rank"], module.in_features), dtype)
-        expected[f"{name}.up"] = ((module.out_features, layer["rank"]), dtype)
-        if layer["bias"]:
-            expected[f"{name}.bias"] = ((module.out_features,), dtype)
-    return expected
+        names = [n for n, m in model.named_modules(remove_duplicate=False) if m is module]
+        parts = {"down": (layer["rank"], module.in_features),
+                 "up": (module.out_features, layer["rank"]),
+                 **({"bias": (module.out_features,)} if layer["bias"] else {})}
+        for alias in names:  # a module registered under several names: replaced under each
+            for key in [k for k in expected if k.startswith(f"{alias}.")]:
+                del expected[key]
+            expected.update({f"{alias}.{part}": (shape, dtype) for part, shape in parts.items()})
+        ties += [[f"{alias}.{part}" for alias in names] for part in parts] if len(names) > 1 \
+            else []
+    return expected, [group for group in ([k for k in g if k in expected] for g in ties)
+                      if len(group) > 1]
+
+
+def _stored_once(ties: list[list[str]], declared: dict) -> dict[str, str]:
+    """For each group of keys that hold one tensor and of which the file stores one (as
+    save_compressed writes it), {every other key: the stored one}."""
+    tied = {}
+    for group in ties:
+        if len(stored := [k for k in group if k in declared]) == 1:
+            tied |= {key: stored[0] for key in group if key != stored[0]}
+    return tied
 
 
 def _read_header(path: Path) -> tuple[dict, dict]:
@@ -841,7 +879,9 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: no {METADATA_KEY} metadata; not written by save_compressed")
     layers = _read_layers(path, metadata[METADATA_KEY])
-    expected = _expected_state(model, layers, path)
+    expected, ties = _expected_state(model, layers, path)
+    tied = _stored_once(ties, declared)
+    expected = {k: v for k, v in expected.items() if k not in tied}
     missing, unexpected = sorted(expected.keys() - declared), sorted(declared.keys() - expected)
     if missing and not unexpected and all(k.startswith("pooler.") for k in missing):
         raise ValueError(f"{path}: was saved from a model without a pooler, and this one has "
@@ -863,12 +903,15 @@ def load_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path}: {bad[0]} holds NaN or Inf")
+    tensors |= {key: tensors[stored] for key, stored in tied.items()}
 
     # Every check passed: change the model.
     device = next(model.parameters()).device
     for name, layer in layers.items():
+        stored = tied.get(f"{name}.up", f"{name}.up")  # the key its factor is stored under
+        dtype = SAFETENSORS_DTYPES[declared[stored][1]]  # the model's: checked above
         _set_module(model, name, LowRankLinear(
             layer["in_features"], layer["out_features"], layer["rank"], bias=layer["bias"],
-            device=device, dtype=expected[f"{name}.up"][1], initialise=False))
+            device=device, dtype=dtype, initialise=False))
     model.load_state_dict(tensors, strict=True)
     return model
