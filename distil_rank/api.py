@@ -21,6 +21,7 @@ G-weighted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -406,6 +407,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     """`module` in place of the one at `name`, under every name the model reaches that one by
     (a module registered twice stays one module)."""
     old = model.get_submodule(name)
+    module.train(old.training)
     for alias, found in model.named_modules(remove_duplicate=False):
         if found is old:
             parent_name, _, child = alias.rpartition(".")
@@ -510,8 +512,9 @@ def compress_model(model: nn.Module, calibration: Iterable,
     calibration / holdout: iterables of model inputs (a tensor, a tuple of positional arguments
     or a dict of keyword arguments per batch; a lone tensor or dict is one batch, as for
     compress_linear), or `call(model, batch)`, which runs one batch and returns its output.
-    Every layer's statistics are recorded from the original model in one pass; the model comes
-    back unchanged apart from the replaced layers. Returns one LayerReport per replaced layer
+    Every layer's statistics are recorded from the original model in one pass, in eval mode
+    (dropout off, as the model will run); the model comes back unchanged apart from the
+    replaced layers, each module in the mode it had. Returns one LayerReport per replaced layer
     (and, with a budget, per layer kept dense); explained variance is measured on the holdout
     batches when given.
     """
@@ -534,18 +537,31 @@ def compress_model(model: nn.Module, calibration: Iterable,
                                      else torch.float32) for n, m in targets.items()}
     prober = None if config.objective == "layer" else \
         _Probes(config.output_fn, config.probes, torch.Generator().manual_seed(config.seed))
-    statistics = _layer_statistics(model, targets, calibration, call, prober, gram,
-                                   config.skip_padding)
-    fitted = _fit_layers(targets, statistics, config)
-    replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
-                if student is not None and (config.budget is not None
-                                            or report.params_saved >= config.min_params_saved)}
-    if holdout is not None and replaced:
-        _measure_holdout(model, replaced, holdout, call, gram, config.skip_padding)
+    with _eval_mode(model):  # as it will run: no dropout noise in the statistics
+        statistics = _layer_statistics(model, targets, calibration, call, prober, gram,
+                                       config.skip_padding)
+        fitted = _fit_layers(targets, statistics, config)
+        replaced = {n: (targets[n], student, report) for n, (student, report) in fitted.items()
+                    if student is not None and (config.budget is not None
+                                                or report.params_saved >= config.min_params_saved)}
+        if holdout is not None and replaced:
+            _measure_holdout(model, replaced, holdout, call, gram, config.skip_padding)
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
     return [report for n, (student, report) in fitted.items()
             if n in replaced or (student is None and config.budget is not None)]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """The model in eval mode inside; every module back in its own mode after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _fit_layers(targets: dict[str, nn.Linear], statistics: dict,

@@ -508,3 +508,23 @@ def test_tied_weights_and_a_module_under_two_names_survive_compression_and_a_rou
     assert fresh.head.weight is fresh.embed.weight and fresh.alias is fresh.proj
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids[0]), model(ids[0]), rtol=0, atol=0)
+
+
+def test_calibration_runs_in_eval_mode_and_gives_the_model_its_modes_back():
+    """A model left in training mode (nn.Module's default) calibrated through its dropout:
+    noisy statistics and a noisy held-out figure. It is recorded in eval mode, so in train or
+    eval mode it gives the same factors and reports, and every module keeps its own mode."""
+    x = [embeddings(256, 32, seed=s) for s in range(3)]
+    hold = [embeddings(256, 32, seed=9)]
+    results = []
+    for training in (True, False):
+        torch.manual_seed(12)
+        model = nn.Sequential(nn.Linear(32, 32), nn.Dropout(0.5), nn.GELU(), nn.Linear(32, 4))
+        model.train(training)
+        model[2].eval()  # a module in its own mode
+        torch.manual_seed(13)
+        report, = compress_model(model, x, layers=["3"], rank=2, holdout=hold)
+        assert [m.training for m in model] == [training, training, False, training]
+        results.append((report.explained_variance_calibration,
+                        report.explained_variance_holdout, model[3].up.detach().clone()))
+    assert results[0][:2] == results[1][:2] and torch.equal(results[0][2], results[1][2])
