@@ -21,7 +21,6 @@ G-weighted one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +57,7 @@ from distil_rank.lowrank import (
     smallest_rank_reaching,
 )
 from distil_rank.moments import InputMoments, MomentAccumulator, moments_of
+from distil_rank.runtime import eval_mode
 
 
 def rank_for_target(linear: nn.Linear, moments: InputMoments, target: float,
@@ -537,7 +537,7 @@ def compress_model(model: nn.Module, calibration: Iterable,
                                      else torch.float32) for n, m in targets.items()}
     prober = None if config.objective == "layer" else \
         _Probes(config.output_fn, config.probes, torch.Generator().manual_seed(config.seed))
-    with _eval_mode(model):  # as it will run: no dropout noise in the statistics
+    with eval_mode(model):  # as it will run: no dropout noise in the statistics
         statistics = _layer_statistics(model, targets, calibration, call, prober, gram,
                                        config.skip_padding)
         fitted = _fit_layers(targets, statistics, config)
@@ -550,18 +550,6 @@ def compress_model(model: nn.Module, calibration: Iterable,
         _set_module(model, name, student)
     return [report for n, (student, report) in fitted.items()
             if n in replaced or (student is None and config.budget is not None)]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """The model in eval mode inside; every module back in its own mode after."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _fit_layers(targets: dict[str, nn.Linear], statistics: dict,

@@ -27,6 +27,7 @@ from torch import nn
 
 from distil_rank.errors import InputError, first_line
 from distil_rank.files import atomic_write
+from distil_rank.runtime import eval_mode
 
 
 @dataclass
@@ -168,7 +169,7 @@ def output_weight(readout: nn.Module, hidden: torch.Tensor, *, probes: int = 4, 
     rows = hidden.detach().reshape(-1, hidden.shape[-1])
     for start in range(0, rows.shape[0], batch_rows):
         h = rows[start:start + batch_rows].clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(readout):  # no dropout noise in G
             y = readout(h).reshape(h.shape[0], -1)
             exact = y.shape[1] == 1
             for probe in range(1 if exact else probes):

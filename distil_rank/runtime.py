@@ -1,8 +1,9 @@
-"""Seeds, devices and CPU threads: what every stage needs, owned by no stage."""
+"""Seeds, devices, CPU threads and a model's mode: what every stage needs, owned by no stage."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import time
@@ -13,6 +14,19 @@ from pathlib import Path
 import torch
 
 from distil_rank.errors import InputError
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """The model in eval mode inside (dropout off, as it will run); every module back in its
+    own mode after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def stage_seed(seed: int, stage: str) -> int:

@@ -42,3 +42,23 @@ def test_errors():
         acc.moments()
     with pytest.raises(ValueError, match="no calibration batches"):
         moments_of([])
+
+
+def test_output_weight_reads_the_head_as_it_runs_dropout_off_and_gives_its_mode_back():
+    """A readout left in training mode would put dropout noise in G: G is taken in eval mode,
+    the same in either mode, and equal to the exact G of the head without its dropout."""
+    from torch import nn
+
+    from distil_rank.moments import output_weight
+
+    torch.manual_seed(14)
+    readout = nn.Sequential(nn.Dropout(0.5), nn.GELU(), nn.Linear(12, 1))
+    hidden = torch.randn(300, 12)
+    weights = []
+    for training in (True, False):
+        readout.train(training)
+        weights.append(output_weight(readout, hidden))
+        assert readout.training == training and readout[0].training == training
+    exact = output_weight(nn.Sequential(readout[1], readout[2]), hidden)
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+    torch.testing.assert_close(weights[0], exact, rtol=0, atol=0)
