@@ -582,6 +582,10 @@ def _targets(model: nn.Module, layers, rank) -> dict:
     targets = _select(model, layers)
     if isinstance(rank, dict) and (missing := [n for n in targets if n not in rank]):
         raise ValueError(f"rank dict has no rank for layers {missing}")
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if isinstance(rank, dict) and (unknown := [n for n in rank if n not in linears]):  # typos
+        raise ValueError(f"rank dict names layers that are not nn.Linear layers of the model: "
+                         f"{unknown}")
     return targets
 
 

@@ -528,3 +528,13 @@ def test_calibration_runs_in_eval_mode_and_gives_the_model_its_modes_back():
         results.append((report.explained_variance_calibration,
                         report.explained_variance_holdout, model[3].up.detach().clone()))
     assert results[0][:2] == results[1][:2] and torch.equal(results[0][2], results[1][2])
+
+
+def test_a_rank_dict_that_names_no_layer_of_the_model_is_refused():
+    """With layers given, a rank dict's other names were ignored, a typo among them too."""
+    calib = [embeddings(128, 48, seed=0)]
+    with pytest.raises(ValueError, match=r"not nn.Linear layers of the model: \['porj'\]"):
+        compress_model(Head(), calib, layers=["proj"], rank={"proj": 4, "porj": 4})
+    model = Head()  # a layer of the model left out of `layers` may keep its rank in the dict
+    reports = compress_model(model, calib, layers=["proj"], rank={"proj": 4, "out": 2})
+    assert [r.name for r in reports] == ["proj"] and isinstance(model.out, nn.Linear)
