@@ -33,11 +33,14 @@ def as_linears(model: nn.Module) -> nn.Module:
     alone comes back as its Sequential)."""
     if isinstance(model, LowRankLinear):
         return _two_linears(model)
-    for name, module in list(model.named_modules()):
+    converted: dict[int, nn.Sequential] = {}  # one per layer: a layer under two names stays one
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, LowRankLinear):
             parent, _, child = name.rpartition(".")
+            if id(module) not in converted:
+                converted[id(module)] = _two_linears(module)
             setattr(model.get_submodule(parent) if parent else model, child,
-                    _two_linears(module))
+                    converted[id(module)])
     return model
 
 

@@ -87,3 +87,22 @@ def test_a_model_quantised_already_is_refused_in_one_line(first, second):
     with pytest.raises(ValueError, match=r"already quantised \(5 int8 Linear layer\(s\), the "
                                          r"first '0\.0'\)"):
         quantise_int8(quantised, second)
+
+
+def test_as_linears_keeps_a_layer_registered_under_two_names_one_layer():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = LowRankLinear(8, 8, 2)
+            self.again = self.first
+
+        def forward(self, x):
+            return self.again(torch.relu(self.first(x)))
+
+    torch.manual_seed(15)
+    twice, x = Twice(), torch.randn(5, 8)
+    with torch.no_grad():
+        before = twice(x)
+        as_linears(twice)
+        assert isinstance(twice.first, nn.Sequential) and twice.again is twice.first
+        torch.testing.assert_close(twice(x), before)
