@@ -9,6 +9,7 @@ encoder. ESM-2 is the family shipped; CONTRIBUTING.md shows how to add another.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from distil_rank.errors import InputError
@@ -34,12 +35,29 @@ class ModelFamily:
         return " ".join(sequence) if self.spaced else sequence
 
     def load(self, source: str, local: bool):
-        """(tokenizer, model) from a hub id or a local folder."""
+        """(tokenizer, model) from a hub id or a local folder. transformers' table of the
+        checkpoint's keys is said in a line instead: the parts the encoder does not use (a
+        masked-LM head, as the ESM-2 releases hold), and, as a warning, any encoder weight
+        the checkpoint lacks (initialised at random)."""
         import transformers
+        from transformers.utils import logging
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = getattr(transformers, self.model_class).from_pretrained(
-            source, add_pooling_layer=False, local_files_only=local)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model, found = getattr(transformers, self.model_class).from_pretrained(
+                source, add_pooling_layer=False, local_files_only=local,
+                output_loading_info=True)
+        finally:
+            logging.set_verbosity(verbosity)
+        if unused := sorted({key.split(".")[0] for key in found["unexpected_keys"]}):
+            print(f"note: {source}: {', '.join(unused)} not used (the tools read the encoder)",
+                  file=sys.stderr)
+        if lacking := [*found["missing_keys"], *(k for k, *_ in found["mismatched_keys"])]:
+            print(f"warning: {source}: {len(lacking)} weight(s) of the model are not in the "
+                  f"checkpoint, or not of its shape, and start at random ({lacking[0]} ...)",
+                  file=sys.stderr)
         return tokenizer, model
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_esm
+from distil_rank import families
 from distil_rank.embed import length_batches, main, read_fasta, read_labels
 from distil_rank.embeddings import load_embeddings
 from distil_rank.errors import InputError
@@ -342,3 +343,30 @@ def test_compress_reports_an_explained_variance_it_cannot_compute_as_such(tiny_e
     assert "all the same" in holdout["explained_variance_undefined"]
     out = capsys.readouterr().out
     assert "explained variance not computable (the held-out" in out and "nan" not in out
+
+
+def test_a_masked_lm_checkpoint_loads_its_encoder_in_one_line_and_a_lacking_one_warns(
+        tiny_esm, tmp_path, capsys):
+    """The ESM-2 releases are masked-LM checkpoints: the tools read their encoder, and
+    transformers' table of the unused head's keys becomes one note. An encoder weight the
+    checkpoint lacks starts at random: that is a warning."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    config = transformers.EsmConfig.from_pretrained(tiny_esm)
+    torch.manual_seed(0)
+    masked_lm = tmp_path / "mlm"
+    transformers.EsmForMaskedLM(config).save_pretrained(masked_lm)
+    transformers.AutoTokenizer.from_pretrained(tiny_esm).save_pretrained(masked_lm)
+    capsys.readouterr()
+    _, model = families.ESM2.load(str(masked_lm), True)
+    err = capsys.readouterr().err
+    assert f"note: {masked_lm}: lm_head not used (the tools read the encoder)" in err
+    assert "LOAD REPORT" not in err and "UNEXPECTED" not in err and "warning" not in err
+    assert isinstance(model, transformers.EsmModel)
+    weights = load_file(masked_lm / "model.safetensors")
+    dropped = next(k for k in weights if "encoder.layer.0.attention.self.query.weight" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, masked_lm / "model.safetensors",
+              metadata={"format": "pt"})
+    families.ESM2.load(str(masked_lm), True)
+    assert "warning: " in capsys.readouterr().err
