@@ -127,13 +127,17 @@ def read_labels(path: str | Path, records: list[Record]) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
+    tabs = bool(lines) and "\t" in lines[0] and "," not in lines[0]  # a TSV
+    rows = list(csv.reader(lines, delimiter="\t" if tabs else ","))
     header = [cell.strip() for cell in rows[0]] if rows else []
     if "id" not in header or "fitness" not in header:
+        hint = " (a ProteinGym table: rename its columns mutant to id and DMS_score to " \
+            "fitness)" if "DMS_score" in header else ""
         raise InputError(f"{path}:1: expected a header with the columns id and fitness, found "
-                         f"{','.join(header) or 'nothing'}")
+                         f"{','.join(header) or 'nothing'}{hint}")
     at_id, at_fitness = header.index("id"), header.index("fitness")
     labels: dict[str, tuple[float, int]] = {}
     for number, row in enumerate(rows[1:], start=2):

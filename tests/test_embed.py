@@ -193,6 +193,9 @@ def test_labels_travel_with_the_split_and_the_benchmark_builds_the_fitness_head(
     ("id,fitness\np1,high\n", ":2: the fitness of 'p1' is 'high', not a number"),
     ("id,fitness\np1,nan\n", ":2: the fitness of 'p1' is nan"),
     ("name,score\np1,1\n", ":1: expected a header with the columns id and fitness"),
+    ("mutant,mutated_sequence,DMS_score\np1,MK,1\n",
+     "found mutant,mutated_sequence,DMS_score (a ProteinGym table: rename its columns mutant to "
+     "id and DMS_score to fitness)"),
     ("id,fitness\np1\n", ":2: 1 columns, the header has 2"),
 ])
 def test_label_problems_name_the_record_and_line(fasta, tmp_path, text, message):
@@ -370,3 +373,11 @@ def test_a_masked_lm_checkpoint_loads_its_encoder_in_one_line_and_a_lacking_one_
               metadata={"format": "pt"})
     families.ESM2.load(str(masked_lm), True)
     assert "warning: " in capsys.readouterr().err
+
+
+def test_labels_may_be_tab_separated(fasta, tmp_path):
+    records = read_fasta(fasta)
+    path = tmp_path / "labels.tsv"
+    path.write_text("id\tfitness\n" + "".join(f"{r.id}\t{i / 10}\n" for i, r in enumerate(records)))
+    expected = [i / 10 for i in range(len(records))]
+    assert read_labels(path, records).tolist() == pytest.approx(expected)
