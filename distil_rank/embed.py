@@ -322,9 +322,9 @@ def create_parser() -> argparse.ArgumentParser:
                    help="output .pt file (its folder must exist); with --split, a folder for "
                         "embeddings_{train,val}.pt (created if missing)")
     p.add_argument("--labels", default=None,
-                   help="a CSV with the columns id,fitness (id: the FASTA record's): stores the "
-                        "measured fitness with the embeddings, so that the benchmark builds its "
-                        "Fitness-Head teacher on your own deep mutational scan")
+                   help="a CSV (or TSV) with the columns id,fitness (id: the FASTA record's): "
+                        "stores the measured fitness with the embeddings, so that the benchmark "
+                        "builds its Fitness-Head teacher on your own deep mutational scan")
     p.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (0 = token embeddings); default: the final layer")
     p.add_argument("--max-tokens", type=int, default=4096,
