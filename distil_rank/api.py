@@ -523,9 +523,7 @@ def compress_model(model: nn.Module, calibration: Iterable,
                         "(options go as keywords: compress_model(model, data, rank=8))")
     config = replace(config, **options) if config is not None else CompressionConfig(**options)
     _check_module(model, "compress_model")
-    # a lone batch: iterating it would feed the model its rows (or a dict's keys) one by one
-    calibration, holdout = ([batches] if isinstance(batches, torch.Tensor | Mapping) else batches
-                            for batches in (calibration, holdout))
+    calibration, holdout = _as_batches(calibration), _as_batches(holdout)
     targets = _targets(model, config.layers, config.rank)
     if config.budget is not None and config.objective == "layer":
         warnings.warn("compress_model: a budget allocated by objective='layer' weighs each "
@@ -548,8 +546,27 @@ def compress_model(model: nn.Module, calibration: Iterable,
             _measure_holdout(model, replaced, holdout, call, gram, config.skip_padding)
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
+    _warn_kept_dense([n for n, (student, _) in fitted.items()
+                      if student and n not in replaced], config.min_params_saved)
     return [report for n, (student, report) in fitted.items()
             if n in replaced or (student is None and config.budget is not None)]
+
+
+def _as_batches(batches):
+    """A lone tensor or dict as one batch: iterating it would feed the model its rows (or the
+    dict's keys) one by one."""
+    return [batches] if isinstance(batches, torch.Tensor | Mapping) else batches
+
+
+def _warn_kept_dense(dense: list[str], min_params_saved: int) -> None:
+    """Say which layers a rank or a target left dense, and why (a budget says so in its
+    reports)."""
+    if dense:
+        short = "hold as many parameters as the layer or more" if min_params_saved == 1 else \
+            f"save fewer than min_params_saved = {min_params_saved} parameters"
+        warnings.warn(f"compress_model leaves {len(dense)} layer(s) dense ({', '.join(dense)}): "
+                      f"at their rank the factors would {short} (a rank below about half of a "
+                      "layer's smaller side saves)", stacklevel=3)
 
 
 def _fit_layers(targets: dict[str, nn.Linear], statistics: dict,

@@ -114,11 +114,15 @@ def test_compress_model_with_a_target_and_a_predicate_skips_layers_that_save_not
     torch.manual_seed(4)
     model = Head()
     calib = [embeddings(256, 48, seed=s) for s in range(3)]
-    reports = compress_model(model, calib, layers=lambda name, m: True,
-                             target_explained_variance=0.999)
+    with pytest.warns(UserWarning, match="leaves .* dense") as said:
+        reports = compress_model(model, calib, layers=lambda name, m: True,
+                                 target_explained_variance=0.999)
     # the 40 -> 5 classifier cannot save parameters at any rank, so it stays dense
     assert isinstance(model.out, nn.Linear)
     assert [r.name for r in reports] == (["proj"] if isinstance(model.proj, LowRankLinear) else [])
+    dense = [n for n in ("proj", "out") if isinstance(getattr(model, n), nn.Linear)]
+    assert f"leaves {len(dense)} layer(s) dense ({', '.join(dense)}): at their rank the " \
+           "factors would hold as many parameters as the layer or more" in str(said[0].message)
     with pytest.raises(ValueError, match="not nn.Linear layers"):
         compress_model(Head(), calib, layers=["nope"], rank=2)
 
