@@ -547,7 +547,7 @@ def compress_model(model: nn.Module, calibration: Iterable,
     for name, (_, student, _) in replaced.items():
         _set_module(model, name, student)
     _warn_kept_dense([n for n, (student, _) in fitted.items()
-                      if student and n not in replaced], config.min_params_saved)
+                      if student is not None and n not in replaced], config.min_params_saved)
     return [report for n, (student, report) in fitted.items()
             if n in replaced or (student is None and config.budget is not None)]
 
