@@ -30,10 +30,6 @@ def scores(teacher: str, method: str, path: str = "reference/distil_rank_summary
     return run(path)[teacher]["methods"][method]
 
 
-def linear_teachers(path: str = "reference/distil_rank_summary.json") -> list[str]:
-    return [t for t in run(path)["teachers"] if t != "Fitness-Head"]
-
-
 def sweep_svd(teacher: str, rank: int) -> float:
     sweep = run()[teacher]["sweep"]
     return sweep["methods"]["svd"]["explained_variance"][sweep["ranks"].index(rank)]
