@@ -51,6 +51,7 @@ from distil_rank.lowrank import (
     compress_svd_bias,
     data_aware_error_curve,
     explained_variance_curve,
+    largest_saving_rank,
     lowrank_parameters,
     output_spectrum,
     output_weight_roots,
@@ -176,9 +177,8 @@ def _warn_if_larger(linear: nn.Linear, student: LowRankLinear, what: str) -> Low
     more (a rank above about half its smaller side): compress_model keeps such a layer dense."""
     before, after = (sum(p.numel() for p in m.parameters()) for m in (linear, student))
     if after >= before:
-        bias = linear.out_features if student.bias is not None else 0
-        saving = (before - bias - 1) // (linear.in_features + linear.out_features)  # largest r
-        # with r (in + out) + bias < before
+        saving = largest_saving_rank(linear.in_features, linear.out_features, before,
+                                     linear.out_features if student.bias is not None else 0)
         warnings.warn(f"{what}: rank {student.rank} holds {after:,} parameters against the "
                       f"layer's {before:,}; the factors save weights only up to rank {saving} "
                       "(keep the dense layer, or ask for a lower rank or target)", stacklevel=3)

@@ -137,6 +137,13 @@ def lowrank_parameters(in_features: int, out_features: int, rank: int, bias: boo
     return rank * (in_features + out_features) + (out_features if bias else 0)
 
 
+def largest_saving_rank(in_features: int, out_features: int, dense_parameters: int,
+                        bias: int = 0) -> int:
+    """The largest rank whose factors, with `bias` parameters beside them, hold fewer than
+    `dense_parameters`: r (in + out) + bias < dense_parameters."""
+    return (dense_parameters - bias - 1) // (in_features + out_features)
+
+
 def flop_ratio(in_features: int, out_features: int, rank: int) -> float:
     """Multiply-adds of the dense layer over those of the factorised one, which is also the
     ratio of their weights, biases aside."""

@@ -55,7 +55,7 @@ from distil_rank.benchmark.teachers import (
 from distil_rank.embeddings import split_indices
 from distil_rank.errors import InputError
 from distil_rank.files import check_writable_folder
-from distil_rank.lowrank import check_rank, flop_ratio
+from distil_rank.lowrank import check_rank, flop_ratio, largest_saving_rank
 from distil_rank.moments import input_moments
 from distil_rank.runtime import choose_threads, machine_load, resolve_device, stage_seed
 
@@ -359,7 +359,7 @@ def announce_data(progress: Progress, dataset: Dataset, config: Config, rank: in
         progress.say("note: synthetic data stands in for real embeddings; the JSON says "
                      "real_data: false")
     if flop_ratio(train.dim, train.dim, rank) <= 1:
-        saving = (train.dim ** 2 - 1) // (2 * train.dim)  # the largest rank with fewer weights
+        saving = largest_saving_rank(train.dim, train.dim, train.dim ** 2)  # biases aside
         progress.say(f"note: at rank {rank} of {train.dim} the factors hold no fewer weights "
                      f"than the dense layer (fewer at rank {saving} and below): this run "
                      "measures fidelity, not a saving")
